@@ -21,6 +21,7 @@ setuptools.setup(
         "tqdm>=4.66",
         "safetensors>=0.4",
         "rouge-score>=0.1.2",
+        "mnist1d>=0.0.2",
     ],
     extras_require={
         "test": ["pytest>=8.0", "tensorflow-datasets>=4.9.7", "matplotlib>=3.8"],

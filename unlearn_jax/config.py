@@ -8,15 +8,16 @@ Fields:
   experiment: which pipeline `unlearn_jax.run.run` runs (``unlearning`` by default; studies register more
     in `unlearn_jax.run.PIPELINES`, each with its own config section(s), validated by the pipeline).
   seed: seeds data splits, initialisation and training.
-  dataset: ``name`` (digits | synthetic | cifar10 | cifar100 | svhn_cropped | mnist | fashion_mnist),
-    ``data_dir``, ``download``, ``test_fraction`` (digits), ``image_shape``/``num_train``/``num_test``/
+  dataset: ``name`` (digits | mnist1d | synthetic | cifar10 | cifar100 | svhn_cropped | mnist | fashion_mnist),
+    ``data_dir``, ``download``, ``test_fraction`` (digits), ``num_samples``/``shuffle_seq`` (mnist1d: train + test
+    examples, 80% of them train; the spatially shuffled variant), ``image_shape``/``num_train``/``num_test``/
     ``num_classes``/``noise`` (synthetic), ``label`` (cifar100: fine | coarse), ``augment`` (none | cifar).
   forget: ``kind`` (random | class | subclass | worst_case); ``fraction`` in (0, 1) of the training rows
     (random, worst_case); ``classes`` and, optionally, ``class_fraction`` of their rows (class, subclass;
     unset: all their rows); ``worst_case_steps``/``worst_case_lr``: the bi-level selection of
     `unlearn_jax.data.worst_case` (run on the Original, so the Original is trained first).
   model: ``name`` (see `unlearn_jax.models.MODELS`), ``dtype`` (float32 | bfloat16 compute), ``width``
-    (ResNet-20 multiplier), ``hidden`` (MLP layer sizes).
+    (ResNet-20 and cnn1d channel multiplier), ``hidden`` (MLP layer sizes).
   train / retrain: optimiser and schedule of the Original and of Retrain (see `unlearn_jax.train`), plus
     three fields that control the run but not the model (left out of the cache key, see `training_fields`):
     ``checkpoint_every``: epochs between progress checkpoints (0: none), so that a killed run resumes from the
@@ -37,7 +38,7 @@ import os
 import ml_collections
 from ml_collections import config_dict
 
-DATASETS = ("digits", "synthetic", "cifar10", "cifar100", "svhn_cropped", "mnist", "fashion_mnist")
+DATASETS = ("digits", "mnist1d", "synthetic", "cifar10", "cifar100", "svhn_cropped", "mnist", "fashion_mnist")
 FORGET_KINDS = ("random", "class", "subclass", "worst_case")
 DTYPES = ("float32", "bfloat16")
 # Fields of a train section that say how to run (checkpointing, where a trained model comes from), not what
@@ -72,7 +73,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.seed = 0
   c.dataset = ml_collections.ConfigDict(dict(
       name="digits", data_dir=config_dict.placeholder(str), download=True, test_fraction=0.2,
-      image_shape=(32, 32, 3), num_train=5000, num_test=1000, num_classes=10, noise=1.0, label="fine",
+      num_samples=5000, shuffle_seq=False, image_shape=(32, 32, 3), num_train=5000, num_test=1000, num_classes=10, noise=1.0, label="fine",
       augment="none"))
   c.forget = ml_collections.ConfigDict(dict(kind="random", fraction=0.1, classes=(),
                                             class_fraction=config_dict.placeholder(float),
@@ -194,6 +195,8 @@ def validate(config: ml_collections.ConfigDict, extra_sections=()) -> ml_collect
   d = config.dataset
   require(d.name in DATASETS, "dataset.name", d.name, f"unknown dataset; choose one of {DATASETS}")
   require(0 < d.test_fraction < 1, "dataset.test_fraction", d.test_fraction, "must be in (0, 1)")
+  require(isinstance(d.num_samples, int) and d.num_samples >= 20 and d.num_samples % 10 == 0, "dataset.num_samples",
+          d.num_samples, "must be a multiple of 10 of at least 20")
   require(d.augment in ("none", "cifar"), "dataset.augment", d.augment, "choose 'none' or 'cifar'")
   f = config.forget
   require(f.kind in FORGET_KINDS, "forget.kind", f.kind, f"choose one of {FORGET_KINDS}")

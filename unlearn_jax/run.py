@@ -77,6 +77,8 @@ def load_dataset(config) -> data.Dataset:
   options = {}
   if d.name == "digits":
     options = dict(test_fraction=d.test_fraction)
+  elif d.name == "mnist1d":
+    options = dict(num_samples=d.num_samples, shuffle_seq=d.shuffle_seq)
   elif d.name == "synthetic":
     options = dict(image_shape=tuple(d.image_shape), num_train=d.num_train, num_test=d.num_test,
                    num_classes=d.num_classes, noise=d.noise)
@@ -90,7 +92,7 @@ def load_dataset(config) -> data.Dataset:
 def build_model(config, num_classes: int):
   m = config.model
   kwargs = {}
-  if m.name == "resnet20":
+  if m.name in ("resnet20", "cnn1d"):
     kwargs["width"] = m.width
   elif m.name == "mlp":
     kwargs["features"] = tuple(m.hidden)

@@ -4,10 +4,12 @@ Known names:
   * ``"digits"``: scikit-learn's 1,797 8x8 handwritten digits (shipped with scikit-learn, no download), split
     into train/test by a seeded stratified split. The embedded default.
   * ``"synthetic"``: class-conditional Gaussians of any image shape, generated from the seed. For benchmarks.
+  * ``"mnist1d"``: MNIST-1D (Greydanus 2020), 1-D signals of length 40 generated locally from the ``mnist1d``
+    package's digit templates (no download). Default 4,000 train / 1,000 test; ``x`` is ``(N, 40, 1)``.
   * ``"cifar10"``, ``"cifar100"``, ``"svhn_cropped"``, ``"mnist"``, ``"fashion_mnist"``: TFDS datasets read
     into memory with `tfds.data_source` (no TensorFlow); their ``train`` and ``test`` splits.
 
-Every dataset comes as float32 NHWC images normalised per channel, int32 labels, and ``index`` = the row number
+Every dataset comes as float32 channel-last arrays (NHWC images, or NLC signals for MNIST-1D) normalised per channel, int32 labels, and ``index`` = the row number
 of each example in its split (``train.index == arange(len(train))``), so rows selected from ``train`` by a forget
 split keep the row they came from.
 
@@ -105,7 +107,7 @@ def from_arrays(
 
   Args:
     name: Dataset name.
-    x_train: Train images, ``(N, H, W, C)``, values in [0, 1].
+    x_train: Train images, ``(N, H, W, C)``, values in [0, 1] (or 1-D signals ``(N, L, C)``).
     y_train: Train labels, ``(N,)``.
     x_test: Test images, ``(M, H, W, C)``.
     y_test: Test labels, ``(M,)``.
@@ -123,8 +125,9 @@ def from_arrays(
   Raises:
     ValueError: If images are not 4-D, ``normalization`` is unknown or the fine-label arguments are incomplete.
   """
-  if x_train.ndim != 4 or x_test.ndim != 4 or x_train.shape[1:] != x_test.shape[1:]:
-    raise ValueError(f"images must be NHWC of one shape, got x_train {x_train.shape} and x_test {x_test.shape}")
+  if x_train.ndim not in (3, 4) or x_test.ndim != x_train.ndim or x_train.shape[1:] != x_test.shape[1:]:
+    raise ValueError("inputs must be NHWC images (or NLC signals) of one shape, got x_train "
+                     f"{x_train.shape} and x_test {x_test.shape}")
   has_fine = (fine_labels_train is not None, fine_labels_test is not None, num_fine_classes is not None)
   if any(has_fine) and not all(has_fine):
     raise ValueError("fine_labels_train, fine_labels_test and num_fine_classes must be given together")
@@ -229,6 +232,61 @@ def load_synthetic(*, seed: int = 0, data_dir: str | None = None, image_shape: t
                      normalization=normalization)
 
 
+def load_mnist1d(*, seed: int = 0, data_dir: str | None = None, num_samples: int = 5000, shuffle_seq: bool = False,
+                 template_seed: int = 42, normalization: str = "train") -> Dataset:
+  """MNIST-1D: 10 classes of length-40 1-D signals, generated locally by the ``mnist1d`` package.
+
+  The package's ``make_dataset(get_dataset_args())`` builds every example from its 10 digit templates by padding,
+  shearing, scaling, translation and correlated plus i.i.d. noise; the first 80% of the shuffled rows are the train
+  split (4,000 of the default 5,000), the rest the test split. Nothing is downloaded (the package's
+  ``get_dataset``, which downloads, is never called), and the result depends only on ``num_samples``,
+  ``shuffle_seq`` and ``template_seed``: the default is the canonical MNIST-1D of the package (its seed 42), the
+  same for every experiment seed, so the experiment ``seed`` only chooses forget sets, initialisation and order.
+  The package seeds NumPy's global generator; its state is saved and restored around the call.
+
+  MNIST-1D separates models where digits does not: an MLP fits its training set perfectly but reaches only about
+  60-70% test accuracy (a 1-D CNN about 90%+), so a model that never saw an example differs clearly from one that did.
+
+  Args:
+    seed: Unused (see above).
+    data_dir: Unused.
+    num_samples: Total examples (train + test), a multiple of 10 of at least 20 (e.g. 20000 for a larger set).
+    shuffle_seq: Apply one fixed random permutation to the 40 positions of every signal (the package's spatially
+      shuffled variant, which removes the spatial prior that convolutions use).
+    template_seed: The package's generator seed.
+    normalization: ``"train"`` (mean and std of the train signals) or ``"none"`` (the package's standardised values).
+
+  Returns:
+    The `Dataset` named ``"mnist1d"``, ``x`` of shape ``(N, 40, 1)``.
+
+  References:
+    Greydanus, "Scaling Down Deep Learning", arXiv:2011.14439 (2020); Greydanus and Kobak, "Scaling Down Deep
+    Learning with MNIST-1D", ICML 2024.
+
+  Example:
+    >>> ds = load_mnist1d()
+    >>> ds.train.x.shape, ds.test.x.shape   # (4000, 40, 1), (1000, 40, 1)
+  """
+  del seed, data_dir
+  _check_positive(num_samples=num_samples)
+  if num_samples < 20 or num_samples % 10:
+    raise ValueError(f"num_samples must be a multiple of 10 of at least 20, got {num_samples}")
+  try:
+    from mnist1d import data as mnist1d_data  # pylint: disable=import-outside-toplevel
+  except ImportError as e:  # pragma: no cover - a declared dependency
+    raise ImportError("dataset 'mnist1d' needs the mnist1d package: pip install mnist1d") from e
+  args = mnist1d_data.get_dataset_args()
+  args.num_samples, args.shuffle_seq, args.seed = int(num_samples), bool(shuffle_seq), int(template_seed)
+  saved = np.random.get_state()
+  try:
+    raw = mnist1d_data.make_dataset(args)
+  finally:
+    np.random.set_state(saved)
+  x_train, x_test = (np.asarray(raw[k], np.float32)[..., None] for k in ("x", "x_test"))
+  return from_arrays("mnist1d", x_train, np.asarray(raw["y"]), x_test, np.asarray(raw["y_test"]), num_classes=10,
+                     normalization=normalization)
+
+
 def load_tfds(name: str, *, seed: int = 0, data_dir: str | None = None, download: bool = True,
               label: str | None = None, normalization: str = "standard", max_train: int | None = None,
               max_test: int | None = None) -> Dataset:
@@ -270,7 +328,7 @@ def load_tfds(name: str, *, seed: int = 0, data_dir: str | None = None, download
 
 
 Loader = Callable[..., Dataset]
-_REGISTRY: dict[str, Loader] = {"digits": load_digits, "synthetic": load_synthetic}
+_REGISTRY: dict[str, Loader] = {"digits": load_digits, "synthetic": load_synthetic, "mnist1d": load_mnist1d}
 
 
 def register_dataset(name: str, loader: Loader) -> None:

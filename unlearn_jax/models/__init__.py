@@ -1,7 +1,7 @@
 """Network definitions (Flax Linen) and a registry that builds them by name.
 
 Every model is a ``flax.linen.Module`` with ``__call__(x, train=False, features=False)`` taking NHWC images
-(the MLP flattens them) and returning float32 logits ``(batch, num_classes)``, or with ``features=True`` the
+(the MLP flattens them; ``cnn1d`` takes NLC signals) and returning float32 logits ``(batch, num_classes)``, or with ``features=True`` the
 penultimate embedding (the input of the classifier). The causal language model of the LM-unlearning study is
 `gpt` (`GPT`, `gpt_config`, `language_model`; Hugging Face checkpoints via `hf`), outside this registry. ``dtype`` is the compute dtype; parameters are float32.
 BatchNorm statistics live in the ``batch_stats`` collection, so ``unlearn_jax.model.init`` puts them in
@@ -22,6 +22,7 @@ from flax import linen as nn
 
 from unlearn_jax.models import gpt, hf
 from unlearn_jax.models.cnn import CNN
+from unlearn_jax.models.cnn1d import CNN1D
 from unlearn_jax.models.gpt import GPT, GPTConfig, gpt_config, language_model
 from unlearn_jax.models.mlp import MLP
 from unlearn_jax.models.resnet import BasicBlock, ResNet18, ResNet20
@@ -31,6 +32,7 @@ from unlearn_jax.models.vgg import VGG, VGG_CONFIGS
 _REGISTRY: dict[str, tuple[type[nn.Module], dict[str, Any]]] = {
     "mlp": (MLP, {}),
     "cnn": (CNN, {}),
+    "cnn1d": (CNN1D, {}),
     "resnet18": (ResNet18, {}),
     "resnet20": (ResNet20, {}),
     **{f"{cfg}{suffix}": (VGG, {"cfg": cfg, "batch_norm": bool(suffix)})
@@ -43,11 +45,11 @@ def get_model(name: str, num_classes: int, *, dtype: Any = jnp.float32, **kwargs
   """Builds the registered network ``name``.
 
   Args:
-    name: one of ``MODELS``: 'mlp', 'cnn', 'resnet18', 'resnet20', 'vgg11', 'vgg16', 'vgg11_bn', 'vgg16_bn'.
+    name: one of ``MODELS``: 'mlp', 'cnn', 'cnn1d' (MNIST-1D signals), 'resnet18', 'resnet20', 'vgg11', 'vgg16', 'vgg11_bn', 'vgg16_bn'.
     num_classes: number of output logits (a positive integer).
     dtype: compute dtype (e.g. ``jnp.bfloat16``); parameters stay float32, logits are float32.
     **kwargs: further constructor attributes of that model, e.g. ``width`` (resnet20), ``features`` (mlp),
-      ``channels`` and ``dense`` (cnn).
+      ``channels`` and ``dense`` (cnn), ``channels``, ``kernels`` and ``width`` (cnn1d).
 
   Returns:
     The unbound Linen module, ready for ``unlearn_jax.model.init``.
@@ -78,4 +80,4 @@ def get_model(name: str, num_classes: int, *, dtype: Any = jnp.float32, **kwargs
   return cls(num_classes=num_classes, dtype=dtype, **fixed, **kwargs)
 
 
-__all__ = ["MODELS", "get_model", "MLP", "CNN", "BasicBlock", "ResNet18", "ResNet20", "VGG", "VGG_CONFIGS"]
+__all__ = ["MODELS", "get_model", "MLP", "CNN", "CNN1D", "BasicBlock", "ResNet18", "ResNet20", "VGG", "VGG_CONFIGS"]
