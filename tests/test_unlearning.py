@@ -41,15 +41,35 @@ def ce_value(model, params, split):
   return optax.softmax_cross_entropy_with_integer_labels(logits, split.y).mean()
 
 
-def test_random_wrong_labels_never_true_and_uniform():
+def test_random_labels_default_uniform_over_all_classes_as_the_reference_randint():
   y = jnp.asarray(np.random.default_rng(0).integers(0, 5, 20000), jnp.int32)
   fake = np.asarray(obj.random_wrong_labels(jax.random.key(1), y, 5))
+  for c in range(5):  # given the true class, every class (the true one included) has probability 1/5
+    counts = np.bincount(fake[np.asarray(y) == c], minlength=5)
+    np.testing.assert_allclose(counts / counts.sum(), 0.2, atol=0.03)
+  # the RL and SalUn methods draw them the same way by default
+  assert not unlearning.DEFAULTS["rl"]["exclude_true"] and not unlearning.DEFAULTS["salun"]["exclude_true"]
+  model, params, _ = linear_setup()
+  split = toy(3000, 9)
+  term = obj.random_labels(model)
+  # the term's loss is the CE to labels drawn from the rng: recover them from a model whose logits are one-hot
+  logits, _ = model.apply(params, {}, split.x, train=True)
+  label_rng = jax.random.split(jax.random.key(4))[0]
+  drawn = np.asarray(obj.random_wrong_labels(label_rng, split.y, 3))
+  want = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.asarray(drawn)).mean()
+  loss, _ = term(params, {}, (split.x, split.y), jax.random.key(4), jnp.int32(0))
+  np.testing.assert_allclose(loss, want, rtol=1e-6)
+  assert np.mean(drawn == np.asarray(split.y)) == pytest.approx(1 / 3, abs=0.03)
+
+
+def test_random_wrong_labels_exclude_true_never_true_and_uniform():
+  y = jnp.asarray(np.random.default_rng(0).integers(0, 5, 20000), jnp.int32)
+  fake = np.asarray(obj.random_wrong_labels(jax.random.key(1), y, 5, exclude_true=True))
   assert not np.any(fake == np.asarray(y))
   for c in range(5):  # given the true class, each of the 4 others has probability 1/4
     counts = np.bincount(fake[np.asarray(y) == c], minlength=5)
     frac = counts / counts.sum()
     np.testing.assert_allclose(np.delete(frac, c), 0.25, atol=0.03)
-  assert np.any(np.asarray(obj.random_wrong_labels(jax.random.key(1), y, 5, exclude_true=False)) == np.asarray(y))
 
 
 def test_sequential_schedule_is_forget_steps_then_retain_steps():
@@ -146,14 +166,71 @@ def test_saliency_mask_keeps_exact_top_fraction():
   assert sum(int(np.sum(np.asarray(v) == 1.0)) for v in jax.tree.leaves(soft)) == int(48 * 0.5)
 
 
-def test_forget_saliency_is_abs_gradient_of_summed_loss():
+def _sum_of_batch_means_grad(model, params, split, batch_size):
+  """NumPy-side reference: the forget loader walked in order, each batch's plain mean CE, gradients summed."""
+  total = None
+  for start in range(0, split.size, batch_size):
+    x, y = split.x[start:start + batch_size], split.y[start:start + batch_size]
+    g = jax.grad(lambda p: optax.softmax_cross_entropy_with_integer_labels(
+        model.apply(p, {}, x, train=False)[0], y).mean())(params)
+    total = g if total is None else jax.tree.map(np.add, total, g)
+  return total
+
+
+def test_forget_saliency_is_abs_sum_of_batch_mean_gradients():
   model, params, _ = linear_setup()
   forget = toy(10, 4)
-  got = saliency.forget_saliency(model, params, {}, forget, batch_size=4)  # 3 batches, last one wraps
-  full = jax.grad(lambda p: optax.softmax_cross_entropy_with_integer_labels(
-      model.apply(p, {}, forget.x, train=False)[0], forget.y).sum() / 4)(params)
-  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(full)):
+  got = saliency.forget_saliency(model, params, {}, forget, batch_size=4)  # batches of 4, 4 and 2
+  want = _sum_of_batch_means_grad(model, params, forget, 4)
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
     np.testing.assert_allclose(a, np.abs(b), rtol=1e-5, atol=1e-7)
+
+
+def test_forget_saliency_short_last_batch_is_a_plain_mean():
+  """50 forget rows at batch 16: the last batch of 2 counts as the mean over its own 2 rows, not sum / 16."""
+  model, params, _ = linear_setup()
+  forget = toy(50, 11)
+  got = saliency.forget_saliency(model, params, {}, forget, batch_size=16)
+  want = _sum_of_batch_means_grad(model, params, forget, 16)
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    np.testing.assert_allclose(a, np.abs(b), rtol=1e-5, atol=1e-7)
+  divided_by_16 = jax.tree.map(lambda g, last: g - last + last * 2 / 16, want,
+                               _sum_of_batch_means_grad(model, params, forget.take(np.arange(48, 50)), 16))
+  assert any(not np.allclose(a, np.abs(b), rtol=1e-4) for a, b in zip(jax.tree.leaves(got),
+                                                                      jax.tree.leaves(divided_by_16)))
+
+
+def test_gradient_mask_mode_masked_weights_follow_decay_with_momentum():
+  """``mask_mode='gradient'``: a masked-out weight sees only weight decay, ``v ← μv + wd·w; w ← w − lr·v`` per step,
+  exactly as torch's SGD after ``param.grad *= mask``; unmasked weights move with their gradients too."""
+  model, params, _ = linear_setup()
+  params = jax.tree.map(lambda p: p + 0.3, params)  # no zero weights (biases start at 0)
+  forget, retain = toy(16, 5), toy(32, 6)
+  mask = saliency.saliency_mask(jax.tree.map(lambda p: jnp.abs(p) + 0.1, params), fraction=0.5)
+  lr, wd, mu, epochs = 0.1, 5e-2, 0.9, 3
+  tx = optax.chain(optax.add_decayed_weights(wd), optax.sgd(lr, momentum=mu))
+  ce = obj.cross_entropy(model)
+  kwargs = dict(objective=loop.Objective(obj.random_labels(model), ce), tx=tx, epochs=epochs, batch_size=8,
+                rng=jax.random.key(0), mask=mask)
+  out, _, _ = loop.unlearn_loop(model, params, {}, forget, retain, mask_mode="gradient", **kwargs)
+  steps = epochs * (16 // 8 + 32 // 8)
+  for p, o, m in zip(jax.tree.leaves(params), jax.tree.leaves(out), jax.tree.leaves(mask)):
+    p, o, m = (np.asarray(a, np.float64) for a in (p, o, m))
+    m = m.astype(bool)
+    w, v = p[~m].copy(), np.zeros_like(p[~m])
+    for _ in range(steps):
+      v = mu * v + wd * w
+      w = w - lr * v
+    np.testing.assert_allclose(o[~m], w, rtol=1e-5, atol=1e-7)
+    assert np.all(np.abs(o[~m]) < np.abs(p[~m]))  # they did decay
+  frozen, _, _ = loop.unlearn_loop(model, params, {}, forget, retain, mask_mode="freeze", **kwargs)
+  for p, f, m in zip(*(jax.tree.leaves(t) for t in (params, frozen, mask))):
+    np.testing.assert_array_equal(np.asarray(f)[~np.asarray(m)], np.asarray(p)[~np.asarray(m)])
+  # the selected weights differ too: in 'gradient' mode the decayed masked weights change the gradients
+  flat = lambda t: np.concatenate([np.asarray(a)[np.asarray(m)] for a, m in zip(jax.tree.leaves(t), jax.tree.leaves(mask))])
+  assert not np.allclose(flat(frozen), flat(out))
+  with pytest.raises(ValueError, match="mask_mode"):
+    loop.unlearn_loop(model, params, {}, forget, retain, mask_mode="both", **kwargs)
 
 
 def test_masked_weights_stay_bit_identical_with_decay_and_momentum():

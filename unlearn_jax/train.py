@@ -31,35 +31,39 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "step", "linear")
 
 
-def make_schedule(cfg, steps_per_epoch: int) -> optax.Schedule:
-  """Learning-rate schedule from ``cfg`` (fields: lr, schedule, epochs, warmup_epochs, milestones, gamma)."""
+def make_schedule(cfg, steps_per_epoch: int, lr=None) -> optax.Schedule:
+  """Learning-rate schedule from ``cfg`` (fields: lr, schedule, epochs, warmup_epochs, milestones, gamma).
+
+  ``lr`` replaces ``cfg.lr`` (it may be a traced scalar, as in a vmapped learning-rate sweep).
+  """
+  lr = cfg.lr if lr is None else lr
   total = max(1, int(cfg.epochs * steps_per_epoch))
   warmup = int(cfg.get("warmup_epochs", 0) * steps_per_epoch)
   name = cfg.get("schedule", "constant")
   decay_steps = max(1, total - warmup)
   if name == "constant":
-    main = optax.constant_schedule(cfg.lr)
+    main = optax.constant_schedule(lr)
   elif name == "cosine":
-    main = optax.cosine_decay_schedule(cfg.lr, decay_steps)
+    main = optax.cosine_decay_schedule(lr, decay_steps)
   elif name == "linear":
-    main = optax.linear_schedule(cfg.lr, 0.0, decay_steps)
+    main = optax.linear_schedule(lr, 0.0, decay_steps)
   elif name == "step":
     boundaries = {int(m * steps_per_epoch) - warmup: cfg.get("gamma", 0.1) for m in cfg.get("milestones", ())}
-    main = optax.piecewise_constant_schedule(cfg.lr, boundaries)
+    main = optax.piecewise_constant_schedule(lr, boundaries)
   else:
     raise ValueError(f"schedule: unknown {name!r}; choose one of {SCHEDULES}")
   if warmup:
-    return optax.join_schedules([optax.linear_schedule(0.0, cfg.lr, warmup), main], [warmup])
+    return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), main], [warmup])
   return main
 
 
-def make_optimizer(cfg, steps_per_epoch: int) -> optax.GradientTransformation:
+def make_optimizer(cfg, steps_per_epoch: int, lr=None) -> optax.GradientTransformation:
   """Optax optimiser from ``cfg`` (fields: optimizer, lr, momentum, nesterov, weight_decay + schedule fields).
 
   ``sgd`` adds L2 weight decay to the gradient before momentum, as ``torch.optim.SGD`` does; ``adamw`` uses
-  decoupled decay; ``adam`` uses L2 like ``torch.optim.Adam``.
+  decoupled decay; ``adam`` uses L2 like ``torch.optim.Adam``. ``lr`` replaces ``cfg.lr`` (see `make_schedule`).
   """
-  schedule = make_schedule(cfg, steps_per_epoch)
+  schedule = make_schedule(cfg, steps_per_epoch, lr)
   wd = cfg.get("weight_decay", 0.0)
   name = cfg.get("optimizer", "sgd")
   if name == "sgd":

@@ -12,9 +12,19 @@ or None. `unlearn_loop` runs them for ``epochs`` epochs under one of two schedul
   terms; an epoch walks the ``anchor`` split once (retain by default) and cycles the other: the per-step loss written in the papers (NegGrad+, RL, bad teacher).
 
 Each phase is one jitted whole-epoch `jax.lax.scan` with donated buffers; the host syncs once per epoch.
-BatchNorm runs in train mode during updates, as in the references. With a ``mask`` (a pytree of bools, e.g.
-from `saliency`), updates of masked-out entries are zeroed after the optimiser, so those weights stay
-bit-identical to their starting values, weight decay and momentum included.
+BatchNorm runs in train mode during updates, as in the references. A ``mask`` (a pytree of bools, or of floats
+in [0, 1] for a soft mask, e.g. from `saliency`) acts in one of two ways (``mask_mode``):
+
+* ``'freeze'`` (the loop's default): the optimiser's *updates* of masked-out entries are zeroed, so those weights
+  stay bit-identical to their starting values, weight decay and momentum included (RMU's and LAF's parameter
+  selection; the SalUn repository's 2026 ``_restore_masked_params`` gives the same result).
+* ``'gradient'``: the *gradients* are multiplied by the mask before the optimiser, as the SalUn code that produced
+  the paper's tables does (``param.grad *= mask[name]`` before ``optimizer.step()``): masked-out weights still
+  decay, and move with the momentum that weight decay builds up.
+
+`unlearn_grid` runs the same loop for a whole grid of hyperparameters at once: every phase is ``jax.vmap``-ped
+over the grid points (learning rate, a method coefficient, a mask each), so the grid is one compiled program and
+each grid point follows exactly the computation it would alone (same batches, same random labels).
 
 On a mesh (``mesh=`` or the one set by ``jax.set_mesh`` around the call) the parameters are placed by sharding
 rules (`unlearn_jax.sharding.place`; FSDP-sharded where large enough), and the optimiser state, the mask and the
@@ -47,6 +57,7 @@ Pytree = Any
 Term = Callable[..., tuple[jax.Array, tuple[Pytree, dict]]]
 SCHEDULES = ("sequential", "joint")
 ANCHORS = ("retain", "forget")
+MASK_MODES = ("freeze", "gradient")
 
 
 class Objective(NamedTuple):
@@ -62,7 +73,8 @@ class MaskState(NamedTuple):
 def mask_updates(mask: Pytree) -> optax.GradientTransformation:
   """Zeroes the updates where a bool ``mask`` is False, or scales them by a float ``mask``.
 
-  Chained last, after weight decay and momentum, so a False entry's weight never moves.
+  Chained last (after weight decay and momentum), a False entry's weight never moves; chained first, it masks the
+  gradients the optimiser sees (see `masked_optimizer`).
   """
 
   # The mask lives in the optimiser state, so jitted steps take it as an argument instead of baking a
@@ -78,6 +90,26 @@ def mask_updates(mask: Pytree) -> optax.GradientTransformation:
     return jax.tree.map(one, updates, state.mask), state
 
   return optax.GradientTransformation(init, update)
+
+
+def masked_optimizer(tx: optax.GradientTransformation, mask: Pytree | None,
+                     mode: str = "freeze") -> optax.GradientTransformation:
+  """``tx`` with ``mask`` applied to its updates (``'freeze'``) or to the gradients it reads (``'gradient'``)."""
+  if mode not in MASK_MODES:
+    raise ValueError(f"mask_mode: unknown {mode!r}; choose one of {MASK_MODES}")
+  if mask is None:
+    return tx
+  return optax.chain(tx, mask_updates(mask)) if mode == "freeze" else optax.chain(mask_updates(mask), tx)
+
+
+def steps_per_epoch(forget, retain, objective: Objective, *, schedule: str, batch_size: int,
+                    forget_batch_size: int | None = None) -> int:
+  """Optimiser steps of one epoch of `unlearn_loop` (what a learning-rate schedule counts in)."""
+  fbs = forget_batch_size or batch_size
+  if schedule == "joint" and objective.forget is not None and objective.retain is not None:
+    return retain.num_batches(min(batch_size, retain.size))
+  return sum(s.num_batches(min(b, s.size)) for s, t, b in ((forget, objective.forget, fbs),
+                                                           (retain, objective.retain, batch_size)) if t is not None)
 
 
 def cycled_batches(arrays, batch_size: int, num_batches: int, rng: jax.Array):
@@ -97,25 +129,34 @@ def _batch_mesh(mesh, *batch_sizes: int):
   return mesh
 
 
-def _phase_fn(term: Term, tx, *, batch_size: int, augment, mesh):
-  """Jitted epoch phase scanning ``term`` over the shuffled batches of one split."""
+def _phase_fn(make, role: str, *, batch_size: int, augment, mesh, grid: bool):
+  """Jitted epoch phase scanning the ``role`` term of ``make(hyper)`` over the shuffled batches of one split.
+
+  ``make(hyper) -> (objective, tx)``; with ``grid`` the phase is vmapped over the leading axis of params, state,
+  optimiser state and ``hyper``, with the data, the key and the epoch shared.
+  """
   mesh = _batch_mesh(mesh, batch_size)
 
-  def phase(params, state, opt_state, x, y, rng, epoch):
+  def phase(params, state, opt_state, x, y, rng, epoch, hyper):
+    objective, tx = make(hyper)
+    term = objective.forget if role == "forget" else objective.retain
     perm_rng, step_rng = jax.random.split(rng)
     xb, yb = train_lib.shard_batches(split_lib.batch_arrays((x, y), batch_size, perm_rng), mesh)
     return _scan(term_step(term, tx, augment), params, state, opt_state, ((xb, yb),), step_rng, epoch)
 
+  if grid:
+    phase = jax.vmap(phase, in_axes=(0, 0, 0, None, None, None, None, 0))
   return jax.jit(phase, donate_argnums=(0, 1, 2))
 
 
-def _joint_fn(objective: Objective, tx, *, batch_size: int, forget_batch_size: int, augment, mesh,
-              anchor: str = "retain"):
+def _joint_fn(make, *, batch_size: int, forget_batch_size: int, augment, mesh, anchor: str = "retain",
+              grid: bool = False):
   """Jitted epoch of joint steps: one batch of each split per step; the ``anchor`` split is walked once, the other
   cycled."""
   mesh = _batch_mesh(mesh, batch_size, forget_batch_size)
 
-  def epoch_fn(params, state, opt_state, fx, fy, rx, ry, rng, epoch):
+  def epoch_fn(params, state, opt_state, fx, fy, rx, ry, rng, epoch, hyper):
+    objective, tx = make(hyper)
     anchor_rng, cycled_rng, step_rng = jax.random.split(rng, 3)
     if anchor == "retain":
       rb = split_lib.batch_arrays((rx, ry), batch_size, anchor_rng)
@@ -136,6 +177,8 @@ def _joint_fn(objective: Objective, tx, *, batch_size: int, forget_batch_size: i
 
     return _scan(term_step(loss_fn, tx, augment), params, state, opt_state, (fb, rb), step_rng, epoch)
 
+  if grid:
+    epoch_fn = jax.vmap(epoch_fn, in_axes=(0, 0, 0, None, None, None, None, None, None, 0))
   return jax.jit(epoch_fn, donate_argnums=(0, 1, 2))
 
 
@@ -171,9 +214,9 @@ def _scan(step, params, state, opt_state, batch_seqs, rng, epoch):
 def unlearn_loop(model, params, state, forget: split_lib.Split | None, retain: split_lib.Split | None, *,
                  objective: Objective, tx: optax.GradientTransformation, epochs: int, batch_size: int,
                  rng: jax.Array, schedule: str = "sequential", forget_epochs: int | None = None,
-                 forget_batch_size: int | None = None, mask: Pytree | None = None, augment=None, mesh=None,
-                 rules=None, log: Callable[[str], None] | None = None, desc: str = "unlearn",
-                 anchor: str = "retain"):
+                 forget_batch_size: int | None = None, mask: Pytree | None = None, mask_mode: str = "freeze",
+                 augment=None, mesh=None, rules=None, log: Callable[[str], None] | None = None,
+                 desc: str = "unlearn", anchor: str = "retain"):
   """Runs an unlearning objective with an optax optimiser; returns ``(params, state, history)``.
 
   Args:
@@ -181,7 +224,7 @@ def unlearn_loop(model, params, state, forget: split_lib.Split | None, retain: s
     params, state: starting point (the Original); not modified.
     forget, retain: the splits the forget and retain terms read; a term whose split is None must be None.
     objective: the forget and retain terms.
-    tx: the optimiser. A ``mask`` is chained after it.
+    tx: the optimiser. A ``mask`` is chained after it (``'freeze'``) or before it (``'gradient'``).
     epochs: passes over the data. The current epoch (an int32 scalar) is handed to the terms, so
       epoch-dependent weights (l1-sparse's decaying alpha) need no recompilation.
     batch_size: rows per step (retain and, unless ``forget_batch_size`` is given, forget).
@@ -190,7 +233,9 @@ def unlearn_loop(model, params, state, forget: split_lib.Split | None, retain: s
     forget_epochs: with ``'sequential'``, run the forget phase only in the first ``forget_epochs`` epochs.
     anchor: with ``'joint'``, the split one epoch walks through once (``'retain'``, or ``'forget'`` as
       open-unlearning's LM trainers do); the other split is cycled to pair every step with a batch of it.
-    mask: optional pytree of bools like ``params``; False entries keep their starting values exactly.
+    mask: optional pytree like ``params`` of bools (or floats in [0, 1]).
+    mask_mode: ``'freeze'``: masked-out entries keep their starting values exactly; ``'gradient'``: the gradients
+      are masked before the optimiser (see the module docstring).
     augment: optional on-device ``augment(rng, x)``.
     mesh: optional mesh (default: the one ``jax.set_mesh`` set, if any); batches are sharded over its ``data``
       axis when their sizes divide it, parameters placed by ``rules``, everything shaped like them alike.
@@ -200,21 +245,10 @@ def unlearn_loop(model, params, state, forget: split_lib.Split | None, retain: s
     desc: label of the progress bar (`unlearn_jax.progress`; shown on a terminal only).
 
   Raises:
-    ValueError: for an unknown schedule or a term without its split.
+    ValueError: for an unknown schedule or mask mode, or a term without its split.
     FloatingPointError: if a loss is not finite (names the epoch, phase and step).
   """
   del model
-  if schedule not in SCHEDULES:
-    raise ValueError(f"schedule: unknown {schedule!r}; choose one of {SCHEDULES}")
-  if anchor not in ANCHORS:
-    raise ValueError(f"anchor: unknown {anchor!r}; choose one of {ANCHORS}")
-  for name, term, split in (("forget", objective.forget, forget), ("retain", objective.retain, retain)):
-    if term is not None and split is None:
-      raise ValueError(f"the objective has a {name} term but no {name} split was given")
-  if objective.forget is None and objective.retain is None:
-    raise ValueError("the objective has neither a forget nor a retain term")
-  if schedule == "joint" and (objective.forget is None or objective.retain is None):
-    schedule = "sequential"  # a single term: the schedules coincide
   mesh = mesh if mesh is not None else sharding_lib.current_mesh()
   rules = sharding_lib.DEFAULT_RULES if rules is None else rules
   if mesh is not None:
@@ -222,29 +256,98 @@ def unlearn_loop(model, params, state, forget: split_lib.Split | None, retain: s
     state = sharding_lib.place(state, mesh, rules, like=params)  # frozen copies mirror the parameters
     if mask is not None:
       mask = sharding_lib.place(mask, mesh, rules, like=params)
-  if mask is not None:
-    tx = optax.chain(tx, mask_updates(mask))
+  tx = masked_optimizer(tx, mask, mask_mode)
+  params, state = jax.tree.map(jnp.copy, (params, state))  # donation never touches the caller's arrays
+  opt_state = sharding_lib.init_opt_state(tx, params, mesh, rules)
+  return _run(lambda hyper: (objective, tx), None, params, state, opt_state, forget, retain, epochs=epochs,
+              batch_size=batch_size, rng=rng, schedule=schedule, forget_epochs=forget_epochs,
+              forget_batch_size=forget_batch_size, augment=augment, mesh=mesh, log=log, desc=desc, anchor=anchor)
+
+
+def unlearn_grid(params, state, forget: split_lib.Split | None, retain: split_lib.Split | None, *,
+                 make: Callable[[Pytree], tuple[Objective, optax.GradientTransformation]], hypers: Pytree,
+                 epochs: int, batch_size: int, rng: jax.Array, schedule: str = "sequential",
+                 forget_epochs: int | None = None, forget_batch_size: int | None = None,
+                 masks: Pytree | None = None, mask_mode: str = "freeze", augment=None,
+                 log: Callable[[str], None] | None = None, desc: str = "sweep", anchor: str = "retain"):
+  """`unlearn_loop` for ``G`` hyperparameter settings at once, as one vmapped, jitted program per phase.
+
+  Every grid point starts from the same ``(params, state)`` and sees the same batches and the same randomness
+  (``rng`` is shared), so grid point ``g`` computes what `unlearn_loop` computes with ``make(hypers[g])`` alone.
+  A grid point whose loss stops being finite (a learning rate too large) does not stop the others: its
+  ``history['finite'][g]`` is False and its parameters are whatever they became.
+
+  Args:
+    params, state: the common starting point; not modified.
+    forget, retain: as in `unlearn_loop`.
+    make: ``make(hyper) -> (objective, tx)`` for one grid point's slice of ``hypers`` (its leaves are traced
+      scalars, e.g. a learning rate or a loss weight); which terms are None must not depend on ``hyper``.
+    hypers: pytree whose leaves have a leading axis of size ``G``.
+    masks: optional pytree like ``params`` with a leading axis of size ``G`` (one mask per grid point).
+    mask_mode, epochs, batch_size, rng, schedule, forget_epochs, forget_batch_size, augment, log, desc, anchor:
+      as in `unlearn_loop`. Runs unsharded (on the default device).
+
+  Returns:
+    ``(params, state, history)``: ``params`` and ``state`` with a leading grid axis; ``history`` holds per-epoch
+    lists of ``(G,)`` mean losses and ``finite``, a ``(G,)`` bool array.
+  """
+  leaves = jax.tree.leaves(hypers)
+  if not leaves:
+    raise ValueError("unlearn_grid: hypers has no leaves")
+  size = leaves[0].shape[0]
+  for path, leaf in jax.tree_util.tree_flatten_with_path((hypers, masks))[0]:
+    if leaf.shape[:1] != (size,):
+      raise ValueError(f"unlearn_grid: {jax.tree_util.keystr(path)} has leading shape {leaf.shape[:1]}, "
+                       f"expected ({size},) (one entry per grid point)")
+
+  def make_masked(hm):
+    hyper, mask = hm
+    objective, tx = make(hyper)
+    return objective, masked_optimizer(tx, mask, mask_mode)
+
+  hm = (hypers, masks)
+  tile = lambda t: jax.tree.map(lambda a: jnp.repeat(jnp.asarray(a)[None], size, axis=0), t)
+  params, state = tile(params), tile(state)
+  opt_state = jax.jit(jax.vmap(lambda h, p: make_masked(h)[1].init(p)))(hm, params)
+  return _run(make_masked, hm, params, state, opt_state, forget, retain, epochs=epochs, batch_size=batch_size,
+              rng=rng, schedule=schedule, forget_epochs=forget_epochs, forget_batch_size=forget_batch_size,
+              augment=augment, mesh=None, log=log, desc=desc, anchor=anchor, grid=True)
+
+
+def _run(make, hyper, params, state, opt_state, forget, retain, *, epochs, batch_size, rng, schedule, forget_epochs,
+         forget_batch_size, augment, mesh, log, desc, anchor, grid: bool = False):
+  """The epochs of `unlearn_loop` / `unlearn_grid` from a prepared optimiser state."""
+  if schedule not in SCHEDULES:
+    raise ValueError(f"schedule: unknown {schedule!r}; choose one of {SCHEDULES}")
+  if anchor not in ANCHORS:
+    raise ValueError(f"anchor: unknown {anchor!r}; choose one of {ANCHORS}")
+  probe = make(jax.tree.map(lambda a: a[0], hyper) if grid else hyper)[0]  # which terms the objective has
+  for name, term, split in (("forget", probe.forget, forget), ("retain", probe.retain, retain)):
+    if term is not None and split is None:
+      raise ValueError(f"the objective has a {name} term but no {name} split was given")
+  if probe.forget is None and probe.retain is None:
+    raise ValueError("the objective has neither a forget nor a retain term")
+  if schedule == "joint" and (probe.forget is None or probe.retain is None):
+    schedule = "sequential"  # a single term: the schedules coincide
   forget_bs = min(forget_batch_size or batch_size, forget.size) if forget is not None else None
   retain_bs = min(batch_size, retain.size) if retain is not None else None
 
   phases = []
   if schedule == "joint":
-    fn = _joint_fn(objective, tx, batch_size=retain_bs, forget_batch_size=forget_bs, augment=augment, mesh=mesh,
-                   anchor=anchor)
+    fn = _joint_fn(make, batch_size=retain_bs, forget_batch_size=forget_bs, augment=augment, mesh=mesh,
+                   anchor=anchor, grid=grid)
     phases.append(("joint", fn, (forget.x, forget.y, retain.x, retain.y), None))
   else:
-    if objective.forget is not None:
-      fn = _phase_fn(objective.forget, tx, batch_size=forget_bs, augment=augment, mesh=mesh)
-      phases.append(("forget", fn, (forget.x, forget.y), forget_epochs))
-    if objective.retain is not None:
-      fn = _phase_fn(objective.retain, tx, batch_size=retain_bs, augment=augment, mesh=mesh)
-      phases.append(("retain", fn, (retain.x, retain.y), None))
+    for name, term, split, bs, last in (("forget", probe.forget, forget, forget_bs, forget_epochs),
+                                        ("retain", probe.retain, retain, retain_bs, None)):
+      if term is not None:
+        fn = _phase_fn(make, name, batch_size=bs, augment=augment, mesh=mesh, grid=grid)
+        phases.append((name, fn, (split.x, split.y), last))
 
   if mesh is not None:
     phases = [(n, f, sharding_lib.replicate(d, mesh), e) for n, f, d, e in phases]
-  params, state = jax.tree.map(jnp.copy, (params, state))  # donation never touches the caller's arrays
-  opt_state = sharding_lib.init_opt_state(tx, params, mesh, rules)
-  history: dict[str, list] = {}
+  history: dict[str, Any] = {}
+  finite = None
   start = time.perf_counter()
   with sharding_lib.use_mesh(mesh):
     for epoch, key in enumerate(progress(jax.random.split(rng, epochs), desc=desc, unit="epoch")):
@@ -254,16 +357,24 @@ def unlearn_loop(model, params, state, forget: split_lib.Split | None, retain: s
         if last_epoch is not None and epoch >= last_epoch:
           continue
         params, state, opt_state, losses, metrics = fn(params, state, opt_state, *arrays, pkey,
-                                                       jnp.int32(epoch))
+                                                       jnp.int32(epoch), hyper)
         outputs.append((name, losses, metrics))
       for name, losses, metrics in jax.device_get(outputs):  # the one host sync of the epoch
-        train_lib.check_finite(np.asarray(losses), epoch, what=f"{name} loss")
-        history.setdefault(f"{name}_loss", []).append(float(np.mean(losses)))
+        losses = np.asarray(losses)
+        if grid:  # (G, steps): a diverged grid point is recorded, not fatal
+          ok = np.all(np.isfinite(losses), axis=-1)
+          finite = ok if finite is None else finite & ok
+        else:
+          train_lib.check_finite(losses, epoch, what=f"{name} loss")
+        mean = lambda v: np.mean(np.asarray(v), axis=-1) if grid else float(np.mean(v))
+        history.setdefault(f"{name}_loss", []).append(mean(losses))
         for k, v in metrics.items():
-          history.setdefault(f"{name}_{k}", []).append(float(np.mean(v)))
+          history.setdefault(f"{name}_{k}", []).append(mean(v))
       history.setdefault("epoch_seconds", []).append(time.perf_counter() - epoch_start)
       if log is not None:
-        log(f"epoch {epoch + 1}/{epochs} " + " ".join(f"{k}={v[-1]:.4f}" for k, v in history.items()))
+        log(f"epoch {epoch + 1}/{epochs} " + " ".join(f"{k}={np.mean(v[-1]):.4f}" for k, v in history.items()))
     jax.block_until_ready(params)
   history["seconds"] = time.perf_counter() - start
+  if grid:
+    history["finite"] = finite
   return params, state, history

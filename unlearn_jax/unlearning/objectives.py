@@ -57,19 +57,22 @@ def scaled(term, weight: float):
   return out
 
 
-def random_wrong_labels(rng: jax.Array, y: jax.Array, num_classes: int, exclude_true: bool = True) -> jax.Array:
-  """Uniform random labels; with ``exclude_true`` uniform over the ``num_classes - 1`` wrong classes."""
+def random_wrong_labels(rng: jax.Array, y: jax.Array, num_classes: int, exclude_true: bool = False) -> jax.Array:
+  """Uniform random labels over all ``num_classes`` (the SalUn code's ``torch.randint(0, num_classes, ...)``);
+  with ``exclude_true`` uniform over the ``num_classes - 1`` wrong classes."""
   if not exclude_true:
     return jax.random.randint(rng, y.shape, 0, num_classes, dtype=y.dtype)
   shift = jax.random.randint(rng, y.shape, 1, num_classes, dtype=y.dtype)
   return (y + shift) % num_classes
 
 
-def random_labels(model: Model, exclude_true: bool = True):
+def random_labels(model: Model, exclude_true: bool = False):
   """Cross-entropy to random labels drawn afresh every step (RL; SalUn's forget term).
 
-  The SalUn code draws labels from all classes (the true one included); the paper and this default draw a
-  wrong label (``exclude_true=True``), so the term always pushes away from the true class.
+  By default labels are drawn from all classes, the true one included, as the SalUn / Unlearn-Sparse code does
+  (``torch.randint(0, num_classes, target.shape)``), so about 1/C of the forget steps re-teach the true label. The
+  paper describes a wrong label; ``exclude_true=True`` draws one (the term then always pushes away from the
+  true class).
   """
 
   def term(params, state, batch, rng, epoch):

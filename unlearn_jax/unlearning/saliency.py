@@ -30,7 +30,9 @@ Pytree = Any
 def forget_saliency(model, params, state, forget: split_lib.Split, *, batch_size: int = 256) -> Pytree:
   """``|Σ_batches ∇θ mean-CE(forget batch)|`` in eval mode, as a pytree like ``params``.
 
-  Every forget example is used once: the last batch wraps around to fill, and wrapped rows are weighted 0.
+  The forget set is walked in order in batches of ``batch_size``, as the reference's unshuffled forget loader
+  does; every batch's loss is the plain mean over its own examples, the short last one included (it is filled by
+  wrapping around, and the wrapped rows get weight 0 and do not count in its mean).
   """
 
   @jax.jit
@@ -43,7 +45,7 @@ def forget_saliency(model, params, state, forget: split_lib.Split, *, batch_size
     def loss(p, xs, ys, ws):
       logits, _ = model.apply(p, state, xs, train=False)
       ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), ys)
-      return jnp.sum(ce * ws) / bs
+      return jnp.sum(ce * ws) / jnp.sum(ws)
 
     def body(acc, inp):
       g = jax.grad(loss)(params, *inp)

@@ -104,11 +104,7 @@ def run_frozen(model: Model, params, state, frozen: dict, forget, retain, object
     forget_batch_size: rows per forget step (defaults to ``opts.batch_size``).
   """
   bs, fbs = opts.batch_size, forget_batch_size or opts.batch_size
-  if schedule == "joint" and objective.forget is not None and objective.retain is not None:
-    steps = retain.num_batches(min(bs, retain.size))
-  else:
-    steps = sum(s.num_batches(min(b, s.size)) for s, t, b in ((forget, objective.forget, fbs),
-                                                               (retain, objective.retain, bs)) if t is not None)
+  steps = loop.steps_per_epoch(forget, retain, objective, schedule=schedule, batch_size=bs, forget_batch_size=fbs)
   tx = train_lib.make_optimizer(opts, steps)
   params, carried, _ = loop.unlearn_loop(model, params, carry(state, frozen), forget, retain, objective=objective,
                                          tx=tx, epochs=opts.epochs, batch_size=bs, rng=rng, schedule=schedule,
