@@ -3,6 +3,14 @@
 Importing this package never imports TensorFlow or TFDS; TFDS is imported when a TFDS dataset is loaded.
 """
 from unlearn_jax.data.augment import augment_cifar, get_augment
+from unlearn_jax.data.condense import (
+    condense_distribution_matching,
+    condense_gradient_matching,
+    distribution_matching_loss,
+    gradient_matching_distance,
+    gradient_matching_loss,
+    linen_init_fn,
+)
 from unlearn_jax.data.datasets import (
     Dataset,
     dataset_names,
@@ -33,9 +41,15 @@ __all__ = [
     "UnlearningSplits",
     "augment_cifar",
     "batch_arrays",
+    "condense_distribution_matching",
+    "condense_gradient_matching",
     "dataset_names",
+    "distribution_matching_loss",
     "from_arrays",
     "get_augment",
+    "gradient_matching_distance",
+    "gradient_matching_loss",
+    "linen_init_fn",
     "load_dataset",
     "load_digits",
     "load_mnist1d",
