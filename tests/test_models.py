@@ -19,6 +19,8 @@ DIGITS = (8, 8, 1)
 CIFAR = (32, 32, 3)
 BATCH = 2
 BN_MODELS = {"resnet18", "resnet20", "vgg11_bn", "vgg16_bn"}
+# The image models (NHWC inputs); cnn1d takes (N, L, C) signals and is tested in tests/test_mnist1d.py.
+IMAGE_MODELS = tuple(m for m in MODELS if m != "cnn1d")
 EMBED_DIM = {"mlp": 512, "cnn": 128, "resnet18": 512, "resnet20": 64,
              "vgg11": 512, "vgg16": 512, "vgg11_bn": 512, "vgg16_bn": 512}
 
@@ -96,7 +98,7 @@ def _check_variables(name, params, state):
     assert state == {}
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", IMAGE_MODELS)
 def test_digits_logits_features_and_state(name):
   model, params, state = _init(name)
   _check_variables(name, params, state)
@@ -112,7 +114,7 @@ def test_digits_logits_features_and_state(name):
   np.testing.assert_allclose(emb @ head["kernel"] + head["bias"], logits, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", IMAGE_MODELS)
 def test_cifar_shapes(name):
   model, params, state = _abstract_init(name, CIFAR)
   _check_variables(name, params, state)
@@ -125,7 +127,7 @@ def test_cifar_shapes(name):
 
 
 def test_registry_errors_and_kwargs():
-  with pytest.raises(ValueError, match="known models: mlp, cnn, resnet18"):
+  with pytest.raises(ValueError, match="known models: mlp, cnn, cnn1d, resnet18"):
     get_model("resnet50", 10)
   with pytest.raises(ValueError, match="'widht'"):
     get_model("resnet20", 10, widht=2)
@@ -137,7 +139,7 @@ def test_registry_errors_and_kwargs():
     get_model("resnet20", 10, width=0)
   with pytest.raises(ValueError, match="vgg13"):
     VGG("vgg13")
-  assert MODELS == ("mlp", "cnn", "resnet18", "resnet20", "vgg11", "vgg16", "vgg11_bn", "vgg16_bn")
+  assert MODELS == ("mlp", "cnn", "cnn1d", "resnet18", "resnet20", "vgg11", "vgg16", "vgg11_bn", "vgg16_bn")
   vgg = get_model("vgg16_bn", 7, dtype=jnp.bfloat16)
   assert (vgg.cfg, vgg.batch_norm, vgg.num_classes, vgg.dtype) == ("vgg16", True, 7, jnp.bfloat16)
   assert isinstance(get_model("resnet18", 10), ResNet18)
@@ -194,7 +196,7 @@ def test_parameter_counts():
   assert num_params(_init("resnet18")[1]) == 11_173_962 - 2 * 9 * 64
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", IMAGE_MODELS)
 def test_bf16_compute_close_to_fp32(name):
   model, params, state = _init(name)
   bf16_model, bf16_params, bf16_state = _abstract_init(name, DIGITS, dtype=jnp.bfloat16)
