@@ -4,7 +4,8 @@ Both sides run SalUn's random-label epoch on CIFAR-shaped synthetic data with a 
 batch (random wrong labels), then every retain batch (true labels), SGD with momentum 0.9 and weight decay 5e-4,
 updates restricted to the top 50% of weights by forget-gradient saliency (the PyTorch side masks gradients and
 restores masked weights, as the SalUn code does). Throughput is images/s over the epochs after the first
-(which includes compilation / cuDNN autotuning); the ratio is JAX / PyTorch from one run.
+(which includes compilation / cuDNN autotuning); the ratio is JAX / PyTorch from one run. ``--dtype=bfloat16``
+computes in bfloat16 on both sides (JAX: the model's compute dtype, parameters float32; PyTorch: ``torch.autocast``).
 
   python benchmarks/salun_vs_torch.py --num_forget=256 --num_retain=768 --batch_size=64 --epochs=3   # CPU
   python benchmarks/salun_vs_torch.py --num_forget=5000 --num_retain=45000 --batch_size=256 --epochs=3  # GPU
@@ -14,6 +15,7 @@ Needs ``torch`` (not a dependency of unlearn_jax).
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import app
 from absl import flags
@@ -33,10 +35,11 @@ _RETAIN = flags.DEFINE_integer("num_retain", 768, "Retain-set size.")
 _BATCH = flags.DEFINE_integer("batch_size", 64, "Batch size.")
 _EPOCHS = flags.DEFINE_integer("epochs", 3, "Epochs (the first is warm-up).")
 _SIDES = flags.DEFINE_list("sides", ["jax", "torch"], "Which implementations to time.")
+_DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype (parameters float32).")
 
 
 def jax_side(forget, retain):
-  module = models.get_model("resnet18", 10)
+  module = models.get_model("resnet18", 10, dtype=jnp.dtype(_DTYPE.value))
   model, params, state = model_lib.init(module, jax.random.key(0), forget.x[:1])
   mask = saliency.saliency_mask(saliency.forget_saliency(model, params, state, forget, batch_size=_BATCH.value),
                                 fraction=0.5)
@@ -61,10 +64,17 @@ def torch_side(forget, retain):
   fx, fy = to_t(forget.x).permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last), to_t(forget.y).long()
   rx, ry = to_t(retain.x).permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last), to_t(retain.y).long()
   crit = nn.CrossEntropyLoss()
+  autocast = lambda: torch.autocast(device, dtype=torch.bfloat16, enabled=_DTYPE.value == "bfloat16")
+
+  def loss_of(x, y):
+    with autocast():
+      logits = net(x)
+    return crit(logits.float(), y)
+
   net.eval()
   net.zero_grad()
   for i in range(0, len(fx), _BATCH.value):
-    crit(net(fx[i:i + _BATCH.value]), fy[i:i + _BATCH.value]).backward()
+    loss_of(fx[i:i + _BATCH.value], fy[i:i + _BATCH.value]).backward()
   scores = torch.cat([p.grad.abs().flatten() for p in net.parameters()])
   k = int(scores.numel() * 0.5)
   threshold = torch.topk(scores, k).values[-1]
@@ -75,7 +85,7 @@ def torch_side(forget, retain):
 
   def step(x, y):
     opt.zero_grad(set_to_none=True)
-    crit(net(x), y).backward()
+    loss_of(x, y).backward()
     for p, m in zip(net.parameters(), mask):
       p.grad.mul_(m)
     opt.step()
@@ -114,7 +124,7 @@ def main(argv):
     steady = float(np.mean(times[1:]))
     rates[side] = images / steady
     print(f"{side}: first epoch {times[0]:.2f} s, steady epoch {steady:.2f} s, {rates[side]:.1f} images/s")
-  print(f"device={jax.devices()[0].device_kind} images/epoch={images} batch={_BATCH.value}")
+  print(f"device={jax.devices()[0].device_kind} images/epoch={images} batch={_BATCH.value} dtype={_DTYPE.value}")
   if len(rates) == 2:
     print(f"ratio jax/torch = {rates['jax'] / rates['torch']:.2f}")
 
