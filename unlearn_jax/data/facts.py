@@ -540,3 +540,107 @@ def make_facts_benchmark(seed: int = 0, num_people: int = 200, facts_per_person:
   return FactsBenchmark(tokenizer=tokenizer, seq_len=seq_len, prompt_len=prompt_len, names=names, people=people,
                         world=world, num_people=num_people, num_holdout=num_holdout, num_perturbed=num_perturbed,
                         seed=seed)
+
+
+# ------------------------------------------------------------------------------------------------ concept views
+# A second wording of each person question (words of the vocabulary only, so nothing encodes to UNK): the
+# concept-level recall of `unlearn_jax.evaluation.language` asks both, and no model or forget set ever trains on
+# these.
+PARAPHRASED_QUESTIONS = {
+    "birthplace": "in which city was {e} born ?",
+    "birth_year": "in which year was {e} born ?",
+    "occupation": "what does {e} work as ?",
+    "father": "what did the father of {e} work as ?",
+    "mother": "what did the mother of {e} work as ?",
+    "field": "what is the field of {e} ?",
+    "award": "what award was given to {e} ?",
+    "colour": "which colour is the favourite of {e} ?",
+    "food": "which food is the favourite of {e} ?",
+    "pet": "what is the pet of {e} ?",
+    "instrument": "what is the instrument of {e} ?",
+    "residence": "where is the home of {e} now ?",
+    "siblings": "{e} has how many siblings ?",
+}
+ATTRIBUTES = {a.name: a for a in PERSON_ATTRIBUTES + WORLD_ATTRIBUTES}
+
+
+def relation_ids(relations: Iterable[str]) -> np.ndarray:
+  """Indices into `FACT_NAMES` of person-relation names (``'colour'``...); ValueError naming an unknown one."""
+  relations = tuple(relations)
+  known = tuple(a.name for a in PERSON_ATTRIBUTES)
+  bad = [r for r in relations if r not in known]
+  if bad:
+    raise ValueError(f"unknown relation(s) {bad}; expected names from {known}")
+  return np.asarray([FACT_NAMES.index(r) for r in relations], np.int32)
+
+
+def with_relations(qa: QASet, relations: Iterable[str], keep: bool = True) -> QASet:
+  """The rows of ``qa`` whose relation is (``keep``) or is not (``keep=False``) one of ``relations``.
+
+  Example: ``with_relations(bench.splits('forget10')['forget'], ('colour', 'food'), keep=False)`` is the
+  sentence-level forget set with those two relations held out (the folds themselves are unchanged).
+  """
+  hit = np.isin(qa.fact, relation_ids(relations))
+  return qa.take(np.flatnonzero(hit if keep else ~hit))
+
+
+def encode_prompts(tokenizer: Tokenizer, questions: Sequence[str], prompt_len: int):
+  """``(prompt_ids [N, prompt_len], prompt_len [N])``: ``BOS question SEP`` right-padded, as `QASet.prompt_ids`."""
+  ids, lens = np.zeros((len(questions), prompt_len), np.int32), np.zeros(len(questions), np.int32)
+  for i, question in enumerate(questions):
+    row = [BOS, *tokenizer.encode(question), SEP]
+    if len(row) > prompt_len:
+      raise ValueError(f"encode_prompts: question {question!r} has {len(row)} tokens with BOS/SEP, over "
+                       f"prompt_len={prompt_len}")
+    ids[i, :len(row)], lens[i] = row, len(row)
+  return ids, lens
+
+
+def encode_pairs(tokenizer: Tokenizer, questions: Sequence[str], answers: Sequence[str], seq_len: int):
+  """``(input_ids, loss_mask)``, ``[N, seq_len]`` each, of free-text QA pairs in the benchmark's layout
+  (``BOS q SEP a EOS PAD...``, mask at the answer and EOS); an answer too long for ``seq_len`` is cut (ValueError
+  if not even one answer token fits)."""
+  if len(questions) != len(answers):
+    raise ValueError(f"encode_pairs: {len(questions)} questions but {len(answers)} answers")
+  ids, mask = np.zeros((len(questions), seq_len), np.int32), np.zeros((len(questions), seq_len), np.float32)
+  for i, (question, answer) in enumerate(zip(questions, answers)):
+    q, a = tokenizer.encode(question), tokenizer.encode(answer)
+    room = seq_len - len(q) - 3
+    if room < 1:
+      raise ValueError(f"encode_pairs: question {question!r} leaves no room for an answer in seq_len={seq_len}")
+    ids[i], mask[i] = _sequence(tokenizer, q, a[:room], seq_len)
+  return ids, mask
+
+
+def fact_value(qa: QASet, row: int, name: str) -> str:
+  """The true value of row ``row`` of ``qa`` (about entity ``name``), read back from its answer template."""
+  attr = ATTRIBUTES[FACT_NAMES[int(qa.fact[row])].removeprefix("world_")]
+  value = match_template(attr.answer, name, qa.answers[row])
+  if value is None:
+    raise ValueError(f"fact_value: answer {qa.answers[row]!r} does not follow {attr.answer!r} for {name!r}")
+  return value
+
+
+def match_template(template: str, entity: str, text: str) -> str | None:
+  """The ``{v}`` words of ``text`` if it reads as ``template`` with ``{e}`` = ``entity``, else None.
+
+  Example: ``match_template('{e} was born in {v} .', 'alana brix', 'alana brix was born in verlo .') == 'verlo'``.
+  """
+  words = [re.escape(entity) if w == ENTITY else r"(.+?)" if w == VALUE else re.escape(w) for w in template.split()]
+  found = re.fullmatch(r"\s+".join(words), " ".join(text.split()))
+  return found.group(1) if found else None
+
+
+def concept_views(bench: "FactsBenchmark", qa: QASet, *, paraphrased: bool = False):
+  """``(prompt_ids, prompt_len, values)`` of every person row of ``qa``: its question (or `PARAPHRASED_QUESTIONS`
+  wording) as a generation prompt and the true value the answer must contain."""
+  names = [bench.names[int(p)] for p in qa.person]
+  relations = [FACT_NAMES[int(f)] for f in qa.fact]
+  if any(int(p) < 0 for p in qa.person):
+    raise ValueError("concept_views: takes rows about people (person >= 0), not world facts")
+  if paraphrased:
+    questions = [_fill(PARAPHRASED_QUESTIONS[r], n, "") for r, n in zip(relations, names)]
+  else:
+    questions = list(qa.questions)
+  ids, lens = encode_prompts(bench.tokenizer, questions, bench.prompt_len)
+  return ids, lens, [fact_value(qa, i, n) for i, n in enumerate(names)]

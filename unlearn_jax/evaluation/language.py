@@ -58,6 +58,7 @@ References:
 from __future__ import annotations
 
 import functools
+import re
 from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import jax
@@ -463,3 +464,55 @@ def evaluate_lm(lm: language.LanguageModel, params: Pytree, sets: Mapping[str, A
       # A Retrain AUC of exactly 0 (possible on tiny sets) leaves PrivLeak undefined: NaN, not a crash.
       row["privleak"] = privleak(row["mink_auc"], retrain_auc) if retrain_auc > 0 else float("nan")
   return LMEvaluation(metrics=row, samples=samples)
+
+
+# ------------------------------------------------------------------------------------------- concept-level recall
+# A fact counts as recalled when the greedy answer to its question contains the fact's value, word for word
+# (``verlo`` in ``alana brix was born in verlo .``). Unlike ROUGE-L recall against the whole answer, the
+# restated subject and template words earn nothing, so a model that keeps the sentence shape but has lost the
+# value scores 0. Guessing still scores: a never-trained model (Retrain) gives the chance level of the pools.
+_WORD_RE = re.compile(r"[a-z0-9]+|[^\sa-z0-9]")
+
+
+def _words(text: str) -> list[str]:
+  return _WORD_RE.findall(str(text).lower())
+
+
+def value_recalled(generations: Sequence[str], values: Sequence[str]) -> np.ndarray:
+  """bool ``[N]``: whether each generation contains its value's words as one contiguous run (case-insensitive)."""
+  if len(generations) != len(values):
+    raise ValueError(f"value_recalled: {len(generations)} generations but {len(values)} values")
+  out = np.zeros(len(values), bool)
+  for i, (gen, value) in enumerate(zip(generations, values)):
+    g, v = _words(gen), _words(value)
+    if not v:
+      raise ValueError(f"value_recalled: value {i} ({value!r}) has no word")
+    out[i] = any(g[j:j + len(v)] == v for j in range(len(g) - len(v) + 1))
+  return out
+
+
+def fact_recall(lm: language.LanguageModel, params: Pytree, prompt_ids, prompt_len, values: Sequence[str], *,
+                decode: Callable[[np.ndarray], str], max_new_tokens: int = 16, batch_size: int = 128):
+  """``(hits bool [N], generations)``: the greedy answer to each prompt and whether it states the value."""
+  generations = generate_answers(lm, params, prompt_ids, prompt_len, decode=decode, max_new_tokens=max_new_tokens,
+                                 batch_size=batch_size)
+  return value_recalled(generations, values), generations
+
+
+def recall_by_group(hits, groups: Mapping[str, Any]) -> dict[str, float]:
+  """``{name: share of hits}`` over each group's rows (a bool mask or row positions); NaN for an empty group.
+
+  Concept-level recall of a target is the group of all its facts (every relation, original and paraphrased
+  questions); its sub-groups (the paraphrased questions, the relations no forget set ever held) and the other
+  people's facts (utility) are further groups of the same ``hits``.
+  """
+  hits = np.asarray(hits, bool)
+  out = {}
+  for name, rows in groups.items():
+    rows = np.asarray(rows)
+    if rows.dtype == bool:
+      if rows.shape != hits.shape:
+        raise ValueError(f"recall_by_group: mask {name!r} has shape {rows.shape}, hits {hits.shape}")
+      rows = np.flatnonzero(rows)
+    out[name] = float(hits[rows].mean()) if rows.size else float("nan")
+  return out
