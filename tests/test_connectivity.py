@@ -152,3 +152,57 @@ def test_curves_reject_bad_options(digits_pair):
     C.curves(model, a, b, {"t": ds.test}, correction="reset_bn")
   with pytest.raises(ValueError, match="needs layers"):
     C.curves(model, a, b, {"t": ds.test}, correction="repair", correction_split=ds.train)
+
+
+def _np_mlp_outputs(params, x):
+  """NumPy forward pass of the MLP: every Dense output before its ReLU, as (n, features) float64 arrays."""
+  h, outs = np.asarray(x, np.float64).reshape(len(x), -1), []
+  names = sorted(params, key=lambda k: int(k.split("_")[1]))
+  for i, name in enumerate(names):
+    h = h @ np.asarray(params[name]["kernel"], np.float64) + np.asarray(params[name]["bias"], np.float64)
+    outs.append(h)
+    if i < len(names) - 1:
+      h = np.maximum(h, 0.0)
+  return outs
+
+
+def test_layerwise_connectivity_against_numpy_least_squares(digits_pair):
+  ds, model, (a, b) = digits_pair
+  layers = ("Dense_0", "Dense_1", "Dense_2")
+  x = ds.test.x[:300]
+  split = Split(x, ds.test.y[:300])
+  rows = C.layerwise_connectivity(model, a, b, split, layers=layers, alpha=0.3, batch_size=128)
+  mid = C.interpolate(a[0], b[0], 0.3)
+  za, zb, zm = _np_mlp_outputs(a[0], x), _np_mlp_outputs(b[0], x), _np_mlp_outputs(mid, x)
+  for i, layer in enumerate(layers):
+    design = np.stack([za[i].ravel(), zb[i].ravel()], 1)
+    coef = np.linalg.lstsq(design, zm[i].ravel(), rcond=None)[0]
+    residual = np.linalg.norm(zm[i].ravel() - design @ coef) / np.linalg.norm(zm[i])
+    lewc = np.array([0.7 ** (i + 1), 0.3 ** (i + 1)])
+    lewc_residual = np.linalg.norm(zm[i].ravel() - design @ lewc) / np.linalg.norm(zm[i])
+    row = rows[layer]
+    assert row["depth"] == i + 1
+    np.testing.assert_allclose([row["weight_a"], row["weight_b"]], coef, rtol=2e-3, atol=1e-4, err_msg=layer)
+    assert row["residual"] == pytest.approx(residual, rel=1e-2, abs=1e-4)
+    assert row["lewc_residual"] == pytest.approx(lewc_residual, rel=1e-2, abs=1e-4)
+    assert (row["lewc_weight_a"], row["lewc_weight_b"]) == pytest.approx(tuple(lewc))
+  # the first layer is affine in the weights: exactly (1 - alpha) z_A + alpha z_B, so LEWC holds with exponent 1
+  first = rows["Dense_0"]
+  assert (first["weight_a"], first["weight_b"]) == pytest.approx((0.7, 0.3), abs=1e-4)
+  assert first["residual"] < 1e-5 and first["lewc_residual"] < 1e-5
+  assert first["exponent_a"] == pytest.approx(1.0, abs=1e-3)
+  assert rows["Dense_2"]["residual"] > 1e-3  # deeper layers of two seeds are not an exact weighted sum
+
+
+def test_layerwise_connectivity_residual_is_zero_for_equal_endpoints(digits_pair):
+  ds, model, (a, _) = digits_pair
+  rows = C.layerwise_connectivity(model, a, a, ds.test, layers=("Dense_0", "Dense_1", "Dense_2"))
+  for layer, row in rows.items():
+    assert row["residual"] < 1e-5, layer
+    assert row["weight_a"] + row["weight_b"] == pytest.approx(1.0, abs=1e-5)  # minimum-norm split of z = z_A = z_B
+  # LEWC's own weights (0.5^l each) shrink the output of deeper layers: a nonzero residual 1 - 2 * 0.5^l
+  assert rows["Dense_2"]["lewc_residual"] == pytest.approx(1 - 2 * 0.5 ** 3, abs=1e-4)
+  with pytest.raises(ValueError, match="layers is empty"):
+    C.layerwise_connectivity(model, a, a, ds.test, layers=())
+  with pytest.raises(ValueError, match="no intermediate output"):
+    C.layerwise_connectivity(model, a, a, ds.test, layers=("nope",))

@@ -10,6 +10,7 @@ from unlearn_jax.merging import permutation as P
 from unlearn_jax.model import from_linen
 
 X8 = np.random.default_rng(0).normal(size=(16, 8, 8, 1)).astype(np.float32)
+X40 = np.random.default_rng(0).normal(size=(16, 40, 1)).astype(np.float32)  # MNIST-1D-shaped signals
 
 
 def random_variables(module, x, seed=0):
@@ -39,6 +40,7 @@ MODELS = {
     "cnn": (models.get_model("cnn", 10, channels=(8, 6), dense=12), X8),
     "vgg11_bn": (models.get_model("vgg11_bn", 10), X8),
     "resnet20": (models.get_model("resnet20", 10, width=1), X8),
+    "cnn1d": (models.get_model("cnn1d", 10, channels=(6, 5, 4), width=2), X40),
 }
 
 
@@ -204,3 +206,71 @@ def test_vgg_spec_variants():
   assert r18.activations["P_stage2"] == ("stage2_block0", "stage2_block1")
   with pytest.raises(ValueError, match="no permutation spec builder for model 'vit'"):
     P.spec_for_model("vit", {})
+
+
+def test_cnn1d_spec_layout_and_blockwise_classifier():
+  spec = P.cnn1d_permutation_spec(3)
+  assert spec.axes_to_perm["conv_0/kernel"] == (None, None, "P_conv_0")
+  assert spec.axes_to_perm["conv_2/kernel"] == (None, "P_conv_1", "P_conv_2")
+  assert spec.axes_to_perm["fc/kernel"] == ("P_conv_2", None)
+  assert P.kernel_layers(spec) == ("conv_0", "conv_1", "conv_2", "fc")
+  module, x = MODELS["cnn1d"]
+  _, params, _ = random_variables(module, x)
+  assert P.check_spec(spec, params) == {"P_conv_0": 12, "P_conv_1": 10, "P_conv_2": 8}
+  perms = P.random_perms(spec, params, jax.random.key(0))
+  out = P.apply_permutation(spec, perms, params)
+  k = np.asarray(params["fc"]["kernel"]).reshape(-1, 8, 10)  # (positions, channels, classes)
+  np.testing.assert_array_equal(out["fc"]["kernel"], k[:, np.asarray(perms["P_conv_2"])].reshape(-1, 10))
+
+
+def _svd_overlap(a, b, k):
+  """NumPy reference: overlap of the top-k left singular subspaces, via principal-angle cosines."""
+  ua = np.linalg.svd(a)[0][:, :k]
+  ub = np.linalg.svd(b)[0][:, :k]
+  cosines = np.linalg.svd(ua.T @ ub, compute_uv=False)  # cosines of the principal angles
+  return float(np.mean(cosines ** 2))
+
+
+def test_singular_alignment_is_one_for_a_permuted_copy_and_chance_for_random_weights():
+  module, x = MODELS["mlp"]
+  _, params, _ = random_variables(module, x, seed=3)
+  spec = P.spec_for_model("mlp", params)
+  perms = P.random_perms(spec, params, jax.random.key(4))
+  copy = P.apply_permutation(spec, perms, params)
+  after = P.singular_alignment(params, copy, spec, k=4, perms=P.invert_perms(perms))
+  assert set(after) == {"Dense_0", "Dense_1", "Dense_2"}
+  for layer, row in after.items():
+    assert row["input"] == pytest.approx(1.0, abs=1e-9) and row["output"] == pytest.approx(1.0, abs=1e-9), layer
+  before = P.singular_alignment(params, copy, spec, k=4)
+  assert before["Dense_1"]["mean"] < 0.9  # both sides of the hidden layer are scrambled by the permutation
+  # the unpermuted input space of the first layer and output space of the classifier stay aligned
+  assert before["Dense_0"]["input"] == pytest.approx(1.0) and before["Dense_2"]["output"] == pytest.approx(1.0)
+  # against NumPy's principal angles
+  w_a, w_b = np.asarray(params["Dense_1"]["kernel"], np.float64), np.asarray(copy["Dense_1"]["kernel"], np.float64)
+  assert before["Dense_1"]["input"] == pytest.approx(_svd_overlap(w_a, w_b, 4), abs=1e-9)
+  assert before["Dense_1"]["output"] == pytest.approx(_svd_overlap(w_a.T, w_b.T, 4), abs=1e-9)
+  # independent random 200 x 300 matrices: overlap near k / n, far below 1
+  rng = np.random.default_rng(0)
+  shapes = {"h": (200, 300), "o": (300, 5)}
+  rand = lambda: {m: {"kernel": rng.normal(size=s), "bias": np.zeros(s[1])} for m, s in shapes.items()}
+  spec2 = P.PermutationSpec({"h/kernel": (None, "P"), "h/bias": ("P",), "o/kernel": ("P", None), "o/bias": (None,)})
+  row = P.singular_alignment(rand(), rand(), spec2, k=10)["h"]
+  assert row["chance_input"] == pytest.approx(10 / 200) and row["chance_output"] == pytest.approx(10 / 300)
+  assert row["input"] < 4 * row["chance_input"] and row["output"] < 4 * row["chance_output"]
+  with pytest.raises(ValueError, match="k must be at least 1"):
+    P.singular_alignment(params, copy, spec, k=0)
+
+
+def test_weight_matching_raises_singular_alignment_of_trained_like_weights():
+  """Two noisy permuted copies of one low-rank network: matching recovers the shared top singular directions."""
+  rng = np.random.default_rng(1)
+  spec = P.mlp_permutation_spec(1)
+  base = rng.normal(size=(30, 3)) @ rng.normal(size=(3, 40))  # rank 3 hidden layer
+  make = lambda: {"Dense_0": {"kernel": base + 0.3 * rng.normal(size=base.shape), "bias": np.zeros(40)},
+                  "Dense_1": {"kernel": rng.normal(size=(40, 4)), "bias": np.zeros(4)}}
+  pa, pb = make(), make()
+  pb = P.apply_permutation(spec, P.random_perms(spec, pb, jax.random.key(0)), pb)
+  found = P.weight_matching(spec, pa, pb, rng=jax.random.key(1))
+  before = P.singular_alignment(pa, pb, spec, k=3)["Dense_0"]["output"]
+  after = P.singular_alignment(pa, pb, spec, k=3, perms=found)["Dense_0"]["output"]
+  assert before < 0.5 < 0.95 < after

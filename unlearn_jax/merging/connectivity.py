@@ -14,7 +14,9 @@ Interpolated models may be corrected before they are scored:
 
 With ``calibrate=True`` each interpolated model also gets its own softmax temperature, fitted by minimising the
 NLL (`fit_temperature`), and the calibrated loss barrier is reported: the part of the barrier that a single
-scalar cannot explain.
+scalar cannot explain. `layerwise_connectivity` checks, layer by layer, whether the merged model's outputs are
+an exponentially weighted sum of the endpoints' (LEWC), which is why a temperature can close the barrier of
+wide models without any permutation.
 
 Example:
     >>> curve = barrier(model, (params_a, state_a), (params_b_aligned, state_b), test_split)
@@ -29,6 +31,8 @@ References:
     Jordan, Sedghi, Saukh, Entezari and Neyshabur, "REPAIR: REnormalizing Permuted Activations for
     Interpolation Repair", ICLR 2023.
     Guo, Pleiss, Sun and Weinberger, "On Calibration of Modern Neural Networks", ICML 2017 (temperature scaling).
+    Ito, Yamada, Chijiwa and Kumagai, "Do We Really Need Permutations? Impact of Width Expansion on Linear Mode
+    Connectivity", arXiv:2510.08023, 2025 (LEWC).
 """
 from __future__ import annotations
 
@@ -506,3 +510,123 @@ def barrier(model: Model, endpoint_a: Endpoint, endpoint_b: Endpoint, split: Spl
     0.0
   """
   return curves(model, endpoint_a, endpoint_b, {"eval": split}, **options)["eval"]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Layerwise exponentially weighted connectivity (LEWC).
+
+
+def _flat_rows(act: jax.Array, w: jax.Array) -> jax.Array:
+  """A module output ``(batch, ...)`` as ``(batch, features)`` float32 rows, zeroed where ``w`` is 0 (padding)."""
+  return act.astype(jnp.float32).reshape(act.shape[0], -1) * w[:, None]
+
+
+@functools.partial(jax.jit, static_argnames=("model", "modules"))
+def _lewc_sums(model: Model, modules: tuple[str, ...], merged, end_a, end_b, xb, wb, coefs):
+  """Per module: the Gram entries of ``(a, b, m)`` and the squared residuals of each ``coefs`` row.
+
+  ``coefs`` is ``{module: (r, 2)}``: the residual ``||m - c_a a - c_b b||^2`` is summed for each row ``(c_a, c_b)``.
+  """
+
+  def one(x, w):
+    acts = [select_activations(model, *e, x, modules) for e in (merged, end_a, end_b)]
+    out = {}
+    hi = jax.lax.Precision.HIGHEST
+    for mod in modules:
+      m, a, b = (_flat_rows(act[mod], w) for act in acts)
+      stacked = jnp.stack([a, b])  # (2, rows, features)
+      gram = jnp.einsum("irf,jrf->ij", stacked, stacked, precision=hi)
+      rhs = jnp.einsum("irf,rf->i", stacked, m, precision=hi)
+      residual = m[None] - jnp.einsum("ci,irf->crf", coefs[mod], stacked, precision=hi)
+      out[mod] = (gram, rhs, jnp.sum(jnp.square(m)), jnp.sum(jnp.square(residual), axis=(1, 2)))
+    return out
+
+  def body(total, inputs):
+    return jax.tree.map(jnp.add, total, one(*inputs)), None
+
+  zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(one, xb[0], wb[0]))
+  return jax.lax.scan(body, zeros, (xb, wb))[0]
+
+
+def layerwise_connectivity(model: Model, endpoint_a: Endpoint, endpoint_b: Endpoint, split: Split, *,
+                           layers: Sequence[str], alpha: float = 0.5, merged: Endpoint | None = None,
+                           batch_size: int = 1024) -> dict[str, dict]:
+  """LEWC check: is each layer of the merged model an exponentially weighted sum of the endpoints' layers?
+
+  Layerwise exponentially weighted connectivity says that for the merged weights ``(1 - alpha) A + alpha B`` the
+  output ``z_l`` of the ``l``-th layer satisfies ``z_l(merged) ~ (1 - alpha)^l z_l(A) + alpha^l z_l(B)``: each
+  affine layer multiplies the weight carried by each endpoint's signal by its coefficient, when the two models'
+  units do not respond to each other's features (as in wide, independently trained networks), so the merged
+  logits are those of the endpoints' ensemble scaled by ``2^(1-L)`` at the midpoint, which a softmax temperature
+  undoes. This function measures, per layer, how true that is on ``split``:
+
+  - the **fitted weights** ``(c_a, c_b)`` minimising ``||z(merged) - c_a z(A) - c_b z(B)||^2`` over every example
+    and feature (ordinary least squares, closed form on the 2 x 2 Gram matrix; the minimum-norm solution when
+    ``z(A)`` and ``z(B)`` are collinear, e.g. equal endpoints), with its **relative residual**
+    ``||z(merged) - c_a z(A) - c_b z(B)|| / ||z(merged)||`` (0: the merged layer is exactly such a sum);
+  - the fitted **exponents** ``log c_a / log(1 - alpha)`` and ``log c_b / log alpha`` (LEWC predicts ``l``; None
+    when a weight is not positive or ``alpha`` is 0 or 1);
+  - the relative residual with LEWC's own weights ``((1 - alpha)^l, alpha^l)`` (``lewc_residual``).
+
+  Choices (the paper states LEWC for the outputs of each layer; where we had to choose): a layer's output is the
+  module's output as Flax captures it, i.e. the affine (Dense/Conv) output before its ReLU; the depth ``l`` of
+  ``layers[i]`` is ``i + 1``, so pass every affine layer in forward order (the classifier last, e.g.
+  `unlearn_jax.merging.permutation.kernel_layers`). The first layer is affine in the weights, so its fitted
+  weights are exactly ``(1 - alpha, alpha)`` with residual 0 for any two endpoints.
+
+  Args:
+    model: the network (needs ``Model.intermediates``, e.g. from `unlearn_jax.model.from_linen`).
+    endpoint_a: ``(params, state)`` of ``A``.
+    endpoint_b: ``(params, state)`` of ``B`` (aligned to ``A`` or not).
+    split: the data (every example counts once).
+    layers: module paths in forward order.
+    alpha: the interpolation coefficient of ``B``.
+    merged: ``(params, state)`` of the merged model; by default the interpolation at ``alpha`` (state included).
+    batch_size: rows per forward pass.
+
+  Returns:
+    ``{layer: {'depth', 'weight_a', 'weight_b', 'residual', 'exponent_a', 'exponent_b', 'lewc_weight_a',
+    'lewc_weight_b', 'lewc_residual'}}`` (Python floats / ints / None).
+
+  References:
+    Ito, Yamada, Chijiwa and Kumagai, "Do We Really Need Permutations? Impact of Width Expansion on Linear Mode
+    Connectivity", arXiv:2510.08023, 2025 (LEWC).
+
+  Example:
+    >>> rows = layerwise_connectivity(model, (pa, sa), (pb, sb), test_split, layers=('Dense_0', 'Dense_1',
+    ...                               'Dense_2'))
+    >>> rows['Dense_2']['weight_a'], rows['Dense_2']['lewc_weight_a']   # fitted vs 0.5 ** 3
+  """
+  layers = tuple(layers)
+  if not layers:
+    raise ValueError("layerwise_connectivity: layers is empty; give the module paths in forward order")
+  if not 0.0 <= alpha <= 1.0:
+    raise ValueError(f"layerwise_connectivity: alpha must be in [0, 1], got {alpha}")
+  check_same_structure(endpoint_a[0], endpoint_b[0], ("endpoint_a params", "endpoint_b params"),
+                       "layerwise_connectivity")
+  if merged is None:
+    merged = (interpolate(endpoint_a[0], endpoint_b[0], alpha), interpolate(endpoint_a[1], endpoint_b[1], alpha))
+  xb, wb = masked_batches(split, batch_size)
+  lewc = {m: ((1.0 - alpha) ** (i + 1), alpha ** (i + 1)) for i, m in enumerate(layers)}
+  placeholder = {m: jnp.asarray([v, v], jnp.float32) for m, v in lewc.items()}
+  sums = jax.device_get(_lewc_sums(model, layers, merged, endpoint_a, endpoint_b, xb, wb, placeholder))
+  fitted = {}
+  for m in layers:
+    gram, rhs = np.asarray(sums[m][0], np.float64), np.asarray(sums[m][1], np.float64)
+    fitted[m] = np.linalg.lstsq(gram, rhs, rcond=1e-6)[0]
+  # second pass: residuals measured directly (no cancellation in ||m||^2 - 2 c.r + c'Gc)
+  coefs = {m: jnp.asarray([fitted[m], lewc[m]], jnp.float32) for m in layers}
+  sums = jax.device_get(_lewc_sums(model, layers, merged, endpoint_a, endpoint_b, xb, wb, coefs))
+
+  def exponent(c, base):
+    return float(np.log(c) / np.log(base)) if c > 0 and 0.0 < base < 1.0 else None
+
+  out = {}
+  for i, m in enumerate(layers):
+    norm = max(float(sums[m][2]), 1e-30)
+    res_fit, res_lewc = (float(np.sqrt(max(float(r), 0.0) / norm)) for r in sums[m][3])
+    c_a, c_b = (float(c) for c in fitted[m])
+    out[m] = {"depth": i + 1, "weight_a": c_a, "weight_b": c_b, "residual": res_fit,
+              "exponent_a": exponent(c_a, 1.0 - alpha), "exponent_b": exponent(c_b, alpha),
+              "lewc_weight_a": lewc[m][0], "lewc_weight_b": lewc[m][1], "lewc_residual": res_lewc}
+  return out

@@ -244,6 +244,12 @@ def check_spec(spec: PermutationSpec, params: Pytree, state: Pytree | None = Non
   return sizes
 
 
+def kernel_layers(spec: PermutationSpec) -> tuple[str, ...]:
+  """Module paths of every array named ``.../kernel`` the spec covers, in spec order (forward order for the
+  builders of this module): the hidden layers and the classifier, e.g. ``('Dense_0', 'Dense_1', 'Dense_2')``."""
+  return tuple(path.rsplit("/", 1)[0] for path in spec.axes_to_perm if path.endswith("/kernel"))
+
+
 def hidden_layers(spec: PermutationSpec) -> tuple[str, ...]:
   """Module paths whose output channels are permuted and that hold a ``bias`` and a ``kernel`` or ``scale``.
 
@@ -267,8 +273,8 @@ def _dense(name: str, p_in, p_out) -> dict:
   return {f"{name}/kernel": (p_in, p_out), f"{name}/bias": (p_out,)}
 
 
-def _conv(name: str, p_in, p_out, bias: bool) -> dict:
-  out = {f"{name}/kernel": (None, None, p_in, p_out)}
+def _conv(name: str, p_in, p_out, bias: bool, spatial: int = 2) -> dict:
+  out = {f"{name}/kernel": (None,) * spatial + (p_in, p_out)}
   if bias:
     out[f"{name}/bias"] = (p_out,)
   return out
@@ -324,6 +330,31 @@ def cnn_permutation_spec(num_convs: int = 2) -> PermutationSpec:
   axes.update(_dense("Dense_0", f"P_conv_{num_convs - 1}", "P_dense"))
   acts["P_dense"] = ("Dense_0",)
   axes.update(_dense("fc", "P_dense", None))
+  return PermutationSpec(axes, activations=acts)
+
+
+def cnn1d_permutation_spec(num_convs: int = 3) -> PermutationSpec:
+  """The spec of `unlearn_jax.models.CNN1D`: 1-D convolutions ``conv_0 .. conv_{C-1}`` and the classifier ``fc``.
+
+  ``P_conv_i`` permutes the channels of ``conv_i`` (kernel ``(k, in, out)`` and bias); the flattened last map
+  ``(positions, channels)`` enters ``fc`` as one block of channels per position, so its kernel input axis is
+  permuted block-wise (any width multiplier).
+
+  Args:
+    num_convs: the number of convolutions ``C`` (``len(channels)``), at least 1.
+
+  Example:
+    >>> spec = cnn1d_permutation_spec(3)
+    >>> spec.axes_to_perm['conv_1/kernel']
+    (None, 'P_conv_0', 'P_conv_1')
+  """
+  if num_convs < 1:
+    raise ValueError(f"cnn1d_permutation_spec: num_convs must be at least 1, got {num_convs}")
+  axes, acts = {}, {}
+  for i in range(num_convs):
+    axes.update(_conv(f"conv_{i}", f"P_conv_{i - 1}" if i else None, f"P_conv_{i}", bias=True, spatial=1))
+    acts[f"P_conv_{i}"] = (f"conv_{i}",)
+  axes.update(_dense("fc", f"P_conv_{num_convs - 1}", None))
   return PermutationSpec(axes, activations=acts)
 
 
@@ -442,6 +473,8 @@ def spec_for_model(name: str, params: Pytree, state: Pytree | None = None) -> Pe
     spec = mlp_permutation_spec(sum(bool(re.fullmatch(r"Dense_\d+", k)) for k in keys) - 1)
   elif name == "cnn":
     spec = cnn_permutation_spec(sum(bool(re.fullmatch(r"conv_\d+", k)) for k in keys))
+  elif name == "cnn1d":
+    spec = cnn1d_permutation_spec(sum(bool(re.fullmatch(r"conv_\d+", k)) for k in keys))
   elif name.startswith("vgg"):
     batch_norm = name.endswith("_bn")
     spec = vgg_permutation_spec(name[:-3] if batch_norm else name, norm="batch" if batch_norm else None)
