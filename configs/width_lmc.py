@@ -1,45 +1,58 @@
-r"""Width and linear mode connectivity: ResNet-20 x k trained twice, barrier naive / calibrated / weight-matched.
+r"""Width and linear mode connectivity on MNIST-1D: naive, temperature-calibrated and weight-matched barriers.
 
-Command (2-core CPU, digits 8x8, widths 1 and 2; measured 22 min of wall time and 11 min of CPU time on a
-shared 2-core machine (load average 6-9) the first time, about 3 min when the four cached endpoints are
-restored):
+Does widening alone, with a softmax temperature, give linear mode connectivity without permutations
+(Ito et al., arXiv:2510.08023)? For each width multiplier w, two pairs of models (seeds 1, 2 and 3, 4) are trained
+on the same MNIST-1D data; B is joined to A naively and after weight matching, and the loss along the line is
+measured at 11 points on train and test, with and without a temperature fitted per point (the calibrated barrier).
+At the midpoint the study also reports LEWC (`connectivity.layerwise_connectivity`: is each layer of the merged
+model ``0.5^l z_A + 0.5^l z_B``?) and the top-8 singular-subspace alignment of the weights before and after weight
+matching (`permutation.singular_alignment`, arXiv:2402.04051). Writes results.json, results.md (the table),
+curves.json and width_lmc.png (loss barrier against width).
 
-  python -m experiments.main --config=configs/width_lmc.py --workdir=workdir/width_lmc
+Commands (2-core CPU, shared with other jobs: see benchmarks/RESULTS.md for the measured times and load):
 
-For each width multiplier two ResNet-20s (seeds 1 and 2, 8 epochs) are trained on the same data; B is joined to
-A naively and after weight matching. Every interpolated model has its BatchNorm statistics recomputed on the
-training set (``reset_bn``) and its softmax temperature fitted on the scored split (the calibrated barrier).
-11 points per path. Writes results.json, results.md, curves.json and width_lmc.png (loss barrier against width).
+  python -m experiments.main --config=configs/width_lmc.py --workdir=workdir/width_lmc_mlp
+  python -m experiments.main --config=configs/width_lmc.py:cnn1d --workdir=workdir/width_lmc_cnn1d
 
-Expected result (measured): every endpoint reaches train loss < 0.003 and test accuracy 0.98. Train loss
-barriers (naive / naive calibrated / weight matching / weight calibrated): x1 2.47 / 2.28 / 2.15 / 2.12,
-x2 2.19 / 2.16 / 2.12 / 2.10; test: x1 2.37 / 2.20 / 2.06 / 2.03, x2 2.17 / 2.13 / 2.09 / 2.07. On 8x8 digits these
-thin BatchNorm ResNets sit in separate basins: the midpoint is near chance (accuracy barrier 75-86 points)
-whatever the alignment, the naive barrier shrinks with width and calibration explains little of it. Weight
-matching helps only a little here (activation matching does better at x1: add ``--config.lmc.methods=
-naive,weight,activation``); it does cut the barrier of MLPs and CNNs on digits (configs/rebasin.py).
-Wider CPU runs: ``--config.lmc.widths=1,2,4,8`` (x4 trains about 4 times longer than x2, x8 16 times).
-GPU, CIFAR-10, the widths of Git Re-Basin (not run yet):
+- default (``mlp``): MLP with hidden sizes (16, 16) x w, w = 1, 2, 4, 8, 16, 32, 64 (up to 1024-1024), 20 epochs.
+- ``cnn1d``: the MNIST-1D 1-D CNN with base channels (2, 2, 2) x w, w = 1, ..., 32 (up to 64 channels), 12 epochs
+  (XLA's CPU 1-D convolutions are slow: 128 channels would take minutes per model).
+- ``resnet20``: the earlier ResNet-20 x1, x2 study on 8x8 digits (one pair, BatchNorm reset), kept for comparison.
 
-  python -m experiments.main --config=configs/width_lmc.py --config.dataset.name=cifar10 \
-    --config.dataset.augment=cifar --config.train.epochs=100 --config.train.batch_size=128 \
-    --config.train.lr=0.1 --config.lmc.widths=1,2,4,8,16,32 --config.lmc.num_points=25 \
-    --workdir=workdir/width_lmc_cifar10
+Measured results: see the "Width and LMC" section of benchmarks/RESULTS.md.
 """
 import ml_collections
 
 from unlearn_jax import config as config_lib
 
+WIDTHS = (1, 2, 4, 8, 16, 32, 64)
+
 
 def get_config(arg: str | None = None):
-  del arg
+  """``arg``: None / ``'mlp'``, ``'cnn1d'`` or ``'resnet20'`` (see the module docstring)."""
   config = config_lib.base_config()
   config.experiment = "width_lmc"
   config.method.name = "original"  # unused by the study; kept valid for the shared validation
-  config.model.name = "resnet20"
-  config.train.epochs = 8
-  config.train.batch_size = 128
   config.lmc = ml_collections.ConfigDict(dict(
-      seeds=(1, 2), widths=(1, 2), methods=("naive", "weight"), corrections=("reset_bn",), num_points=11,
-      calibrate=True, max_iter=100, matching_seed=0, batch_size=512))
+      seeds=(1, 2, 3, 4), widths=WIDTHS, methods=("naive", "weight"), corrections=("none",), num_points=11,
+      calibrate=True, max_iter=100, matching_seed=0, batch_size=1000, channels=(), lewc=True, singular_k=8))
+  config.dataset.name = "mnist1d"
+  config.train.batch_size = 128
+  arg = arg or "mlp"
+  if arg == "mlp":
+    config.model.hidden = (16, 16)
+    config.train.epochs = 20
+  elif arg == "cnn1d":
+    config.model.name = "cnn1d"
+    config.lmc.channels = (2, 2, 2)
+    config.lmc.widths = WIDTHS[:-1]
+    config.train.epochs = 12
+  elif arg == "resnet20":
+    config.dataset.name = "digits"
+    config.model.name = "resnet20"
+    config.train.epochs = 8
+    config.lmc.update(dict(seeds=(1, 2), widths=(1, 2), corrections=("reset_bn",), batch_size=512, lewc=False,
+                           singular_k=0))
+  else:
+    raise ValueError(f"config argument {arg!r}: choose 'mlp', 'cnn1d' or 'resnet20'")
   return config

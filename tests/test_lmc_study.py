@@ -1,4 +1,4 @@
-"""The rebasin and width_lmc pipelines end to end on digits (tiny settings)."""
+"""The rebasin and width_lmc pipelines end to end on digits and MNIST-1D (tiny settings)."""
 import json
 
 import jax
@@ -37,9 +37,9 @@ def test_rebasin_writes_curves_and_plot_and_weight_matching_cuts_the_barrier(tmp
   assert run.run(config, tmp_path)["restored"] == [True, True]
 
 
-def _random_endpoints(exp, config, module, workdir, seeds):
+def _random_endpoints(exp, config, module, workdir, seeds, extra=()):
   """Stands in for training: random ResNet-20 weights (the pipeline's plumbing is what is tested here)."""
-  del workdir
+  del workdir, extra
   assert config.model.width == 1
   shapes = jax.eval_shape(lambda: module.init(jax.random.key(0), exp.dataset.train.x[:1], train=False))
   out = []
@@ -53,16 +53,16 @@ def _random_endpoints(exp, config, module, workdir, seeds):
   return out
 
 
-def test_width_lmc_writes_barriers_per_width(tmp_path, monkeypatch):
+def test_width_lmc_resnet20_writes_barriers_per_width(tmp_path, monkeypatch):
   monkeypatch.setattr(lmc, "train_endpoints", _random_endpoints)
-  config = width_config.get_config()
+  config = width_config.get_config("resnet20")
   config.lmc.widths = (1,)
   config.lmc.num_points = 3
   out = run.run(config, tmp_path)
   results = json.loads((tmp_path / "results.json").read_text())
   row = results["widths"]["1"]["barriers"]["weight"]["reset_bn"]["test"]
   assert set(row) == {"loss_barrier", "accuracy_barrier", "calibrated_loss_barrier"}
-  curve = json.loads((tmp_path / "curves.json").read_text())["1"]["naive"]["reset_bn"]["train"]
+  curve = json.loads((tmp_path / "curves.json").read_text())["1"][0]["naive"]["reset_bn"]["train"]
   assert len(curve["temperature"]) == 3 and len(curve["calibrated_loss"]) == 3
   assert (tmp_path / "width_lmc.png").read_bytes()[:4] == b"\x89PNG"
   assert out["restored"] == {"1": [False, False]}
@@ -73,6 +73,8 @@ def test_width_lmc_writes_barriers_per_width(tmp_path, monkeypatch):
     ("methods", ("naive", "magic"), "config.lmc.methods"),
     ("corrections", ("bn",), "config.lmc.corrections"),
     ("seeds", (1, 1), "config.lmc.seeds"),
+    ("seeds", (1, 2, 3), "config.lmc.seeds"),
+    ("singular_k", -1, "config.lmc.singular_k"),
 ])
 def test_bad_lmc_options_fail_before_any_work(tmp_path, key, value, match):
   config = rebasin_config.get_config()
@@ -83,9 +85,49 @@ def test_bad_lmc_options_fail_before_any_work(tmp_path, key, value, match):
   assert not (tmp_path / "w").exists()
 
 
-def test_width_lmc_needs_resnet20(tmp_path):
+def test_width_lmc_mlp_on_mnist1d_two_pairs_with_lewc_and_singular_alignment(tmp_path):
   config = width_config.get_config()
-  config.model.name = "mlp"
-  with pytest.raises(ValueError, match="config.model.name='mlp'"):
+  config.lmc.widths = (1, 2)
+  config.lmc.num_points = 3
+  config.train.epochs = 2
+  out = run.run(config, tmp_path)
+  results = json.loads((tmp_path / "results.json").read_text())
+  row = results["widths"]["2"]
+  assert row["params"] == 40 * 32 + 32 + 32 * 32 + 32 + 32 * 10 + 10
+  assert [p["seeds"] for p in row["pairs"]] == [[1, 2], [3, 4]]
+  pairs = [p["barriers"]["naive"]["none"]["train"]["loss_barrier"] for p in row["pairs"]]
+  assert row["barriers"]["naive"]["none"]["train"]["loss_barrier"] == pytest.approx(np.mean(pairs))
+  assert row["barriers_spread"]["naive"]["none"]["train"]["loss_barrier"] == pytest.approx(np.ptp(pairs) / 2)
+  lewc = row["pairs"][0]["lewc"]["naive"]
+  assert list(lewc) == ["Dense_0", "Dense_1", "Dense_2"]
+  assert lewc["Dense_0"]["residual"] < 1e-5  # the first layer is affine in the weights
+  assert lewc["Dense_2"]["lewc_weight_a"] == pytest.approx(0.125)
+  sv = row["pairs"][0]["singular_alignment"]
+  assert set(sv) == {"naive", "weight"} and sv["naive"]["Dense_1"]["k"] == 8
+  assert "| 2 | 2,698 |" in out["table"] and "singular alignment" in out["table"]
+  assert (tmp_path / "width_lmc.png").read_bytes()[:4] == b"\x89PNG"
+  assert out["restored"] == {"1": [False] * 4, "2": [False] * 4}
+
+
+def test_width_lmc_cnn1d_base_channels_join_the_cache_key(tmp_path):
+  config = width_config.get_config("cnn1d")
+  config.lmc.update(dict(widths=(1,), seeds=(1, 2), num_points=2, singular_k=2))
+  config.train.epochs = 1
+  first = run.run(config, tmp_path)
+  assert first["results"]["widths"]["1"]["params"] == 5 * 2 + 2 + 2 * (3 * 2 * 2 + 2) + 5 * 2 * 10 + 10
+  assert list(first["results"]["widths"]["1"]["pairs"][0]["lewc"]["weight"]) == ["conv_0", "conv_1", "conv_2",
+                                                                               "fc"]
+  config.lmc.channels = (3, 2, 2)  # another model: trained anew, not restored from the (2, 2, 2) cache
+  assert run.run(config, tmp_path)["restored"] == {"1": [False, False]}
+
+
+def test_width_lmc_needs_a_width_model(tmp_path):
+  config = width_config.get_config()
+  config.model.name = "cnn"
+  with pytest.raises(ValueError, match="config.model.name='cnn'"):
     run.run(config, tmp_path / "w")
   assert not (tmp_path / "w").exists()
+  config = rebasin_config.get_config()
+  config.lmc.seeds = (1, 2, 3, 4)
+  with pytest.raises(ValueError, match="exactly two seeds"):
+    run.run(config, tmp_path / "w")

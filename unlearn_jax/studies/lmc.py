@@ -5,8 +5,12 @@ different seeds; ``B`` is aligned to ``A`` by each matching method (``naive`` = 
 ``activation``, ``ste``) and the loss / accuracy along the straight line between them is measured on the
 training and test sets, with each configured correction (``none``, ``reset_bn``, ``repair``).
 
-``width_lmc`` (``configs/width_lmc.py``): the same for ResNet-20 at each width multiplier, with temperature
-calibration, to show the barrier shrink with width (and how much of it calibration explains).
+``width_lmc`` (``configs/width_lmc.py``): the same at each width multiplier (an MLP's hidden sizes, or the channel
+multiplier of ``cnn1d`` / ``resnet20``), for one or more pairs of endpoints, with softmax-temperature calibration:
+does widening alone, with a temperature, give linear mode connectivity without permutations (Ito et al. 2025)?
+Per width and pair it can also report the layerwise exponentially weighted connectivity of the merged midpoint
+(`unlearn_jax.merging.connectivity.layerwise_connectivity`) and the singular-vector alignment of the weights before
+and after weight matching (`unlearn_jax.merging.permutation.singular_alignment`).
 
 Both own the config section ``lmc`` (options below; unknown keys fail, naming them). Endpoints are cached under
 ``workdir/cache/lmc-<hash>`` like the Original. Outputs in ``workdir``: ``results.json`` (barriers and end
@@ -14,7 +18,9 @@ point metrics), ``results.md`` (the table, also printed), ``curves.json`` (every
 (``rebasin.png`` / ``width_lmc.png``).
 
 ``lmc`` options:
-  seeds: the two training seeds (initialisation and data order); the data split uses ``config.seed``.
+  seeds: the training seeds (initialisation and data order), taken in consecutive pairs ``(A, B)``: two for
+    ``rebasin``, an even number for ``width_lmc`` (``(1, 2, 3, 4)``: two pairs); the data split uses
+    ``config.seed``.
   methods: matching methods, a subset of ``naive``, ``weight``, ``activation``, ``ste`` (on the command line
     ``--config.lmc.methods=naive,weight``).
   corrections: a subset of ``none``, ``reset_bn``, ``repair`` (see `unlearn_jax.merging.connectivity`).
@@ -24,7 +30,13 @@ point metrics), ``results.md`` (the table, also printed), ``curves.json`` (every
   matching_seed: seeds the weight-matching orders and STE.
   ste_epochs, ste_batch_size, ste_learning_rate: the straight-through estimator's schedule.
   batch_size: rows per forward pass when scoring and measuring statistics.
-  widths: (``width_lmc`` only) the ResNet-20 width multipliers.
+  widths: (``width_lmc`` only) the width multipliers: an MLP's ``model.hidden`` sizes are multiplied by them, a
+    ``cnn1d`` / ``resnet20``'s ``model.width`` is set to them.
+  channels: (``width_lmc``, ``cnn1d`` only) the base channels the multiplier scales (``()``: the model's own
+    ``(25, 25, 25)``); small bases keep the widest models trainable on a CPU.
+  lewc: also measure `layerwise_connectivity` of each method's midpoint on the test set.
+  singular_k: if positive, also the top-``k`` `singular_alignment` of the weights before and after weight
+    matching.
 
 Example:
     >>> import unlearn_jax.studies.lmc  # registers the pipelines
@@ -32,6 +44,10 @@ Example:
     >>> run.run(rebasin.get_config(), '/tmp/rebasin')['results']['barriers']['weight']['none']['train']
 
 References:
+    Ito, Yamada, Chijiwa and Kumagai, "Do We Really Need Permutations? Impact of Width Expansion on Linear Mode
+    Connectivity", arXiv:2510.08023, 2025 (the width study with temperature calibration, LEWC).
+    Ito, Yamada and Kumagai, "Analysis of Linear Mode Connectivity via Permutation-Based Weight Matching",
+    ICLR 2025, arXiv:2402.04051 (singular-vector alignment).
     Ainsworth, Hayase and Srinivasa, "Git Re-Basin: Merging Models modulo Permutation Symmetries", ICLR 2023.
     Jordan et al., "REPAIR: REnormalizing Permuted Activations for Interpolation Repair", ICLR 2023.
 """
@@ -43,12 +59,15 @@ import pathlib
 import time
 
 import jax
+import jax.numpy as jnp
 import ml_collections
+import numpy as np
 from absl import logging
 
 from unlearn_jax import checkpoint
 from unlearn_jax import config as config_lib
 from unlearn_jax import model as model_lib
+from unlearn_jax import models
 from unlearn_jax import run
 from unlearn_jax import train
 from unlearn_jax.evaluation import plots
@@ -58,6 +77,7 @@ from unlearn_jax.progress import progress
 
 METHODS = ("naive", "weight", "activation", "ste")
 SPLITS = ("train", "test")
+WIDTH_MODELS = ("mlp", "cnn1d", "resnet20")
 
 
 def default_options() -> ml_collections.ConfigDict:
@@ -65,7 +85,7 @@ def default_options() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
       seeds=(1, 2), methods=METHODS, corrections=("none", "repair"), num_points=connectivity.DEFAULT_POINTS,
       calibrate=False, max_iter=100, matching_seed=0, ste_epochs=5, ste_batch_size=128, ste_learning_rate=1e-3,
-      batch_size=1024, widths=(1, 2)))
+      batch_size=1024, widths=(1, 2), channels=(), lewc=False, singular_k=0))
 
 
 def options(config) -> ml_collections.ConfigDict:
@@ -88,7 +108,8 @@ def options(config) -> ml_collections.ConfigDict:
     if not ok:
       raise ValueError(f"config.lmc.{key}={out[key]!r}: {why}")
 
-  require(len(out.seeds) == 2 and out.seeds[0] != out.seeds[1], "seeds", "give two different seeds")
+  require(len(out.seeds) >= 2 and len(out.seeds) % 2 == 0 and len(set(out.seeds)) == len(out.seeds), "seeds",
+          "give an even number of different seeds (consecutive pairs are the endpoints)")
   require(len(out.methods) > 0 and all(m in METHODS for m in out.methods), "methods", f"choose from {METHODS}")
   require(len(out.corrections) > 0 and all(c in connectivity.CORRECTIONS for c in out.corrections), "corrections",
           f"choose from {connectivity.CORRECTIONS}")
@@ -99,6 +120,8 @@ def options(config) -> ml_collections.ConfigDict:
   require(out.ste_learning_rate > 0, "ste_learning_rate", "must be positive")
   require(out.batch_size >= 1, "batch_size", "must be at least 1")
   require(len(out.widths) > 0 and all(int(w) >= 1 for w in out.widths), "widths", "positive integers")
+  require(all(int(c) >= 1 for c in out.channels), "channels", "positive integers (or () for the model's own)")
+  require(out.singular_k >= 0, "singular_k", "must be 0 (off) or a positive number of singular directions")
   return out
 
 
@@ -106,12 +129,13 @@ def options(config) -> ml_collections.ConfigDict:
 # Endpoints.
 
 
-def train_endpoints(exp: run.Experiment, config, module, workdir: pathlib.Path, seeds) -> list:
+def train_endpoints(exp: run.Experiment, config, module, workdir: pathlib.Path, seeds, extra=()) -> list:
   """Trains ``module`` on the full training set once per seed, or restores each from the cache.
 
   Seed ``s`` draws the initialisation from ``fold_in(key(s), 0)`` and the data order from ``fold_in(key(s), 1)``;
   the data split is ``config.seed``'s. Both seeds share one compiled initialiser and one compiled epoch (the
-  same steps as `unlearn_jax.train.fit`), so the second model costs no compilation.
+  same steps as `unlearn_jax.train.fit`), so the second model costs no compilation. ``extra`` joins the cache
+  key (module fields that ``config.model`` does not hold, such as the study's ``cnn1d`` base channels).
 
   Returns:
     ``[(params, state, restored), ...]``, one per seed.
@@ -152,7 +176,7 @@ def train_endpoints(exp: run.Experiment, config, module, workdir: pathlib.Path, 
 
     c = config
     digest = checkpoint.config_hash(run.CACHE_VERSION, "lmc", c.seed, c.dataset, c.model,
-                                    config_lib.training_fields(c.train), seed)
+                                    config_lib.training_fields(c.train), seed, *extra)
     directory = workdir / "cache" / f"lmc-{digest}"
     params, state, _, restored = checkpoint.cached(directory, build, like=like)
     logging.info("lmc seed %d: %s %s", seed, "restored from" if restored else "trained and saved to", directory)
@@ -192,9 +216,17 @@ def study_pair(model, model_name: str, endpoint_a, endpoint_b, splits: dict, opt
   """Every method x correction for one pair: ``{'curves', 'barriers', 'seconds', 'endpoints'}``."""
   spec = permutation.spec_for_model(model_name, endpoint_a[0], endpoint_a[1] if endpoint_a[1] else None)
   layers = permutation.hidden_layers(spec)
-  curves, barriers, seconds = {}, {}, {}
+  curves, barriers, seconds, lewc, singular = {}, {}, {}, {}, {}
   for method in progress(opts.methods, desc="lmc methods", unit="method"):
     aligned, seconds[method] = align(method, spec, model, endpoint_a, endpoint_b, splits["train"], opts)
+    if opts.lewc:
+      lewc[method] = connectivity.layerwise_connectivity(
+          model, endpoint_a, aligned, splits["test"], layers=permutation.kernel_layers(spec), alpha=0.5,
+          batch_size=opts.batch_size)
+    if opts.singular_k and method != "naive":
+      singular.setdefault("naive", permutation.singular_alignment(endpoint_a[0], endpoint_b[0], spec,
+                                                                  k=opts.singular_k))
+      singular[method] = permutation.singular_alignment(endpoint_a[0], aligned[0], spec, k=opts.singular_k)
     curves[method], barriers[method] = {}, {}
     for correction in opts.corrections:
       c = connectivity.curves(model, endpoint_a, aligned, splits, num_points=opts.num_points,
@@ -209,7 +241,32 @@ def study_pair(model, model_name: str, endpoint_a, endpoint_b, splits: dict, opt
     endpoints[tag] = {f"{name}_{k}": v for name, split in splits.items()
                       for k, v in connectivity.evaluate(model, params, state, split,
                                                         batch_size=opts.batch_size).items()}
-  return {"curves": curves, "barriers": barriers, "seconds": seconds, "endpoints": endpoints}
+  out = {"curves": curves, "barriers": barriers, "seconds": seconds, "endpoints": endpoints}
+  if opts.lewc:
+    out["lewc"] = lewc
+  if opts.singular_k:
+    out["singular_alignment"] = singular
+  return out
+
+
+def lewc_summary(rows: dict) -> dict:
+  """One `layerwise_connectivity` result in a few numbers: mean relative residual over layers (fitted weights
+  and LEWC's ``0.5^l``), and the classifier's fitted weights next to LEWC's."""
+  last = list(rows.values())[-1]
+  return {"mean_residual": float(np.mean([r["residual"] for r in rows.values()])),
+          "mean_lewc_residual": float(np.mean([r["lewc_residual"] for r in rows.values()])),
+          "logit_weight_a": last["weight_a"], "logit_weight_b": last["weight_b"],
+          "logit_lewc_weight": last["lewc_weight_a"]}
+
+
+def _mean_tree(trees: list):
+  """The elementwise mean of equally shaped nested dicts of floats."""
+  return jax.tree.map(lambda *v: float(np.mean(v)), *trees)
+
+
+def _spread_tree(trees: list):
+  """Half the range (max - min) / 2 of equally shaped nested dicts of floats: the +- of two pairs."""
+  return jax.tree.map(lambda *v: float(np.ptp(v) / 2), *trees)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -300,6 +357,8 @@ def run_rebasin(config, workdir) -> dict:
     bool]}``.
   """
   opts = options(config)
+  if len(opts.seeds) != 2:
+    raise ValueError(f"config.lmc.seeds={opts.seeds!r}: the rebasin study takes exactly two seeds")
   workdir = pathlib.Path(workdir)
   start = time.perf_counter()
   exp = run.setup(config, extra_sections=("lmc",))
@@ -320,40 +379,122 @@ def run_rebasin(config, workdir) -> dict:
   return {"results": results, "curves": pair["curves"], "table": table, "restored": [t[2] for t in trained]}
 
 
+def _width_model(config, opts, width: int, num_classes: int):
+  """``(config, module, cache extra)`` of the model at width multiplier ``width`` (see the ``widths`` option)."""
+  cfg = ml_collections.ConfigDict(config.to_dict())
+  name = config.model.name
+  if name == "mlp":
+    cfg.model.hidden = tuple(int(h) * width for h in config.model.hidden)
+  else:
+    cfg.model.width = width
+  if name == "cnn1d" and opts.channels:
+    channels = tuple(int(c) for c in opts.channels)
+    module = models.get_model("cnn1d", num_classes, dtype=jnp.dtype(cfg.model.dtype), channels=channels,
+                              width=width)
+    return cfg, module, (("channels", channels),)
+  return cfg, run.build_model(cfg, num_classes), ()
+
+
+def _model_label(config, opts) -> str:
+  if config.model.name == "mlp":
+    return f"MLP {tuple(config.model.hidden)} x w"
+  if config.model.name == "cnn1d":
+    return f"cnn1d channels {tuple(opts.channels) or (25, 25, 25)} x w"
+  return "ResNet-20 x w"
+
+
+def _pair_summary(pair: dict) -> dict:
+  out = {"endpoints": pair["endpoints"], "barriers": pair["barriers"], "matching_seconds": pair["seconds"]}
+  if "lewc" in pair:
+    out["lewc"] = pair["lewc"]
+    out["lewc_summary"] = {m: lewc_summary(rows) for m, rows in pair["lewc"].items()}
+  if "singular_alignment" in pair:
+    out["singular_alignment"] = pair["singular_alignment"]
+    out["singular_summary"] = {
+        m: {"mean": float(np.mean([r["mean"] for r in rows.values()])),
+            "chance": float(np.mean([(r["chance_input"] + r["chance_output"]) / 2 for r in rows.values()]))}
+        for m, rows in pair["singular_alignment"].items()}
+  return out
+
+
+def _width_table(by_width: dict, title: str, opts) -> str:
+  """One row per width: loss barriers (mean +- half-range over pairs), LEWC and singular alignment summaries."""
+  corr = opts.corrections[0]
+  methods = [m for m in ("naive", "weight") if m in opts.methods] or list(opts.methods[:1])
+  head = ["width", "params", "test acc"]
+  for split in SPLITS:
+    for m in methods:
+      head.append(f"{split} {m}")
+      if opts.calibrate:
+        head.append(f"{split} {m} calibrated")
+  if opts.lewc:
+    head += ["LEWC residual naive (fitted / 0.5^l)", "logit weights naive (fitted a+b / LEWC)"]
+  if opts.singular_k:
+    head.append(f"top-{opts.singular_k} singular alignment naive -> weight (chance)")
+  lines = [f"### {title}", "", f"Loss barriers ({corr}), mean +- half-range over {len(opts.seeds) // 2} pair(s)", "",
+           "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  for w in sorted(by_width, key=int):
+    row = by_width[w]
+    acc = row["endpoints"]
+    cells = [w, f"{row['params']:,}", f"{(acc['A']['test_accuracy'] + acc['B']['test_accuracy']) / 2:.3f}"]
+    for split in SPLITS:
+      for m in methods:
+        keys = ["loss_barrier"] + (["calibrated_loss_barrier"] if opts.calibrate else [])
+        for k in keys:
+          mean, spread = row["barriers"][m][corr][split][k], row["barriers_spread"][m][corr][split][k]
+          cells.append(f"{mean:.3f} +- {spread:.3f}")
+    if opts.lewc:
+      lw = row["lewc_summary"].get("naive") or next(iter(row["lewc_summary"].values()))
+      cells.append(f"{lw['mean_residual']:.3f} / {lw['mean_lewc_residual']:.3f}")
+      cells.append(f"{lw['logit_weight_a'] + lw['logit_weight_b']:.3f} / {2 * lw['logit_lewc_weight']:.3f}")
+    if opts.singular_k:
+      sv = row["singular_summary"]
+      after = sv.get("weight") or next(iter(sv.values()))
+      cells.append(f"{sv['naive']['mean']:.3f} -> {after['mean']:.3f} ({after['chance']:.3f})")
+    lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines) + "\n"
+
+
 def run_width_lmc(config, workdir) -> dict:
-  """The ``width_lmc`` pipeline: ResNet-20 at each of ``config.lmc.widths``; see the module docstring.
+  """The ``width_lmc`` pipeline: ``config.model`` at each of ``config.lmc.widths``; see the module docstring.
 
   Returns:
     ``{'results': results.json content, 'curves': curves.json content, 'table': markdown, 'restored': {width:
-    [bool, bool]}}``.
+    [bool per seed]}}``.
   """
   opts = options(config)
-  if config.model.name != "resnet20":
-    raise ValueError(f"config.model.name={config.model.name!r}: the width_lmc study needs 'resnet20'")
+  if config.model.name not in WIDTH_MODELS:
+    raise ValueError(f"config.model.name={config.model.name!r}: the width_lmc study needs one of {WIDTH_MODELS}")
   workdir = pathlib.Path(workdir)
   start = time.perf_counter()
   exp = run.setup(config, extra_sections=("lmc",))
   workdir.mkdir(parents=True, exist_ok=True)
-  by_width, all_curves, restored, tables = {}, {}, {}, []
+  pairs = [tuple(opts.seeds[i:i + 2]) for i in range(0, len(opts.seeds), 2)]
+  by_width, all_curves, restored = {}, {}, {}
   for width in progress(opts.widths, desc="widths", unit="width"):
-    cfg = ml_collections.ConfigDict(config.to_dict())
-    cfg.model.width = int(width)
-    module = run.build_model(cfg, exp.dataset.num_classes)
-    trained = train_endpoints(exp, cfg, module, workdir, opts.seeds)
-    pair = study_pair(model_lib.from_linen(module), "resnet20", trained[0][:2], trained[1][:2], _splits(exp), opts)
+    cfg, module, extra = _width_model(config, opts, int(width), exp.dataset.num_classes)
+    trained = train_endpoints(exp, cfg, module, workdir, opts.seeds, extra)
+    model = model_lib.from_linen(module)
     key = str(int(width))
-    by_width[key] = {"endpoints": pair["endpoints"], "barriers": pair["barriers"],
-                     "matching_seconds": pair["seconds"]}
-    all_curves[key] = pair["curves"]
+    summaries, all_curves[key] = [], []
+    for i in range(len(pairs)):
+      pair = study_pair(model, config.model.name, trained[2 * i][:2], trained[2 * i + 1][:2], _splits(exp), opts)
+      summaries.append(_pair_summary(pair))
+      all_curves[key].append(pair["curves"])
+    means = {k: _mean_tree([p[k] for p in summaries]) for k in ("endpoints", "barriers", "lewc_summary",
+                                                              "singular_summary") if k in summaries[0]}
+    by_width[key] = dict(means, barriers_spread=_spread_tree([p["barriers"] for p in summaries]),
+                         params=int(sum(np.size(v) for v in jax.tree.leaves(trained[0][0]))),
+                         pairs=[dict(p, seeds=list(s)) for p, s in zip(summaries, pairs)])
     restored[key] = [t[2] for t in trained]
-    tables.append(_barrier_table(pair["barriers"], f"ResNet-20 x{key} on {config.dataset.name}", opts.calibrate))
-  table = "\n".join(tables)
-  results = {"model": "resnet20", "dataset": config.dataset.name, "seeds": list(opts.seeds), "widths": by_width,
-             "seconds": time.perf_counter() - start}
+  title = f"{_model_label(config, opts)} on {config.dataset.name}, seed pairs {pairs}"
+  table = _width_table(by_width, title, opts)
+  results = {"model": config.model.name, "dataset": config.dataset.name, "seeds": list(opts.seeds),
+             "widths": by_width, "seconds": time.perf_counter() - start}
   _write_json(workdir / "results.json", results)
   _write_json(workdir / "curves.json", all_curves)
   (workdir / "results.md").write_text(table)
-  plot_widths(by_width, workdir / "width_lmc.png", f"ResNet-20 on {config.dataset.name}: loss barrier vs width")
+  plot_widths(by_width, workdir / "width_lmc.png", f"{title}: loss barrier vs width")
   print(table)
   return {"results": results, "curves": all_curves, "table": table, "restored": restored}
 
