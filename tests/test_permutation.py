@@ -121,12 +121,17 @@ def test_matching_many_models_to_one_reference():
     jax.tree.map(np.testing.assert_array_equal, P.apply_permutation(spec, perms, p), ref)
 
 
-def test_activation_and_ste_matching_recover_a_permuted_copy():
+def _permuted_mlp(seed, perm_seed):
+  """``(model, params, spec, perms, permuted copy)`` of a random MLP."""
   module, x = MODELS["mlp"]
-  model, params, _ = random_variables(module, x, seed=8)
+  model, params, _ = random_variables(module, x, seed=seed)
   spec = P.spec_for_model("mlp", params)
-  perms = P.random_perms(spec, params, jax.random.key(1))
-  permuted = P.apply_permutation(spec, perms, params)
+  perms = P.random_perms(spec, params, jax.random.key(perm_seed))
+  return model, params, spec, perms, P.apply_permutation(spec, perms, params)
+
+
+def test_activation_and_ste_matching_recover_a_permuted_copy():
+  model, params, spec, perms, permuted = _permuted_mlp(8, 1)
   x = jnp.asarray(np.random.default_rng(1).normal(size=(64, 8, 8, 1)), jnp.float32)
   split = Split(x, jnp.argmax(model.apply(params, {}, x, train=False)[0], -1))  # labels the model predicts
   inverse = P.invert_perms(perms)
@@ -232,11 +237,7 @@ def _svd_overlap(a, b, k):
 
 
 def test_singular_alignment_is_one_for_a_permuted_copy_and_chance_for_random_weights():
-  module, x = MODELS["mlp"]
-  _, params, _ = random_variables(module, x, seed=3)
-  spec = P.spec_for_model("mlp", params)
-  perms = P.random_perms(spec, params, jax.random.key(4))
-  copy = P.apply_permutation(spec, perms, params)
+  _, params, spec, perms, copy = _permuted_mlp(3, 4)
   after = P.singular_alignment(params, copy, spec, k=4, perms=P.invert_perms(perms))
   assert set(after) == {"Dense_0", "Dense_1", "Dense_2"}
   for layer, row in after.items():
