@@ -181,3 +181,40 @@ def test_elicitation_prompts_order(bench):
   assert p.questions[:3] == [r.question.replace("{e}", a) for r in rels]
   assert list(p.target) == [0, 0, 0, 1, 1, 1] and [r.name for r in p.relation[3:]] == [r.name for r in rels]
   assert bench.tokenizer.decode(p.prompt_ids[4][:p.prompt_len[4]]) == f"when was {c} born ?"
+
+
+# ------------------------------------------------------------------------------------------------ the study
+def test_concept_study_tiny_end_to_end(tmp_path):
+  from configs import lm_concept as config_module  # pylint: disable=g-import-not-at-top
+  from unlearn_jax import run as run_lib  # pylint: disable=g-import-not-at-top
+  config = config_module.get_config("tiny_test")
+  config.train.epochs = config.retrain.epochs = 1
+  config.compare = ("ga",)
+  config.eval.tofu = False
+  out = run_lib.run(config, tmp_path)
+  assert list(out["results"]) == ["Original", "Retrain", "GA (sentence)", "GA (concept)"]
+  sentence = out["results"]["GA (sentence)"]
+  assert sentence["forget_rows"] == 4 * 9  # 4 forget people x 10 relations, 'pet' held out
+  assert out["results"]["GA (concept)"]["forget_rows"] == len(out["concept_info"]["texts"])
+  for row in out["results"].values():
+    for key in ("forget_recall", "forget_recall_paraphrased", "forget_recall_unseen", "retain_recall"):
+      assert 0.0 <= row[key] <= 1.0
+  assert "| GA (concept) |" in (tmp_path / "results.md").read_text()
+
+
+@pytest.mark.parametrize("key,value,match", [
+    ("forget.kind", "paragraph", "config.forget.kind='paragraph'"),
+    ("forget.holdout_relations", ("hat",), "'hat' is not one of"),
+    ("forget.texts", ("essay",), "config.forget.texts"),
+    ("compare", ("rmu",), "text-only objectives"),
+    ("data.forget", "forget50", "config.data.forget='forget50'"),
+])
+def test_bad_concept_config_fails_before_any_work(tmp_path, key, value, match):
+  from configs import lm_concept as config_module  # pylint: disable=g-import-not-at-top
+  from unlearn_jax import run as run_lib  # pylint: disable=g-import-not-at-top
+  config = config_module.get_config("tiny_test")
+  section, field = (config, key) if "." not in key else (config[key.split(".")[0]], key.split(".")[1])
+  section[field] = value
+  with pytest.raises(ValueError, match=match):
+    run_lib.run(config, tmp_path / "w")
+  assert not (tmp_path / "w").exists()

@@ -208,20 +208,22 @@ def _cached(workdir, stage: str, key_parts, like, build):
   return params, meta, restored
 
 
-def run_lm(config, workdir) -> dict:
-  """Original, Retrain and every method of ``config.compare``; writes the results and prints the table."""
-  validate_lm(config)
-  start = time.time()
-  workdir = pathlib.Path(workdir)
+def make_benchmark(config) -> facts.FactsBenchmark:
+  """The fictitious-facts benchmark of ``config.data`` (and ``config.seed``)."""
   d = config.data
-  bench = facts.make_facts_benchmark(seed=config.seed, num_people=d.num_people,
-                                     facts_per_person=d.facts_per_person, num_holdout=d.num_holdout,
-                                     num_world=d.num_world, num_perturbed=d.num_perturbed)
-  sets = bench.splits(d.forget)
+  return facts.make_facts_benchmark(seed=config.seed, num_people=d.num_people,
+                                    facts_per_person=d.facts_per_person, num_holdout=d.num_holdout,
+                                    num_world=d.num_world, num_perturbed=d.num_perturbed)
+
+
+def original_and_retrain(config, bench: facts.FactsBenchmark, cache_root) -> tuple:
+  """``(lm, like, models, restored)``: the network, its abstract params, ``{'Original': (params, seconds),
+  'Retrain': ...}`` fine-tuned or restored from ``cache_root/cache`` (keyed by config hash), and which were
+  restored. Other studies (`unlearn_jax.studies.lm_concept`) share these models through the same cache."""
+  d = config.data
   root = jax.random.key(config.seed)
   _, lm, init = build_model(config, bench.tokenizer.vocab_size, jax.random.fold_in(root, 0))
   like = jax.eval_shape(init)
-  workdir.mkdir(parents=True, exist_ok=True)
 
   def stage_fn(stage, include_forget, cfg, salt):
     def build():
@@ -234,13 +236,28 @@ def run_lm(config, workdir) -> dict:
   models: dict[str, tuple[Pytree, float | None]] = {}
   restored = {}
   p, meta, restored["Original"] = _cached(
-      workdir, "original", (config.seed, people, config.model.to_dict(), config_lib.training_fields(config.train)),
+      cache_root, "original", (config.seed, people, config.model.to_dict(), config_lib.training_fields(config.train)),
       like, stage_fn("original", True, config.train, 1))
   models["Original"] = (p, meta.get("seconds"))
   p, meta, restored["Retrain"] = _cached(
-      workdir, "retrain", (config.seed, d.to_dict(), config.model.to_dict(), config_lib.training_fields(config.retrain)),
+      cache_root, "retrain", (config.seed, d.to_dict(), config.model.to_dict(),
+                              config_lib.training_fields(config.retrain)),
       like, stage_fn("retrain", False, config.retrain, 2))
   models["Retrain"] = (p, meta.get("seconds"))
+  return lm, like, models, restored
+
+
+def run_lm(config, workdir) -> dict:
+  """Original, Retrain and every method of ``config.compare``; writes the results and prints the table."""
+  validate_lm(config)
+  start = time.time()
+  workdir = pathlib.Path(workdir)
+  d = config.data
+  bench = make_benchmark(config)
+  sets = bench.splits(d.forget)
+  root = jax.random.key(config.seed)
+  workdir.mkdir(parents=True, exist_ok=True)
+  lm, like, models, restored = original_and_retrain(config, bench, workdir)
 
   fields = ("input_ids", "loss_mask", "entity_mask")
   forget = sets["forget"].split(fields=fields + ("idk_input_ids", "idk_loss_mask"))
