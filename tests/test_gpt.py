@@ -63,6 +63,7 @@ def _ids(shape, seed=0, low=5):
     (dict(norm="batch"), "norm"),
     (dict(positions="alibi"), "positions"),
     (dict(mlp="relu"), "mlp"),
+    (dict(attention_impl="flash"), "attention_impl"),
     (dict(vocab_size=0), "vocab_size"),
     (dict(dtype=jnp.int32), "dtype"),
     (dict(rope_scaling=(8.0, 4.0, 1.0, 64)), "rope_scaling"),
@@ -138,6 +139,46 @@ def test_causal(cfg):
   assert a.shape == (2, 12, V) and a.dtype == jnp.float32
   np.testing.assert_array_equal(np.asarray(a[:, :7]), np.asarray(b[:, :7]))
   assert np.abs(np.asarray(a[:, 7:] - b[:, 7:])).min(axis=-1).max() > 0   # later positions do see it
+
+
+def _attention_reference(q, k, v, visible):
+  """Explicit float64 softmax attention; ``visible [B, T, S]``; query head j reads key/value head j // groups."""
+  q, k, v = (np.asarray(a, np.float64) for a in (q, k, v))
+  groups = q.shape[2] // k.shape[2]
+  k, v = np.repeat(k, groups, axis=2), np.repeat(v, groups, axis=2)
+  scores = np.einsum("bthd,bshd->bhts", q, k) / np.sqrt(q.shape[-1])
+  scores = np.where(visible[:, None], scores, -np.inf)
+  probs = np.exp(scores - scores.max(-1, keepdims=True))
+  probs /= probs.sum(-1, keepdims=True)
+  return np.einsum("bhts,bshd->bthd", probs, v)
+
+
+@pytest.mark.parametrize("case", ["causal", "cache_one_query", "cache_several_queries"])
+def test_attention_matches_explicit_softmax_with_causal_and_padding_masks(case):
+  rng = np.random.default_rng(3)
+  b, h, h_kv, d, s = 3, 4, 2, 8, 10
+  t = {"causal": s, "cache_one_query": 1, "cache_several_queries": 3}[case]
+  q = rng.standard_normal((b, t, h, d)).astype(np.float32) * 2
+  k, v = (rng.standard_normal((b, s, h_kv, d)).astype(np.float32) * 2 for _ in range(2))
+  if case == "causal":
+    positions, visible = None, np.tril(np.ones((s, s), bool))[None].repeat(b, 0)
+  else:  # rows of different lengths: key s is visible to query (b, t) iff s <= positions[b, t]
+    start = np.array([0, 4, 6])
+    positions = start[:, None] + np.arange(t)[None]
+    visible = np.arange(s)[None, None, :] <= positions[:, :, None]
+  out = jax.jit(gpt.attention)(q, k, v, None if positions is None else jnp.asarray(positions, jnp.int32))
+  assert out.shape == (b, t, h, d) and out.dtype == jnp.float32
+  np.testing.assert_allclose(np.asarray(out), _attention_reference(q, k, v, visible), rtol=1e-5, atol=1e-5)
+  # the masks matter: a hidden key changes nothing, a visible one changes the output
+  hidden_b, hidden_s = (0, s - 1) if case == "causal" else (0, int(positions[0, -1]) + 1)
+  k2 = k.copy()
+  k2[hidden_b, hidden_s] += 5.0
+  out2 = jax.jit(gpt.attention)(q, k2, v, None if positions is None else jnp.asarray(positions, jnp.int32))
+  if case == "causal":
+    np.testing.assert_array_equal(np.asarray(out2)[0, :-1], np.asarray(out)[0, :-1])
+    assert np.abs(np.asarray(out2)[0, -1] - np.asarray(out)[0, -1]).max() > 1e-3
+  else:
+    np.testing.assert_array_equal(np.asarray(out2), np.asarray(out))
 
 
 def _norm(cfg, p, x):

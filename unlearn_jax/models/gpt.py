@@ -7,7 +7,8 @@ One block is the pre-norm residual pair
    h \leftarrow h + W_o\,\mathrm{Attn}(\mathrm{Norm}_1(h)), \qquad h \leftarrow h + \mathrm{MLP}(\mathrm{Norm}_2(h))
 
 with causal softmax attention :math:`\mathrm{softmax}(q k^\top / \sqrt{d_h} + M)\,v` (:math:`M_{ts} = -\infty`
-for :math:`s > t`). ``GPTConfig`` switches between the two families:
+for :math:`s > t`), computed by `jax.nn.dot_product_attention` (`attention`; ``GPTConfig.attention_impl='cudnn'``
+selects the fused GPU kernel). ``GPTConfig`` switches between the two families:
 
 * GPT-2: LayerNorm, learned absolute positions added to the token embeddings, MLP
   ``down(gelu_tanh(up(x)))``, biases everywhere, tied input/output embeddings;
@@ -76,6 +77,7 @@ from unlearn_jax import model as model_lib
 NORMS = ("rms", "layer")
 POSITIONS = ("rope", "learned")
 MLPS = ("gelu", "swiglu")
+ATTENTION_IMPLS = (None, "xla", "cudnn")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,6 +103,8 @@ class GPTConfig:
     use_bias: biases in every Dense layer (attention and MLP).
     dtype: compute dtype (e.g. ``jnp.bfloat16``).
     param_dtype: parameter dtype.
+    attention_impl: the backend of `jax.nn.dot_product_attention` (see `attention`): None (XLA), 'xla' or
+      'cudnn' (NVIDIA GPUs with a 16-bit ``dtype``: the fused kernel, no T x T scores in memory).
   """
   vocab_size: int = 1024
   num_layers: int = 4
@@ -119,6 +123,7 @@ class GPTConfig:
   use_bias: bool = False
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  attention_impl: str | None = None
 
   def __post_init__(self):
     for name in ("vocab_size", "num_layers", "num_heads", "d_model", "d_ff", "max_len"):
@@ -132,6 +137,8 @@ class GPTConfig:
                        f"got {kv!r}")
     if self.d_model % self.num_heads:
       raise ValueError(f"GPTConfig.d_model={self.d_model} is not divisible by num_heads={self.num_heads}")
+    if self.attention_impl not in ATTENTION_IMPLS:
+      raise ValueError(f"GPTConfig.attention_impl must be one of {ATTENTION_IMPLS}, got {self.attention_impl!r}")
     for name, allowed in (("norm", NORMS), ("positions", POSITIONS), ("mlp", MLPS)):
       if getattr(self, name) not in allowed:
         raise ValueError(f"GPTConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
@@ -263,6 +270,47 @@ def _norm(cfg: GPTConfig, name: str) -> nn.Module:
                       name=name)
 
 
+def attention(q: jax.Array, keys: jax.Array, values: jax.Array, positions: jax.Array | None = None, *,
+              implementation: str | None = None) -> jax.Array:
+  r"""Causal softmax attention ``softmax(q k^T / sqrt(d_h) + M) v`` by `jax.nn.dot_product_attention`.
+
+  ``q`` is ``[B, T, H, d_h]``, ``keys`` and ``values`` ``[B, S, H_kv, d_h]`` (grouped-query: query head ``j``
+  reads key/value head ``j // (H / H_kv)``); scores and softmax are float32 whatever the dtype. The mask ``M``
+  (``-inf`` where a key is hidden) is
+
+  * ``positions=None``: causal within the sequence (``S == T``, key ``s`` visible to query ``t`` iff
+    ``s <= t``), the training / prefill case. Right padding needs no mask of its own there: a real token
+    never follows a pad.
+  * ``positions [B, T]`` (the KV-cache case, key ``s`` sitting at position ``s``): query ``(b, t)`` sees the
+    keys at positions ``<= positions[b, t]``, so each row's padding and not-yet-written cache slots are
+    hidden. One query per row (decoding) passes this as per-row key lengths ``positions + 1`` (a padding
+    mask, which cuDNN's fused kernel takes); several are an explicit ``[B, 1, T, S]`` boolean mask.
+
+  Args:
+    q: queries.
+    keys: keys.
+    values: values (same shape and dtype as ``keys``).
+    positions: None, or the int positions of the queries in the cache.
+    implementation: `jax.nn.dot_product_attention`'s backend: None or 'xla' (any device), 'cudnn' (NVIDIA GPU,
+      fp16/bf16, the fused flash-attention kernel; not with several cached queries per row).
+
+  Returns:
+    ``[B, T, H, d_h]`` in ``q``'s dtype.
+
+  Example:
+    >>> out = attention(q, k, v)                      # causal, [B, T, H, d_h]
+    >>> out = attention(q1, k_cache, v_cache, pos)     # one new token per row against the cache
+  """
+  keys, values = keys.astype(q.dtype), values.astype(q.dtype)
+  if positions is None:
+    return jax.nn.dot_product_attention(q, keys, values, is_causal=True, implementation=implementation)
+  if positions.shape[1] == 1:
+    return jax.nn.dot_product_attention(q, keys, values, key_value_seq_lengths=positions[:, 0].astype(jnp.int32) + 1,
+                                        implementation=implementation)
+  visible = jnp.arange(keys.shape[1])[None, None, :] <= positions[:, :, None]   # [B, T, S]
+  return jax.nn.dot_product_attention(q, keys, values, mask=visible[:, None], implementation=implementation)
+
+
 class Attention(nn.Module):
   """Causal (grouped-query) self-attention, optionally reading and writing a key/value cache.
 
@@ -300,20 +348,13 @@ class Attention(nn.Module):
       inv_freq = rope_frequencies(cfg)
       q, k = apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq)
     if cache is None:
-      keys, values, key_pos, new = k, v, positions, (k, v)
+      keys, values, new = k, v, (k, v)
     else:
       rows = jnp.arange(b)[:, None]
       ck, cv = (_scatter(c, (self.layer, rows, positions), new.astype(c.dtype)) for c, new in zip(cache, (k, v)))
       keys, values, new = ck[self.layer], cv[self.layer], (ck, cv)
-      key_pos = jnp.broadcast_to(jnp.arange(keys.shape[1]), (b, keys.shape[1]))
-    groups = cfg.num_heads // cfg.kv_heads
-    q = q.reshape(b, t, cfg.kv_heads, groups, cfg.head_dim)
-    scores = jnp.einsum("btkgd,bskd->bkgts", q, keys.astype(q.dtype), preferred_element_type=jnp.float32)
-    scores = scores / math.sqrt(cfg.head_dim)
-    visible = key_pos[:, None, None, None, :] <= positions[:, None, None, :, None]   # causal, per row
-    scores = jnp.where(visible, scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(cfg.dtype)
-    out = jnp.einsum("bkgts,bskd->btkgd", probs, values.astype(cfg.dtype))
+    out = attention(q, keys, values, positions if cache is not None else None,
+                    implementation=cfg.attention_impl)
     return self.o(out.reshape(b, t, cfg.num_heads * cfg.head_dim)), new
 
 
