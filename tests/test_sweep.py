@@ -45,3 +45,45 @@ def test_sweep_rejects_bad_grids():
   with pytest.raises(ValueError, match="method.beta_"):
     sweep.sweep_method("neggrad_plus", model, params, state, splits.forget, splits.retain, lrs=(0.1,),
                        options={"beta_": 1}, **kw)
+
+
+@pytest.mark.parametrize("name", ["ssd", "fisher", "influence"])
+def test_one_shot_grid_point_equals_the_method_alone(name):
+  model, params, state, splits = method_checks.digits_setup()
+  rng = jax.random.key(5)
+  coef = sweep.coefficient(name)
+  default = unlearning.options(None, name)[coef]
+  coefs = (0.5 * default, default, 3.0 * default)
+  grid, _, settings, history = sweep.sweep(name, model, params, state, splits.forget, splits.retain, coefs=coefs,
+                                           rng=rng)
+  assert sweep.kind(name) == "one_shot" and [s[coef] for s in settings] == pytest.approx(coefs)
+  assert np.all(history["finite"])
+  method = unlearning.get_method(name)
+  outs = []
+  for g, c in enumerate(coefs):
+    alone, _ = method(model, params, state, splits.forget, splits.retain, config={coef: c}, rng=rng)
+    for a, b in zip(jax.tree.leaves(sweep.grid_point(grid, g)), jax.tree.leaves(alone)):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    outs.append(alone)
+  assert any(not np.allclose(a, b) for a, b in zip(jax.tree.leaves(outs[0]), jax.tree.leaves(outs[-1])))
+
+
+def test_sequential_sweep_and_dispatch_errors():
+  model, params, state, splits = method_checks.digits_setup()
+  rng = jax.random.key(0)
+  assert sweep.kind("scrub") == "sequential" and sweep.kind("salun") == "vmapped"
+  assert sweep.coefficient("ft") is None and sweep.coefficient("salun") == "fraction"
+  with pytest.raises(ValueError, match="one-shot"):
+    sweep.sweep("ssd", model, params, state, splits.forget, splits.retain, lrs=(0.1,), coefs=(1.0,), rng=rng)
+  with pytest.raises(ValueError, match=">= 0"):
+    sweep.sweep("ssd", model, params, state, splits.forget, splits.retain, coefs=(-1.0,), rng=rng)
+  with pytest.raises(ValueError, match="learning rates only"):
+    sweep.sweep("scrub", model, params, state, splits.forget, splits.retain, lrs=(0.1,), coefs=(1.0,), rng=rng)
+  opts = {"epochs": 1, "batch_size": 64} if "epochs" in unlearning.options(None, "bad_teacher") else {}
+  grid, _, settings, history = sweep.sweep("bad_teacher", model, params, state, splits.forget, splits.retain,
+                                           options=opts, lrs=(1e-3, 1e-2), rng=rng)
+  alone, _ = unlearning.get_method("bad_teacher")(model, params, state, splits.forget, splits.retain,
+                                                  config={**opts, "lr": 1e-2}, rng=rng)
+  for a, b in zip(jax.tree.leaves(sweep.grid_point(grid, 1)), jax.tree.leaves(alone)):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+  assert settings == [{"lr": 1e-3}, {"lr": 1e-2}] and history["finite"].shape == (2,)

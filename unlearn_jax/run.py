@@ -113,6 +113,9 @@ def setup(config, extra_sections=()) -> Experiment:
   fraction = f.fraction if kind == "random" else f.class_fraction
   splits = data.make_unlearning_splits(dataset, kind=kind, fraction=fraction,
                                        classes=tuple(f.classes) or None, seed=config.seed)
+  for line in config_lib.batch_warnings(config, train=dataset.train.size, retain=splits.retain.size,
+                                        forget=splits.forget.size):
+    logging.warning("%s", line)
   module = build_model(config, dataset.num_classes)
   # fsdp_model gathers FSDP-sharded weights inside each forward; with nothing sharded it is the plain model
   model = sharding.fsdp_model(model_lib.from_linen(module))
@@ -157,7 +160,8 @@ def check_caches(exp: Experiment, workdir, stages=("original", "retrain")) -> No
   """Before any work: the cache and progress checkpoints found for ``stages`` must fit the model.
 
   A worst-case Retrain is skipped (its key needs the Original's forget set), as is a stage loaded from
-  ``from_checkpoint`` (checked in `setup`).
+  ``from_checkpoint`` (checked in `setup`). A corrupt cache passes: `unlearn_jax.checkpoint.cached` moves it
+  aside and trains again.
 
   Raises:
     ValueError: naming the checkpoint directory and the first mismatching leaf.
@@ -169,10 +173,13 @@ def check_caches(exp: Experiment, workdir, stages=("original", "retrain")) -> No
     if train_cfg.get("from_checkpoint"):
       continue
     directory = _cache_dir(workdir, stage, *parts)
-    if checkpoint.exists(directory):
-      checkpoint.check(directory, exp.abstract)
-    with checkpoint.EpochCheckpoints(directory / "progress") as progress:
-      progress.check(_progress_like(train_cfg, exp.abstract))
+    try:
+      if checkpoint.exists(directory):
+        checkpoint.check(directory, exp.abstract)
+      with checkpoint.EpochCheckpoints(directory / "progress") as progress:
+        progress.check(_progress_like(train_cfg, exp.abstract))
+    except checkpoint.CorruptCheckpointError:
+      continue  # unreadable, not a mismatch: moved aside and retrained when the stage runs
 
 
 def _load(exp: Experiment, stage: str, source: str):
@@ -268,16 +275,30 @@ def retrain(exp: Experiment, workdir):
   return _train_cached(exp, workdir, "retrain")
 
 
+def method_rng(exp: Experiment) -> jax.Array:
+  """The key the unlearning method gets (`unlearn`; a sweep's grid points get the same one)."""
+  return jax.random.fold_in(jax.random.key(exp.config.seed), 3)
+
+
 def unlearn(exp: Experiment, params, state):
   """Section 4: the configured method applied to the Original; returns ``(params, state, seconds)``."""
   method = unlearning.get_method(exp.config.method.name)
-  rng = jax.random.fold_in(jax.random.key(exp.config.seed), 3)
+  rng = method_rng(exp)
   start = time.perf_counter()
   with sharding.use_mesh(exp.mesh):
     out_params, out_state = method(exp.model, params, state, exp.splits.forget, exp.splits.retain,
                                    config=exp.config.method, rng=rng)
     jax.block_until_ready((out_params, out_state))
   return out_params, out_state, time.perf_counter() - start
+
+
+def score(exp: Experiment, params, state, seconds: float | None = None, reference=None) -> dict[str, float]:
+  """Section 5 for one model: `evaluation.evaluate_unlearning` on `eval_splits` with ``config.eval``'s MIA and
+  batch size, and the KL to ``reference`` (Retrain's ``(params, state)``) when ``config.eval.kl``."""
+  e = exp.config.eval
+  return evaluation.evaluate_unlearning(exp.model, params, state, eval_splits(exp.splits), run_time=seconds,
+                                        mia=e.mia, batch_size=e.batch_size,
+                                        reference=reference if (reference is not None and e.kl) else None)
 
 
 def eval_splits(splits: data.UnlearningSplits) -> data.UnlearningSplits:
@@ -313,7 +334,6 @@ def run_unlearning(config, workdir: str | os.PathLike) -> dict:
   check_caches(exp, workdir, ("original",) if name == "original" else ("original", "retrain"))
   workdir.mkdir(parents=True, exist_ok=True)
   write_run_record(workdir, config, started=started)
-  ecfg = config.eval
   models_: dict[str, tuple] = {}
   restored, stages = {}, {}
 
@@ -330,11 +350,8 @@ def run_unlearning(config, workdir: str | os.PathLike) -> dict:
     checkpoint.save(workdir / "unlearned", p, s, {"method": name, "seconds": seconds})
 
   reference = models_.get("Retrain")
-  results = {}
-  for row, (p, s, seconds) in models_.items():
-    results[row] = evaluation.evaluate_unlearning(
-        exp.model, p, s, eval_splits(exp.splits), run_time=seconds, mia=ecfg.mia, batch_size=ecfg.batch_size,
-        reference=(reference[:2] if (reference is not None and ecfg.kl) else None))
+  results = {row: score(exp, p, s, seconds, reference[:2] if reference is not None else None)
+             for row, (p, s, seconds) in models_.items()}
   ref_row = "Retrain" if reference is not None else "Original"
   table = evaluation.write_results(results, workdir, reference=ref_row,
                                    title=f"{name} on {config.dataset.name} ({config.model.name})")

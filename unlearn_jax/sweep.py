@@ -1,5 +1,13 @@
 """Vectorised hyperparameter sweeps: a grid of settings of one unlearning method as one compiled program.
 
+Three kinds of sweep, one entry point (`sweep`):
+
+* iterative methods with a `unlearn_jax.unlearning.methods.Plan` (`sweep_method`): ``lrs × coefs`` trained together;
+* one-shot methods with one scalar coefficient (`unlearn_jax.unlearning.ONE_SHOT`: SSD/LFSSD ``alpha``, Fisher's
+  noise ``alpha``, influence/WoodFisher's step ``alpha``; `sweep_one_shot`): the expensive statistics (importances,
+  Fisher, ``F⁻¹ v``) computed once and the cheap update ``jax.vmap``-ped over the coefficient values;
+* every other method (SCRUB, bad teacher, boundary, LAF; `sweep_sequential`): one run per learning rate, in turn.
+
 `sweep_method` runs an iterative method (one with a `unlearn_jax.unlearning.methods.Plan`: ft, ga, neggrad_plus,
 rl, l1_sparse, salun, salun_soft) over the grid ``learning rates × coefficient values`` with
 `unlearn_jax.unlearning.loop.unlearn_grid`: every phase of the loop is ``jax.vmap``-ped over the grid points, so
@@ -33,6 +41,21 @@ Pytree = Any
 def sweepable() -> tuple[str, ...]:
   """The methods `sweep_method` can vectorise (those with a registered `methods.Plan`)."""
   return tuple(sorted(methods.PLANS))
+
+
+def kind(name: str) -> str:
+  """How `sweep` runs method ``name``: ``'vmapped'`` (a Plan), ``'one_shot'`` or ``'sequential'``."""
+  unlearning.get_method(name)
+  if name in methods.PLANS:
+    return "vmapped"
+  return "one_shot" if name in unlearning.ONE_SHOT else "sequential"
+
+
+def coefficient(name: str) -> str | None:
+  """The option a sweep of ``name`` varies besides (or, one-shot, instead of) the learning rate, or None."""
+  if name in unlearning.ONE_SHOT:
+    return unlearning.ONE_SHOT[name][0]
+  return methods.COEFS.get(name)
 
 
 def grid_settings(lrs: Sequence[float], coef: str | None, coefs: Sequence[float] | None) -> list[dict]:
@@ -73,6 +96,7 @@ def sweep_method(name: str, model, params, state, forget, retain, *, options=Non
     raise ValueError(f"sweep: method {name!r} cannot be vectorised; choose one of {sweepable()}")
   opts = unlearning.options(options, name)
   plan = methods.PLANS[name](model, params, state, forget, retain, opts)
+  assert plan.coef == methods.COEFS[name], (name, plan.coef)
   if plan.coef is not None and coefs is None:
     coefs = (opts[plan.coef],)
   settings = grid_settings(lrs, plan.coef, coefs)
@@ -99,3 +123,73 @@ def sweep_method(name: str, model, params, state, forget, retain, *, options=Non
 def grid_point(tree: Pytree, g: int) -> Pytree:
   """Grid point ``g`` of a tree with a leading grid axis."""
   return jax.tree.map(lambda a: a[g], tree)
+
+
+def sweep_one_shot(name: str, model, params, state, forget, retain, *, options=None, coefs: Sequence[float],
+                   rng: jax.Array):
+  """A one-shot method of `unlearn_jax.unlearning.ONE_SHOT` at every value of its coefficient, vmapped.
+
+  The statistics the method needs are computed once with ``options`` (and ``rng``); the update is
+  ``jax.vmap``-ped over ``coefs``, so point ``g`` equals the method run alone with ``<coef> = coefs[g]`` and the
+  same ``rng``.
+
+  Returns:
+    ``(params, state, settings, history)`` as `sweep_method` (``settings[g] = {<coef>: coefs[g]}``).
+  """
+  if name not in unlearning.ONE_SHOT:
+    raise ValueError(f"sweep: method {name!r} is not a one-shot method; choose one of {sorted(unlearning.ONE_SHOT)}")
+  coef, prepare = unlearning.ONE_SHOT[name]
+  if not coefs:
+    raise ValueError(f"sweep: no values of {name}'s {coef!r} given")
+  for c in coefs:
+    if not c >= 0:
+      raise ValueError(f"sweep: {coef}={c!r} must be >= 0")
+  apply = prepare(model, params, state, forget, retain, unlearning.options(options, name), rng)
+  out_params, out_state = jax.jit(jax.vmap(apply))(jnp.asarray(coefs, jnp.float32))
+  finite = _finite(out_params)
+  return out_params, out_state, [{coef: float(c)} for c in coefs], {"finite": finite}
+
+
+def sweep_sequential(name: str, model, params, state, forget, retain, *, options=None, lrs: Sequence[float],
+                     rng: jax.Array):
+  """Any registered method at each learning rate in turn (for methods with no vectorised form).
+
+  Returns:
+    ``(params, state, settings, history)`` as `sweep_method`, the runs stacked on a leading axis.
+  """
+  settings = grid_settings(lrs, None, None)
+  opts = unlearning.options(options, name)
+  if "lr" not in opts:
+    raise ValueError(f"sweep: method {name!r} has no learning rate to sweep")
+  method = unlearning.get_method(name)
+  runs = [method(model, params, state, forget, retain, config={**opts.to_dict(), **s}, rng=rng) for s in settings]
+  out_params, out_state = jax.tree.map(lambda *a: jnp.stack(a), *runs)
+  return out_params, out_state, settings, {"finite": _finite(out_params)}
+
+
+def sweep(name: str, model, params, state, forget, retain, *, options=None, lrs: Sequence[float] = (),
+          coefs: Sequence[float] | None = None, rng: jax.Array):
+  """Runs method ``name`` over its grid the fastest way it allows (see `kind`): learning rates ``lrs`` (and
+  ``coefs``) for a Plan, ``coefs`` for a one-shot method (``lrs`` must be empty), ``lrs`` for the others.
+
+  Returns:
+    ``(params, state, settings, history)`` as `sweep_method`.
+  """
+  how = kind(name)
+  kw = dict(options=options, rng=rng)
+  if how == "vmapped":
+    return sweep_method(name, model, params, state, forget, retain, lrs=lrs, coefs=coefs, **kw)
+  if how == "one_shot":
+    if lrs:
+      raise ValueError(f"sweep: {name!r} is one-shot: it has no learning rate (give coefs only)")
+    return sweep_one_shot(name, model, params, state, forget, retain, coefs=coefs, **kw)
+  if coefs:
+    raise ValueError(f"sweep: {name!r} runs sequentially over learning rates only (coefs given)")
+  return sweep_sequential(name, model, params, state, forget, retain, lrs=lrs, **kw)
+
+
+def _finite(tree: Pytree) -> jax.Array:
+  """``(G,)`` bools: whether every entry of grid point ``g`` of ``tree`` is finite."""
+  per_leaf = [jnp.all(jnp.isfinite(a.reshape(a.shape[0], -1)), axis=1) for a in jax.tree.leaves(tree)
+              if jnp.issubdtype(a.dtype, jnp.inexact)]
+  return jnp.all(jnp.stack(per_leaf), axis=0)

@@ -25,13 +25,18 @@ from unlearn_jax.evaluation import plots
 from unlearn_jax.progress import progress
 
 
-def benchmark_section(methods, seeds=(0, 1, 2), **overrides) -> ml_collections.ConfigDict:
-  """``config.benchmark``: the methods, the seeds and every method's full options (defaults + overrides)."""
-  unknown = sorted(set(overrides) - set(methods))
+def benchmark_section(methods, seeds=(0, 1, 2), *, tune: bool = False, selection_seed: int = 100, grids=None,
+                      **overrides) -> ml_collections.ConfigDict:
+  """``config.benchmark``: the methods, the seeds, every method's full options (defaults + overrides) and, for
+  ``tune``, the selection seed and each method's grid (`unlearn_jax.studies.sweep.GRIDS`, updated by ``grids``)."""
+  from unlearn_jax.studies import sweep as sweep_study  # pylint: disable=g-import-not-at-top
+  unknown = sorted((set(overrides) | set(grids or {})) - set(methods))
   if unknown:
-    raise ValueError(f"benchmark: options given for methods not in the list: {unknown}")
+    raise ValueError(f"benchmark: options or grids given for methods not in the list: {unknown}")
   opts = {name: unlearning.method_config(name, **overrides.get(name, {})) for name in methods}
-  return ml_collections.ConfigDict(dict(methods=tuple(methods), seeds=tuple(seeds), options=opts))
+  grid = {name: sweep_study.grid_config(name, **(grids or {}).get(name, {})) for name in methods} if tune else {}
+  return ml_collections.ConfigDict(dict(methods=tuple(methods), seeds=tuple(seeds), options=opts, tune=tune,
+                                        selection_seed=selection_seed, grids=grid))
 
 
 def _validate(config) -> None:
@@ -47,40 +52,71 @@ def _validate(config) -> None:
   for name in b.options:
     if name not in b.methods:
       raise ValueError(f"config.benchmark.options.{name}: method not in config.benchmark.methods")
+  if b.get("tune", False):
+    from unlearn_jax.studies import sweep as sweep_study  # pylint: disable=g-import-not-at-top
+    for name in b.methods:
+      if name not in b.grids:
+        raise ValueError(f"config.benchmark.grids.{name} is missing (tune=True)")
+      sweep_study.check_grid(name, b.grids[name], b.selection_seed, b.seeds, f"benchmark.grids.{name}")
+
+
+def baselines(config, seed: int, workdir, extra_sections=()):
+  """``(exp, models)`` for ``seed``: the experiment (`unlearn_jax.run.setup`, ``config.method`` set to retrain) and
+  ``{'Original': (params, state, seconds), 'Retrain': ...}``, each restored from ``workdir/cache`` or trained."""
+  cfg = copy.deepcopy(config)
+  cfg.seed = seed
+  cfg.method = ml_collections.ConfigDict(dict(name="retrain"))
+  exp = run_lib.setup(cfg, extra_sections=extra_sections)
+  pathlib.Path(workdir).mkdir(parents=True, exist_ok=True)
+  trained = {"Original": run_lib.original(exp, workdir), "Retrain": run_lib.retrain(exp, workdir)}
+  return exp, {k: (p, s, meta["seconds"]) for k, (p, s, meta, _) in trained.items()}
+
+
+def score_all(exp, models: dict) -> dict:
+  """`unlearn_jax.run.score` of every ``name: (params, state, seconds)``, with the KL to ``models['Retrain']``."""
+  reference = models["Retrain"][:2]
+  return {row: run_lib.score(exp, p, s, seconds, reference) for row, (p, s, seconds) in models.items()}
 
 
 def run_benchmark(config, workdir) -> dict:
   """Runs the study; writes ``results.json`` (aggregated), ``per_seed.json``, ``results.md`` and the plots of
-  `unlearn_jax.evaluation.plots.write_plots` (``gaps.png``, ``tradeoff.png``, ``method_bars.png``)."""
+  `unlearn_jax.evaluation.plots.write_plots` (``gaps.png``, ``tradeoff.png``, ``method_bars.png``).
+
+  With ``config.benchmark.tune``, each method's learning rate / coefficient is first chosen by
+  `unlearn_jax.studies.sweep.select` on ``config.benchmark.selection_seed`` (grids in ``config.benchmark.grids``);
+  the chosen settings are in ``results.json``'s ``settings`` file (``settings.json``) and under the table.
+  """
   _validate(config)
   workdir = pathlib.Path(workdir)
+  options = {name: config.benchmark.options[name] for name in config.benchmark.methods}
+  chosen = {}
+  if config.benchmark.get("tune", False):
+    from unlearn_jax.studies import sweep as sweep_study  # pylint: disable=g-import-not-at-top
+    exp, models = baselines(config, config.benchmark.selection_seed, workdir, ("benchmark",))
+    for name in progress(config.benchmark.methods, desc="tuning", unit="method"):
+      options[name], chosen[name], _ = sweep_study.select(exp, models, options[name],
+                                                          config.benchmark.grids[name], workdir / "selection")
   per_seed = []
   for seed in progress(config.benchmark.seeds, desc="benchmark seeds", unit="seed"):
-    cfg = copy.deepcopy(config)
-    cfg.seed = seed
-    cfg.method = ml_collections.ConfigDict(dict(name="retrain"))
-    exp = run_lib.setup(cfg, extra_sections=("benchmark",))
-    workdir.mkdir(parents=True, exist_ok=True)
-    trained = {"Original": run_lib.original(exp, workdir), "Retrain": run_lib.retrain(exp, workdir)}
-    models = {k: (p, s, meta["seconds"]) for k, (p, s, meta, _) in trained.items()}
+    exp, models = baselines(config, seed, workdir, ("benchmark",))
     for name in progress(config.benchmark.methods, desc=f"seed {seed}", unit="method"):
-      exp.config.method = config.benchmark.options[name]
+      exp.config.method = options[name]
       logging.info("seed %d: %s", seed, name)
       models[name] = run_lib.unlearn(exp, *models["Original"][:2])
-    reference = models["Retrain"][:2]
-    rows = {row: evaluation.evaluate_unlearning(exp.model, p, s, run_lib.eval_splits(exp.splits), run_time=seconds,
-                                                mia=config.eval.mia, batch_size=config.eval.batch_size,
-                                                reference=reference if config.eval.kl else None)
-            for row, (p, s, seconds) in models.items()}
-    per_seed.append(rows)
+    per_seed.append(score_all(exp, models))
   results = evaluation.aggregate_seeds(per_seed)
   title = (f"benchmark on {config.dataset.name} ({config.model.name}), {config.forget.kind} forget, "
            f"seeds {tuple(config.benchmark.seeds)}")
   table = evaluation.write_results(results, workdir, reference="Retrain", title=title)
   evaluation.atomic_write(str(workdir / "per_seed.json"), json.dumps(per_seed, indent=1))
+  if chosen:
+    table += "\nSettings chosen on seed %d by Avg. Gap: %s\n" % (
+        config.benchmark.selection_seed, "; ".join(f"{k} {sweep_study.describe(v)}" for k, v in chosen.items()))
+    evaluation.atomic_write(str(workdir / "results.md"), table)
+    evaluation.atomic_write(str(workdir / "settings.json"), json.dumps(chosen, indent=1))
   plots.write_plots(results, workdir, reference="Retrain")
   print(table)
-  return {"results": results, "per_seed": per_seed, "table": table}
+  return {"results": results, "per_seed": per_seed, "table": table, "settings": chosen}
 
 
 run_lib.register_pipeline("benchmark", run_benchmark)

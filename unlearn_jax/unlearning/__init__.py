@@ -31,6 +31,29 @@ def register(name: str, **defaults) -> Callable[[Callable], Callable]:
   return wrap
 
 
+# name -> (coef, prepare) of the one-shot methods with one scalar coefficient (SSD's ``alpha``, Fisher's noise
+# ``alpha``, influence's step ``alpha``): ``prepare(model, params, state, forget, retain, opts, rng)`` does the
+# expensive part once (importances, a Fisher, ``F⁻¹ v``) and returns ``apply(coef) -> (params, state)``, traceable
+# in ``coef``. The method is ``prepare(...)(opts[coef])``; `unlearn_jax.sweep` vmaps ``apply`` over a grid.
+ONE_SHOT: dict[str, tuple[str, Callable]] = {}
+
+
+def one_shot(name: str, coef: str, **defaults) -> Callable[[Callable], Callable]:
+  """Registers ``prepare`` (see `ONE_SHOT`) as the method ``name`` whose scalar option ``coef`` a sweep varies."""
+
+  def wrap(prepare):
+    ONE_SHOT[name] = (coef, prepare)
+
+    def method(model, params, state, forget, retain, *, config, rng):
+      opts = options(config, name)
+      return prepare(model, params, state, forget, retain, opts, rng)(opts[coef])
+
+    method.__name__, method.__doc__ = prepare.__name__, prepare.__doc__
+    return register(name, **defaults)(method)
+
+  return wrap
+
+
 def method_config(name: str, **overrides) -> ml_collections.ConfigDict:
   """The full ``config.method`` of a registered method: its name and every option (defaults + overrides).
 

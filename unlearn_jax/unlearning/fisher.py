@@ -58,7 +58,7 @@ from jax.flatten_util import ravel_pytree
 
 from unlearn_jax import sharding
 from unlearn_jax.data import split as split_lib
-from unlearn_jax.unlearning import options, register
+from unlearn_jax.unlearning import one_shot, options, register
 
 Pytree = Any
 
@@ -257,14 +257,15 @@ FISHER_DEFAULTS = dict(alpha=3e-6, labels="sampled", batch_size=128, eps=1e-8, v
                        fan_in_mean=True, head_scale=10.0, vector_scale=10.0, remove_classes=True)
 
 
-@register("fisher", **FISHER_DEFAULTS)
-def fisher_forgetting(model, params, state, forget, retain, *, config, rng):
+@one_shot("fisher", "alpha", **FISHER_DEFAULTS)
+def fisher_forgetting(model, params, state, forget, retain, opts, rng):
   """Fisher forgetting: Gaussian noise with variance ``alpha / F_retain`` (clamped, shaped; see `noise_variance`).
 
   Options (``config``): ``alpha`` (3e-6, Golatkar's ``get_mean_var`` default; tune it per task),
   ``labels`` (``'sampled'`` | ``'expected'`` | ``'true'``, see `fisher_diagonal`), ``batch_size`` (memory only),
   ``eps``, ``var_max``, ``head_var_max``, ``fan_in_mean``, ``head_scale``, ``vector_scale`` (`noise_variance`),
-  ``remove_classes`` (class-wise forgetting: zero the classifier weights of classes absent from ``retain``).
+  ``remove_classes`` (class-wise forgetting: zero the classifier weights of classes absent from ``retain``). A
+  sweep varies ``alpha`` on the same Fisher and the same noise draw.
 
   Returns:
     ``(params, state)``: noisy parameters of the same structure and dtypes; ``state`` unchanged.
@@ -272,7 +273,6 @@ def fisher_forgetting(model, params, state, forget, retain, *, config, rng):
   Raises:
     ValueError: for an unknown option, a bad ``labels``, a negative ``alpha`` or a missing retain set.
   """
-  opts = options(config, "fisher")
   if retain is None:
     raise ValueError("method 'fisher': needs a retain set (the Fisher is computed on it)")
   if opts.labels not in LABELS:
@@ -284,10 +284,14 @@ def fisher_forgetting(model, params, state, forget, retain, *, config, rng):
                            batch_size=int(opts.batch_size))
   num_classes = int(jax.eval_shape(lambda: model.apply(params, state, retain.x[:1], train=False)[0]).shape[-1])
   removed = removed_classes(forget, retain) if opts.remove_classes else ()
-  var, zero = noise_variance(fisher, alpha=opts.alpha, num_classes=num_classes, eps=opts.eps,
-                             var_max=opts.var_max, head_var_max=opts.head_var_max, fan_in_mean=opts.fan_in_mean,
-                             head_scale=opts.head_scale, vector_scale=opts.vector_scale, removed_classes=removed)
-  return add_noise(params, var, zero, noise_rng), state
+
+  def apply(alpha):
+    var, zero = noise_variance(fisher, alpha=alpha, num_classes=num_classes, eps=opts.eps,
+                               var_max=opts.var_max, head_var_max=opts.head_var_max, fan_in_mean=opts.fan_in_mean,
+                               head_scale=opts.head_scale, vector_scale=opts.vector_scale, removed_classes=removed)
+    return add_noise(params, var, zero, noise_rng), state
+
+  return apply
 
 
 # --------------------------------------------------------------------------------------------------------------

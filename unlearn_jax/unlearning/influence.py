@@ -52,7 +52,7 @@ from jax.flatten_util import ravel_pytree
 from unlearn_jax import sharding
 from unlearn_jax.data import split as split_lib
 from unlearn_jax.unlearning import fisher as fisher_lib
-from unlearn_jax.unlearning import options, register
+from unlearn_jax.unlearning import one_shot
 
 Pytree = Any
 
@@ -220,20 +220,20 @@ def _ravel(tree):
   return ravel_pytree(sharding.gather(jax.tree.map(lambda a: a.astype(jnp.float32), tree)))
 
 
-def _influence(model, params, state, forget, retain, config, rng, name):
-  opts = options(config, name)
+def _influence(model, params, state, forget, retain, opts, rng, name):
+  """``F⁻¹ v`` once; returns ``apply(alpha) -> (θ + alpha · F⁻¹ v, state)``."""
   if retain is None:
     raise ValueError(f"method {name!r}: needs a retain set")
   v = forget_direction(model, params, state, forget, retain, batch_size=int(opts.batch_size))
   step = inverse_fisher_vector(model, params, state, retain, v, rng=rng, damping=opts.damping,
                                num_examples=opts.num_examples, solver=opts.solver, batch_size=opts.batch_size)
   step = sharding.reshard_like(step, params)  # the flat algebra is replicated; the update is laid out like params
-  new = jax.tree.map(lambda p, s: (p.astype(jnp.float32) + opts.alpha * s).astype(p.dtype), params, step)
-  return new, state
+  return lambda alpha: (jax.tree.map(lambda p, s: (p.astype(jnp.float32) + alpha * s).astype(p.dtype), params, step),
+                        state)
 
 
-@register("influence", **INFLUENCE_DEFAULTS)
-def influence(model, params, state, forget, retain, *, config, rng):
+@one_shot("influence", "alpha", **INFLUENCE_DEFAULTS)
+def influence(model, params, state, forget, retain, opts, rng):
   """IU: ``θ + alpha · F⁻¹ v`` (see the module docstring), ``F`` the damped empirical Fisher of the retain set.
 
   Options (``config``): ``alpha`` (0.2), ``damping`` (λ = 1), ``num_examples`` (N = 1000), ``solver``
@@ -246,10 +246,10 @@ def influence(model, params, state, forget, retain, *, config, rng):
   Raises:
     ValueError: for an unknown option or solver, ``damping <= 0``, ``num_examples <= 0`` or no retain set.
   """
-  return _influence(model, params, state, forget, retain, config, rng, "influence")
+  return _influence(model, params, state, forget, retain, opts, rng, "influence")
 
 
-@register("wfisher", **INFLUENCE_DEFAULTS)
-def wfisher(model, params, state, forget, retain, *, config, rng):
+@one_shot("wfisher", "alpha", **INFLUENCE_DEFAULTS)
+def wfisher(model, params, state, forget, retain, opts, rng):
   """The same method as `influence`, under the reference's name ``wfisher``."""
-  return _influence(model, params, state, forget, retain, config, rng, "wfisher")
+  return _influence(model, params, state, forget, retain, opts, rng, "wfisher")

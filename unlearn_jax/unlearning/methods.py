@@ -71,13 +71,16 @@ class Plan(NamedTuple):
 
 # name -> plan(model, params, state, forget, retain, opts) -> Plan; every method here registers one.
 PLANS: dict[str, Callable[..., Plan]] = {}
+# name -> the ``Plan.coef`` its plans have (known without building one, which may need a saliency pass).
+COEFS: dict[str, str | None] = {}
 
 
-def plan_method(name: str, **defaults):
-  """Registers ``build(model, params, state, forget, retain, opts) -> Plan`` as the method ``name``."""
+def plan_method(name: str, coef: str | None = None, **defaults):
+  """Registers ``build(model, params, state, forget, retain, opts) -> Plan`` as the method ``name``; ``coef`` is
+  the option its plans vary (``Plan.coef``)."""
 
   def wrap(build):
-    PLANS[name] = build
+    PLANS[name], COEFS[name] = build, coef
 
     def method(model, params, state, forget, retain, *, config, rng):
       opts = options(config, name)
@@ -133,7 +136,7 @@ def gradient_ascent(model, params, state, forget, retain, opts):
   return Plan(lambda _: loop.Objective(forget=obj.negated(obj.cross_entropy(model))))
 
 
-@plan_method("neggrad_plus", **{**LOOP_DEFAULTS, "batch_size": 64, "beta": 0.95, "phases": "joint"})
+@plan_method("neggrad_plus", "beta", **{**LOOP_DEFAULTS, "batch_size": 64, "beta": 0.95, "phases": "joint"})
 def neggrad_plus(model, params, state, forget, retain, opts):
   """NegGrad+: ``β·CE(retain) − (1−β)·CE(forget)``, jointly per step by default."""
   ce = obj.cross_entropy(model)
@@ -152,7 +155,7 @@ def random_label(model, params, state, forget, retain, opts):
   return Plan(lambda _: rl_objective(model, opts.exclude_true))
 
 
-@plan_method("l1_sparse", **LOOP_DEFAULTS, alpha=5e-4)
+@plan_method("l1_sparse", "alpha", **LOOP_DEFAULTS, alpha=5e-4)
 def l1_sparse(model, params, state, forget, retain, opts):
   """l1-sparse: fine-tune with ``α_t‖θ‖₁``, α decaying linearly from ``alpha`` to 0 over the epochs."""
   ce = obj.cross_entropy(model)
@@ -172,13 +175,13 @@ def _salun_plan(model, params, state, forget, opts, soft: bool) -> Plan:
   return Plan(lambda _: rl_objective(model, opts.exclude_true), coef="fraction", mask=mask, mask_mode=opts.mask_mode)
 
 
-@plan_method("salun", **SALUN_DEFAULTS)
+@plan_method("salun", "fraction", **SALUN_DEFAULTS)
 def salun(model, params, state, forget, retain, opts):
   """SalUn: RL on the top-``fraction`` weights by forget-gradient saliency (``mask_mode``: see the module doc)."""
   return _salun_plan(model, params, state, forget, opts, soft=False)
 
 
-@plan_method("salun_soft", **SALUN_DEFAULTS)
+@plan_method("salun_soft", "fraction", **SALUN_DEFAULTS)
 def salun_soft(model, params, state, forget, retain, opts):
   """SalUn-soft: RL with the gradients (or updates) scaled by a soft saliency mask in [0, 1]."""
   return _salun_plan(model, params, state, forget, opts, soft=True)

@@ -55,7 +55,7 @@ import optax
 
 from unlearn_jax.data import split as split_lib
 from unlearn_jax.unlearning import fisher as fisher_lib
-from unlearn_jax.unlearning import options, register
+from unlearn_jax.unlearning import one_shot
 
 Pytree = Any
 
@@ -131,8 +131,8 @@ def full_split(forget: split_lib.Split, retain: split_lib.Split) -> split_lib.Sp
 SSD_DEFAULTS = dict(alpha=10.0, lam=1.0, batch_size=128, per_example=False)
 
 
-def _ssd(model, params, state, forget, retain, config, name: str, objective: str):
-  opts = options(config, name)
+def _prepare(model, params, state, forget, retain, opts, name: str, objective: str):
+  """Both importances once; returns ``apply(alpha) -> (params, state)`` (``lam`` from ``opts``)."""
   if retain is None:
     raise ValueError(f"method {name!r}: needs a retain set (the full-data importance is over retain ∪ forget)")
   if opts.alpha < 0 or opts.lam < 0:
@@ -142,15 +142,15 @@ def _ssd(model, params, state, forget, retain, config, name: str, objective: str
   kw = dict(objective=objective, batch_size=int(opts.batch_size), per_example=bool(opts.per_example))
   forget_imp = importance(model, params, state, forget, **kw)
   full_imp = importance(model, params, state, full_split(forget, retain), **kw)
-  return dampen(params, forget_imp, full_imp, opts.alpha, opts.lam), state
+  return lambda alpha: (dampen(params, forget_imp, full_imp, alpha, opts.lam), state)
 
 
-@register("ssd", **SSD_DEFAULTS)
-def ssd(model, params, state, forget, retain, *, config, rng):
+@one_shot("ssd", "alpha", **SSD_DEFAULTS)
+def ssd(model, params, state, forget, retain, opts, rng):
   """SSD: dampen the parameters far more important to ``forget`` than to ``retain ∪ forget`` (cross-entropy).
 
   Options (``config``): ``alpha`` (10), ``lam`` (1), ``batch_size`` (128), ``per_example`` (False); see the
-  module docstring. ``rng`` is unused: SSD is deterministic.
+  module docstring. ``rng`` is unused: SSD is deterministic. A sweep varies ``alpha`` on the same importances.
 
   Returns:
     ``(params, state)``, same structure and dtypes; unselected entries bit-identical, ``state`` unchanged.
@@ -159,14 +159,14 @@ def ssd(model, params, state, forget, retain, *, config, rng):
     ValueError: for an unknown option, a negative ``alpha``/``lam``, a bad ``batch_size`` or no retain set.
   """
   del rng
-  return _ssd(model, params, state, forget, retain, config, "ssd", "cross_entropy")
+  return _prepare(model, params, state, forget, retain, opts, "ssd", "cross_entropy")
 
 
-@register("lfssd", **SSD_DEFAULTS)
-def lfssd(model, params, state, forget, retain, *, config, rng):
+@one_shot("lfssd", "alpha", **SSD_DEFAULTS)
+def lfssd(model, params, state, forget, retain, opts, rng):
   """LFSSD: SSD with label-free importances, ``|∇ mean ‖f(x)‖²|`` averaged over batches.
 
   Same options and return value as `ssd`; labels are never read.
   """
   del rng
-  return _ssd(model, params, state, forget, retain, config, "lfssd", "output_norm")
+  return _prepare(model, params, state, forget, retain, opts, "lfssd", "output_norm")
