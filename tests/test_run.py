@@ -225,3 +225,13 @@ def test_original_from_a_pytorch_state_dict(tmp_path):
   config.retrain.from_checkpoint = str(bad)
   with pytest.raises(ValueError, match="config.retrain.from_checkpoint=.*fc.bias"):
     run_lib.setup(config)
+
+
+def test_verdict_says_whether_the_method_beats_the_original():
+  retrain = {"UA": 0.10, "RA": 1.0, "TA": 0.9, "MIA": 0.2}
+  original = {"UA": 0.0, "RA": 1.0, "TA": 0.9, "MIA": 0.0}  # gap (10 + 20) / 4 = 7.5 points
+  better = {"UA": 0.08, "RA": 1.0, "TA": 0.9, "MIA": 0.2}  # gap 0.5
+  worse = {"UA": 0.5, "RA": 0.8, "TA": 0.7, "MIA": 0.9}
+  line = run_lib.verdict({"Retrain": retrain, "Original": original, "m": better}, "m")
+  assert line == "verdict: m is closer to Retrain than the Original is (Avg. Gap 0.50 vs 7.50)."
+  assert "does NOT beat" in run_lib.verdict({"Retrain": retrain, "Original": original, "m": worse}, "m")

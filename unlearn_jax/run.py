@@ -359,8 +359,19 @@ def run_unlearning(config, workdir: str | os.PathLike) -> dict:
   write_run_record(workdir, config, started=started, finished=time.time(), restored=restored,
                    **stage_record(stages, restored), forget_index=[int(i) for i in exp.splits.forget_index])
   print(table)
+  if reference is not None and name in results:
+    print(verdict(results, name))
   return {"results": results, "table": table, "restored": restored,
           "seconds": {"total": time.perf_counter() - start}}
+
+
+def verdict(results: dict, name: str) -> str:
+  """One line: whether method ``name`` ends closer to Retrain than the Original (Avg. Gap, in points)."""
+  ours, original = (100 * evaluation.avg_gap(results[k], results["Retrain"]) for k in (name, "Original"))
+  if ours < original:
+    return f"verdict: {name} is closer to Retrain than the Original is (Avg. Gap {ours:.2f} vs {original:.2f})."
+  return (f"verdict: {name} does NOT beat doing nothing here: its Avg. Gap {ours:.2f} is not below the "
+          f"Original's {original:.2f}.")
 
 
 def _write_plots(results: dict, workdir: pathlib.Path, reference: str) -> None:

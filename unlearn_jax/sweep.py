@@ -150,17 +150,28 @@ def sweep_one_shot(name: str, model, params, state, forget, retain, *, options=N
   return out_params, out_state, [{coef: float(c)} for c in coefs], {"finite": finite}
 
 
+# The option a sequential sweep varies for methods whose learning rate is not called ``lr`` (LAF: the
+# unlearning stage's ``lr_ue``; its alignment stage keeps ``lr_ra``).
+LR_KEYS = {"laf": "lr_ue"}
+
+
+def lr_key(name: str) -> str:
+  """The learning-rate option `sweep_sequential` varies for method ``name``."""
+  return LR_KEYS.get(name, "lr")
+
+
 def sweep_sequential(name: str, model, params, state, forget, retain, *, options=None, lrs: Sequence[float],
                      rng: jax.Array):
-  """Any registered method at each learning rate in turn (for methods with no vectorised form).
+  """Any registered method at each learning rate (option `lr_key`) in turn, for methods with no vectorised form.
 
   Returns:
     ``(params, state, settings, history)`` as `sweep_method`, the runs stacked on a leading axis.
   """
-  settings = grid_settings(lrs, None, None)
+  key = lr_key(name)
   opts = unlearning.options(options, name)
-  if "lr" not in opts:
-    raise ValueError(f"sweep: method {name!r} has no learning rate to sweep")
+  if key not in opts:
+    raise ValueError(f"sweep: method {name!r} has no learning rate {key!r} to sweep")
+  settings = [{key: s["lr"]} for s in grid_settings(lrs, None, None)]
   method = unlearning.get_method(name)
   runs = [method(model, params, state, forget, retain, config={**opts.to_dict(), **s}, rng=rng) for s in settings]
   out_params, out_state = jax.tree.map(lambda *a: jnp.stack(a), *runs)
