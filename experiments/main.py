@@ -1,27 +1,216 @@
-r"""Entry point: ``python -m experiments.main --config=configs/<method>.py [--config.x=y ...] [--workdir=W]``.
+r"""Entry point: ``python -m experiments.main --config=configs/<name>.py[:arg] [--config.x.y=v ...] [--workdir=W]``.
 
-Parses flags and calls `unlearn_jax.run.run`; nothing else happens here.
+Parses flags and calls `unlearn_jax.run.run`. Each ``configs/<name>.py`` docstring gives its command, runtime and
+result; any config value can be overridden with ``--config.<section>.<key>=value``.
+
+Config sections:
+  experiment      which pipeline runs: unlearning (default) or a study (benchmark, sweep, merge, rebasin, ...)
+  seed            seeds the data splits, the initialisation and training
+  dataset         name (digits | mnist1d | synthetic | cifar10 | ...), its size and augmentation
+  forget          which rows are forgotten: kind (random | class | subclass | worst_case), fraction, classes
+  model           network: name (mlp | cnn | cnn1d | resnet18 | ...), dtype, width, hidden
+  train           optimiser and schedule of the Original (lr, epochs, batch_size, ...), from_checkpoint
+  retrain         the same for Retrain, trained on the retain set only
+  method          the unlearning method: name plus its own options (lr, epochs, batch_size, ...)
+  eval            scoring: mia, kl, batch_size
+  mesh            device mesh: data and fsdp axis sizes, multihost
+  study sections  owned by a study pipeline, see its config file: benchmark; sweep; merge; merge_datasets; lmc
+                  (rebasin, width_lmc); data, methods, compare, cache_dir (language-model studies); diffusion,
+                  unet, classifier, sampling (diffusion study)
+
+Output: only the result table (and short progress bars on a terminal). Library INFO logs (Orbax, JAX) are hidden;
+``--verbosity=0`` (or ``-v 0``) shows them, ``--verbosity=1`` adds debug logs.
+
+Errors: a bad config value, an unknown key or a bad config path prints one line (``error: config.forget.fraction=
+1.5: must be in (0, 1)``) and exits with status 2 before any work; other errors show their traceback.
+
+Switching method: ``--config.method.name=X`` on a method config runs ``configs/X.py`` (same ``:arg``) instead, so X
+starts from its own defaults and ``--config.method.<X option>=v`` works.
 """
+from __future__ import annotations
+
+import difflib
+import importlib.util
+import os
+import re
+import sys
+
 from absl import app
 from absl import flags
+from absl import logging
+from ml_collections import config_dict
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/<method>.py file.", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (default: workdir/<config file name>).")
+EXIT_CONFIG_ERROR = 2
+_METHOD_NAME = re.compile(r"^--?config\.method\.name=(.*)$")
+_CONFIG_PATH = re.compile(r"^--?config=(.*)$")
+_OVERRIDE = re.compile(r"^--?(?:no)?config\.([^=]+)")
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  import os  # pylint: disable=g-import-not-at-top
+def fail(message: str):
+  """Prints ``error: <message>`` (one line) to stderr and exits with status 2."""
+  print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
+  sys.exit(EXIT_CONFIG_ERROR)
+
+
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS, argv: list[str] | None = None):
+  """Defines ``--config`` (a locked config file, overrides read from ``argv``) and ``--workdir``."""
+  config = config_flags.DEFINE_config_file("config", None, "Path to a configs/<name>.py file (see the sections "
+                                           "above).", flag_values=flag_values, lock_config=True, sys_argv=argv)
+  workdir = flags.DEFINE_string("workdir", None, "Output directory (default: workdir/<config file name>).",
+                                flag_values=flag_values)
+  return config, workdir
+
+
+def _config_arg(argv: list[str]) -> tuple[int, str, str | None] | None:
+  """``(index, path, arg)`` of the ``--config=path[:arg]`` flag in ``argv``, or None."""
+  for i, a in enumerate(argv):
+    match = _CONFIG_PATH.match(a)
+    if match:
+      path, _, arg = match.group(1).partition(":")
+      return i, path, arg or None
+  return None
+
+
+def load_config_file(path: str, arg: str | None = None):
+  """``get_config(arg)`` of the config file ``path`` (as ``--config=path[:arg]`` loads it)."""
+  if not os.path.isfile(path):
+    fail(f"--config={path}: no such config file (see configs/*.py)")
+  spec = importlib.util.spec_from_file_location(f"_config_{os.path.splitext(os.path.basename(path))[0]}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg) if arg is not None else module.get_config()
+
+
+def switch_method(argv: list[str]) -> list[str]:
+  """``argv`` with ``--config=configs/A.py[:arg]`` replaced by ``configs/X.py[:arg]`` when it also holds
+  ``--config.method.name=X`` for another method X, so X starts from its own config file's defaults.
+
+  Only method configs (``experiment='unlearning'``) switch; an unknown X, or one without a config file next to
+  A's, fails with one line.
+  """
+  names = [m.group(1) for m in map(_METHOD_NAME.match, argv) if m]
+  found = _config_arg(argv)
+  if not names or found is None:
+    return list(argv)
+  index, path, arg = found
+  name = names[-1]
+  from unlearn_jax import unlearning  # pylint: disable=g-import-not-at-top
+  if name not in unlearning.names():
+    fail(f"config.method.name={name!r}: unknown method; choose one of {', '.join(unlearning.names())}")
+  config = load_config_file(path, arg)
+  method = config.get("method")
+  if config.get("experiment", "unlearning") != "unlearning" or method is None or method.get("name") == name:
+    return list(argv)
+  target = os.path.join(os.path.dirname(path), f"{name}.py")
+  if not os.path.isfile(target):
+    fail(f"config.method.name={name!r}: no config file {target} to take the method's defaults from")
+  argv = list(argv)
+  argv[index] = f"--config={target}" + (f":{arg}" if arg is not None else "")
+  return argv
+
+
+def _paths(config, prefix="") -> list[str]:
+  out = []
+  for key, value in config.items():
+    out.append(prefix + key)
+    if isinstance(value, config_dict.ConfigDict):
+      out += _paths(value, f"{prefix}{key}.")
+  return out
+
+
+def unknown_key(config, argv: list[str]) -> str | None:
+  """``unknown key config.<path> (did you mean ...?)`` for the first override in ``argv`` that ``config``
+  lacks, or None if every override names an existing key."""
+  for a in argv:
+    match = _OVERRIDE.match(a)
+    if not match:
+      continue
+    path, node = match.group(1), config
+    for part in path.split("."):
+      if not isinstance(node, config_dict.ConfigDict) or part not in node:
+        close = difflib.get_close_matches(path, _paths(config), n=3, cutoff=0.6)
+        hint = f" (did you mean {' or '.join('config.' + c for c in close)}?)" if close else ""
+        if path.startswith("method."):
+          hint += (f"; config.method has {', '.join(sorted(config.method))}: set --config.method.name first "
+                   "to use another method's options")
+        return f"unknown key config.{path}{hint}"
+      node = node[part]
+  return None
+
+
+def _flag_error(error: BaseException) -> str:
+  """The message of a flag error: the config file's own error where it raised one (``config...``), else the
+  flag parser's (``flag --config.x=v: ...``)."""
+  inner = error
+  while inner.__cause__ is not None or inner.__context__ is not None:
+    inner = inner.__cause__ or inner.__context__
+  return str(inner) if str(inner).startswith("config") else str(error)
+
+
+def parse_flags(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) -> list[str]:
+  """Parses ``argv`` into ``flag_values`` (where `define_flags` ran); a config error exits via `fail`.
+
+  Returns the remaining arguments, as absl's parser does.
+  """
+  found = _config_arg(argv)
+  if found is not None and not os.path.isfile(found[1]):
+    fail(f"--config={found[1]}: no such config file (see configs/*.py)")
+  try:
+    return flag_values(argv)
+  except (AttributeError, KeyError) as e:  # an override of a key the locked config lacks
+    message = unknown_key(load_config_file(found[1], found[2]), argv) if found is not None else None
+    if message is None:
+      raise
+    fail(message)
+  except flags.Error as e:
+    fail(_flag_error(e))
+  return []
+
+
+def is_config_error(error: BaseException) -> bool:
+  """Whether ``error`` is a bad config value (a ValueError naming ``config.<key>``), not a runtime failure."""
+  message = str(error)
+  return isinstance(error, ValueError) and (message.startswith("config.") or message.startswith("unknown config key"))
+
+
+def execute(config, workdir: str | None, config_path: str) -> dict:
+  """Runs ``config`` (default workdir ``workdir/<config file name>``); config errors exit via `fail`."""
   from unlearn_jax import run  # pylint: disable=g-import-not-at-top
-  workdir = _WORKDIR.value
   if workdir is None:
-    name = os.path.splitext(os.path.basename(flags.FLAGS["config"].config_filename))[0]
-    workdir = os.path.join("workdir", name)
-  run.run(_CONFIG.value, workdir)
+    workdir = os.path.join("workdir", os.path.splitext(os.path.basename(config_path))[0])
+  try:
+    return run.run(config, workdir)
+  except ValueError as e:
+    if is_config_error(e):
+      fail(e)
+    raise
+
+
+def quiet_logging() -> None:
+  """Library INFO logs hidden unless ``--verbosity``/``-v`` was given (absl would otherwise switch to INFO)."""
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # also marks the flag as set, so absl keeps it
+
+
+def cli(argv: list[str] | None = None) -> None:
+  """The command line: method switching, flag parsing with one-line config errors, quiet logs, `run.run`."""
+  argv = switch_method(list(sys.argv if argv is None else argv))
+  config, workdir = define_flags(flags.FLAGS, argv)
+  flags.mark_flags_as_required(["config"])
+
+  def parser(args):
+    rest = parse_flags(args)
+    quiet_logging()
+    return rest
+
+  def main(rest):
+    if len(rest) > 1:
+      raise app.UsageError(f"unexpected arguments: {rest[1:]}")
+    execute(config.value, workdir.value, flags.FLAGS["config"].config_filename)
+
+  app.run(main, argv=argv, flags_parser=parser)
 
 
 if __name__ == "__main__":
-  flags.mark_flags_as_required(["config"])
-  app.run(main)
+  cli()

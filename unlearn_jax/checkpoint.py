@@ -16,6 +16,12 @@ Atomicity: Orbax writes each step into a temporary directory and renames it when
 killed half-way leaves nothing that `restore` accepts, and an older step stays valid until the newer one is
 committed. Saves are synchronous: the training loop donates its buffers to the next epoch right after a save.
 
+Corruption: a checkpoint whose metadata or arrays cannot be read (a truncated or overwritten file) raises
+`CorruptCheckpointError`, a ValueError naming the directory. `cached` then moves it aside to
+``<directory>.corrupt-<UTC time>`` with a one-line warning and builds the model again (nothing is deleted, and the
+new checkpoint is committed atomically as any other); a corrupt progress step is moved aside the same way and
+training starts from epoch 0.
+
 Compatibility: before any array is read, the stored tree (names, shapes, dtypes, from Orbax's metadata) is
 compared with the expected one; the first difference raises a `ValueError` naming the directory and the leaf
 path, e.g. ``params/Dense_0/kernel: stored shape (64, 256), expected (64, 128)``.
@@ -42,6 +48,7 @@ from typing import Any, Callable
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
 
 Pytree = Any
 _STEP = 0
@@ -131,13 +138,25 @@ def _compare(directory, stored: Pytree, expected: Pytree) -> None:
                      f"in the model")
 
 
+class CorruptCheckpointError(ValueError):
+  """A checkpoint directory whose metadata or arrays cannot be read (not a mismatch with the model)."""
+
+
+def _first_line(error: BaseException) -> str:
+  """``Type: first line`` of the innermost error of ``error``'s chain (TensorStore wraps the useful one)."""
+  while error.__cause__ is not None or error.__context__ is not None:
+    error = error.__cause__ or error.__context__
+  return f"{type(error).__name__}: " + (str(error).strip().splitlines() or [""])[0]
+
+
 def _check_step(directory, mngr: ocp.CheckpointManager, step: int, expected: Pytree) -> None:
   try:
     stored = mngr.item_metadata(step)["model"]
   except (ValueError, KeyError, TypeError, OSError) as e:
-    raise ValueError(f"checkpoint {directory}: cannot read its metadata: {e}") from e
+    raise CorruptCheckpointError(f"checkpoint {directory}: cannot read its metadata ({_first_line(e)})") from e
   if stored is None:
-    raise ValueError(f"checkpoint {directory}: holds no model arrays (not written by unlearn_jax.checkpoint)")
+    raise CorruptCheckpointError(f"checkpoint {directory}: holds no model arrays (not written by "
+                                 "unlearn_jax.checkpoint)")
   _compare(directory, getattr(stored, "tree", stored), expected)
 
 
@@ -146,9 +165,25 @@ def _restore_step(directory, mngr: ocp.CheckpointManager, step: int, expected: P
   try:
     out = mngr.restore(step, args=ocp.args.Composite(model=ocp.args.StandardRestore(_abstract(expected)),
                                                      meta=ocp.args.JsonRestore()))
-  except (ValueError, KeyError, TypeError) as e:
-    raise ValueError(f"checkpoint {directory} does not match the model: {e}") from e
+  except Exception as e:  # pylint: disable=broad-except  (the tree matched: TensorStore / JSON cannot read it)
+    raise CorruptCheckpointError(f"checkpoint {directory}: cannot read it ({_first_line(e)})") from e
   return out.model, dict(out.meta or {})
+
+
+def move_aside(directory, error: BaseException | None = None) -> str:
+  """Renames ``directory`` to ``<directory>.corrupt-<UTC time>`` (process 0) with a one-line warning; returns
+  the new path. Used for a corrupt cache, so that it is rebuilt while its files stay for inspection."""
+  directory = os.path.abspath(os.fspath(directory))
+  target = f"{directory}.corrupt-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
+  if jax.process_index() == 0 and os.path.isdir(directory):
+    n = 1
+    while os.path.exists(target if n == 1 else f"{target}-{n}"):
+      n += 1
+    target = target if n == 1 else f"{target}-{n}"
+    os.rename(directory, target)
+  logging.warning("%s; moved it to %s and building it again", str(error).splitlines()[0] if error else
+                  f"checkpoint {directory} is corrupt", target)
+  return target
 
 
 def exists(directory) -> bool:
@@ -193,10 +228,17 @@ def restore(directory, like: tuple[Pytree, Pytree]) -> tuple[Pytree, Pytree, dic
 def cached(directory, build: Callable[[], tuple[Pytree, Pytree, dict]], like: tuple[Pytree, Pytree]):
   """Restores the checkpoint in ``directory`` if complete, else calls ``build()`` and saves its result.
 
+  A corrupt checkpoint there (`CorruptCheckpointError`) is moved aside (`move_aside`, one warning) and rebuilt;
+  one that does not match ``like`` raises ValueError.
+
   Returns:
     ``(params, state, metadata, restored)`` where ``restored`` says whether the checkpoint was reused.
   """
-  found = restore(directory, like)
+  try:
+    found = restore(directory, like)
+  except CorruptCheckpointError as e:
+    move_aside(directory, e)
+    found = None
   if found is not None:
     return (*found, True)
   params, state, metadata = build()
@@ -266,7 +308,12 @@ class EpochCheckpoints:
     step = self.latest_epoch()
     if step is None:
       return None
-    tree, meta = _restore_step(self.directory, self._mngr, step, like)
+    try:
+      tree, meta = _restore_step(self.directory, self._mngr, step, like)
+    except CorruptCheckpointError as e:
+      self.close()
+      move_aside(self.directory, e)
+      return None
     if meta.get("epochs") != epochs or meta.get("epoch") != step:
       raise ValueError(f"checkpoint {self.directory}: step {step} belongs to a run of {meta.get('epochs')} "
                        f"epochs, this one has {epochs}")

@@ -44,6 +44,8 @@ DTYPES = ("float32", "bfloat16")
 # Fields of a train section that say how to run (checkpointing, where a trained model comes from), not what
 # model results: they are left out of the cache key.
 RUN_CONTROL_KEYS = ("checkpoint_every", "checkpoint_min_seconds", "from_checkpoint")
+# Unlearning methods whose ``method.batch_size`` batches the retain set only (see `batch_warnings`).
+RETAIN_BATCHED = ("ft", "l1_sparse", "scrub")
 TORCH_SUFFIXES = (".pt", ".pth", ".tar", ".bin", ".safetensors")
 
 
@@ -219,4 +221,56 @@ def validate(config: ml_collections.ConfigDict, extra_sections=()) -> ml_collect
     require(min_seconds >= 0, f"{section}.checkpoint_min_seconds", min_seconds, "must be >= 0")
     _check_source(f"{section}.from_checkpoint", t.get("from_checkpoint"))
   require(config.eval.batch_size >= 1, "eval.batch_size", config.eval.batch_size, "must be at least 1")
+  check_method_section(method)
   return config
+
+
+def check_method_section(method: ml_collections.ConfigDict) -> None:
+  """``config.method``'s options against the method's registered ones (`unlearn_jax.unlearning.options`), and
+  the generic values every method shares, so a bad one fails before Original and Retrain are trained:
+
+  * ``lr`` and every ``*_lr`` / ``lr_*`` rate: > 0;
+  * ``epochs``: an integer >= 1 (0 iterations is the Original: use ``method.name=original``); every other
+    ``*_epochs`` (``warmup_epochs``, LAF's ``classifier_epochs``...): an integer >= 0;
+  * ``batch_size`` and every ``*_batch_size``: an integer >= 1. A batch larger than the split it batches is
+    not refused: it is capped to the split with one warning (`batch_warnings`), as the reference code's
+    DataLoader yields one short batch.
+  """
+  from unlearn_jax import unlearning  # pylint: disable=g-import-not-at-top
+  if method.name in unlearning.BASELINES:
+    return
+  try:
+    opts = unlearning.options(method, method.name)
+  except ValueError as e:
+    raise ValueError(f"config.method: {e}") from e
+  for key, value in opts.items():
+    path = f"method.{key}"
+    if key == "lr" or key.endswith("_lr") or key.startswith("lr_"):
+      require(isinstance(value, (int, float)) and value > 0, path, value, "must be positive")
+    elif key == "epochs":
+      require(isinstance(value, int) and value >= 1, path, value, "must be an integer >= 1")
+    elif key.endswith("_epochs"):
+      require(isinstance(value, int) and value >= 0, path, value, "must be an integer >= 0")
+    elif key == "batch_size" or key.endswith("_batch_size"):
+      require(isinstance(value, int) and value >= 1, path, value, "must be an integer >= 1")
+
+
+def batch_warnings(config: ml_collections.ConfigDict, *, train: int, retain: int, forget: int) -> list[str]:
+  """One line for each batch size larger than the split it batches (``train``/``retain``/``forget`` rows).
+
+  Such a batch is capped to the split (`unlearn_jax.train.fit`, `unlearn_jax.unlearning.loop`), i.e. one short
+  batch per epoch, as a PyTorch DataLoader gives; this says so instead of refusing. ``config.method``'s
+  ``batch_size`` is compared with the forget set, the smallest split it batches (the retain set for the methods
+  in `RETAIN_BATCHED`), ``forget_batch_size`` with the forget set.
+  """
+  checks = [("train.batch_size", config.train.batch_size, train, "training"),
+            ("retrain.batch_size", config.retrain.batch_size, retain, "retain")]
+  method = config.method
+  if "batch_size" in method:
+    retain_only = method.name in RETAIN_BATCHED
+    checks.append(("method.batch_size", method.batch_size, retain if retain_only else forget,
+                   "retain" if retain_only else "forget"))
+  if "forget_batch_size" in method:
+    checks.append(("method.forget_batch_size", method.forget_batch_size, forget, "forget"))
+  return [f"config.{key}={size} is larger than the {rows} {role} examples: capped to {rows} (one batch per "
+          "epoch)" for key, size, rows, role in checks if size > rows]
