@@ -124,101 +124,152 @@ def _reshard_back(x: jax.Array, spec) -> jax.Array:
   return x if spec is None else jax.reshard(x, spec)
 
 
-def _weighted_sum(w: jax.Array, stacked: jax.Array) -> jax.Array:
-  """``sum_i w[i] * stacked[i]`` as a broadcast product, which keeps the sharding of ``stacked[i]``."""
-  return jnp.sum(w.reshape((-1,) + (1,) * (stacked.ndim - 1)).astype(stacked.dtype) * stacked, axis=0)
+def _weighted_sum(w: jax.Array, xs: Sequence[jax.Array]) -> jax.Array:
+  """``sum_i w[i] * xs[i]`` as one fused elementwise sum (no stacked copy), keeping the sharding of ``xs[i]``."""
+  return _sum([w[i].astype(x.dtype) * x for i, x in enumerate(xs)])
+
+
+def _sum(xs: Sequence[jax.Array]) -> jax.Array:
+  """The elementwise sum of a list of arrays, left to right; XLA fuses it into one pass over the inputs."""
+  return functools.reduce(jnp.add, xs)
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Per-tensor pieces shared by the task-vector merges. ``d`` is the stack (k, *shape) of one tensor's task vectors.
+# Per-tensor pieces shared by the task-vector merges. ``ds`` is the list of one tensor's k task vectors; every
+# piece is elementwise across the list (or a reduction over one tensor), so nothing stacks k copies.
 
 
-def _elected_sign(d: jax.Array) -> jax.Array:
+def _elected_sign(ds: Sequence[jax.Array]) -> jax.Array:
   """TIES sign election: the sign of the summed deltas of each entry."""
-  return jnp.sign(jnp.sum(d, axis=0))
+  return jnp.sign(_sum(ds))
 
 
-def _disjoint_mean(d: jax.Array) -> jax.Array:
+def _disjoint_mean(ds: Sequence[jax.Array]) -> jax.Array:
   """Mean, per entry, of the deltas whose sign is the elected sign (0 where the summed deltas are 0).
 
   Zero (trimmed or dropped) entries only match an elected sign of 0, where every term of the mean is 0 anyway.
   """
-  agree = jnp.sign(d) == _elected_sign(d)
-  count = jnp.sum(agree, axis=0)
-  return jnp.sum(jnp.where(agree, d, 0), axis=0) / jnp.maximum(count, 1).astype(d.dtype)
+  elected = _elected_sign(ds)
+  agree = [jnp.sign(d) == elected for d in ds]
+  count = _sum([a.astype(jnp.int32) for a in agree])
+  total = _sum([jnp.where(a, d, 0) for a, d in zip(agree, ds)])
+  return total / jnp.maximum(count, 1).astype(total.dtype)
 
 
-def _combine(d: jax.Array, combine: str) -> jax.Array:
-  return _disjoint_mean(d) if combine == "ties" else jnp.sum(d, axis=0)
+def _combine(ds: Sequence[jax.Array], combine: str) -> jax.Array:
+  return _disjoint_mean(ds) if combine == "ties" else _sum(ds)
 
 
-def _kth_largest_mask(d: jax.Array, keep: int) -> jax.Array:
-  """Per model, marks the entries of ``|d[i]|`` at least its ``keep``-th largest value.
+_INF_BITS = 0x7F800000  # the int32 bits of +inf; non-negative floats order like their int32 bits
 
-  The threshold is found by bisection on the bit patterns of the magnitudes (non-negative floats order like their
-  int32 bits): 31 rounds of an elementwise comparison and a count. Unlike ``top_k`` or a sort, this never needs a
-  tensor's entries on one device, so sharded tensors stay sharded. Entries tied with the threshold are all kept.
+
+def _magnitude_bits(d: jax.Array) -> jax.Array:
+  """The int32 bit patterns of ``|d|`` in fp32, NaN clipped to +inf."""
+  return jnp.minimum(jax.lax.bitcast_convert_type(jnp.abs(d).astype(jnp.float32), jnp.int32), _INF_BITS)
+
+
+def _kth_largest_by_bisection(bits: jax.Array, keep: int) -> jax.Array:
+  """The ``keep``-th largest entry of ``bits`` by bisection: 31 rounds of an elementwise comparison and a count.
+
+  Only reductions, so a sharded tensor stays sharded (each round is one all-reduce of a scalar).
   """
-  bits = jax.lax.bitcast_convert_type(jnp.abs(d).astype(jnp.float32), jnp.int32)
-  tail = tuple(range(1, d.ndim))
-  expand = lambda v: v.reshape((-1,) + (1,) * (d.ndim - 1))
-
-  def count_at_least(threshold):
-    return jnp.sum(bits >= expand(threshold), axis=tail)
 
   def step(_, bounds):
     lo, hi = bounds
     mid = lo + (hi - lo + 1) // 2
-    ok = count_at_least(mid) >= keep
+    ok = jnp.sum(bits >= mid) >= keep
     return jnp.where(ok, mid, lo), jnp.where(ok, hi, mid - 1)
 
-  k = d.shape[0]
-  lo = jnp.zeros((k,), jnp.int32)
-  hi = jnp.full((k,), 0x7F800000, jnp.int32)  # the bits of +inf
-  lo, _ = jax.lax.fori_loop(0, 31, step, (lo, hi))
-  return bits >= expand(lo)
+  lo, _ = jax.lax.fori_loop(0, 31, step, (jnp.int32(0), jnp.int32(_INF_BITS)))
+  return lo
 
 
-def _trim(d: jax.Array, density: float) -> jax.Array:
-  """TIES trim: keeps, per model, the ``round(density * size)`` (at least 1) largest-magnitude entries."""
+def _kth_largest_by_radix(bits: Sequence[jax.Array], keep: int) -> jax.Array:
+  """The ``keep``-th largest entry of each tensor of ``bits`` (non-negative int32), by a two-pass radix select.
+
+  A histogram of the high 15 bits finds the bucket holding the ``keep``-th largest value and how many of it are
+  still needed; a histogram of the low 16 bits of that bucket's entries finds the value. Two passes over each
+  tensor instead of bisection's 31, but each histogram is a scatter-add, which an Explicit mesh would gather.
+  The k histograms are stacked (they are small) so that the scans over them are one op each.
+  """
+  flat = [b.reshape(-1) for b in bits]
+  high = [f >> 16 for f in flat]
+
+  def at_least(counts):  # at_least(c)[:, j] = sum of c[:, j:], with a trailing 0
+    suffix = jnp.cumsum(counts[:, ::-1], axis=1)[:, ::-1]
+    return jnp.concatenate([suffix, jnp.zeros((len(flat), 1), counts.dtype)], axis=1)
+
+  def select(counts, needed):  # the largest j with at_least(counts)[:, j] >= needed, and the count above it
+    c = at_least(counts)
+    j = jnp.sum(c[:, :-1] >= needed[:, None], axis=1) - 1  # non-increasing, and c[:, 0] = size >= needed
+    return j, jnp.take_along_axis(c, (j + 1)[:, None], axis=1)[:, 0]
+
+  keep = jnp.full((len(flat),), keep, jnp.int32)
+  bucket, above = select(jnp.stack([jnp.bincount(h, length=1 << 15) for h in high]), keep)
+  low_counts = [jnp.bincount(f & 0xFFFF, weights=(h == bucket[i]).astype(jnp.int32), length=1 << 16)
+                for i, (f, h) in enumerate(zip(flat, high))]
+  low, _ = select(jnp.stack(low_counts), keep - above)
+  return (bucket << 16) | low
+
+
+def _trim(ds: Sequence[jax.Array], density: float) -> list[jax.Array]:
+  """TIES trim: keeps the ``round(density * size)`` (at least 1) largest-magnitude entries of each task vector.
+
+  The threshold is the exact ``keep``-th largest magnitude (entries tied with it are all kept), found on the
+  fp32 bit patterns: by radix select, or by bisection where the tensor is sharded (so it is never gathered).
+  """
   if density >= 1.0:
-    return d
-  size = math.prod(d.shape[1:])
+    return list(ds)
+  size = math.prod(ds[0].shape)
   keep = min(size, max(1, round(density * size)))
-  return jnp.where(_kth_largest_mask(d, keep), d, 0)
+  bits = [_magnitude_bits(d) for d in ds]
+  if _sharded_spec(bits[0]) is not None:
+    kth = [_kth_largest_by_bisection(b, keep) for b in bits]
+  else:
+    kth = list(_kth_largest_by_radix(bits, keep))
+  return [jnp.where(b >= t, d, 0) for b, t, d in zip(bits, kth, ds)]
 
 
-def _random_keep(d: jax.Array, keys: jax.Array, p) -> jax.Array:
-  """Drops each entry of each model's delta independently, keeping it with probability ``p`` (broadcastable)."""
-  sharding = jax.typeof(d[0]).sharding
-  u = jax.vmap(lambda key: jax.random.uniform(key, d.shape[1:], out_sharding=sharding))(keys)
+def _random_keep(d: jax.Array, key: jax.Array, p) -> jax.Array:
+  """Drops each entry of one task vector independently, keeping it with probability ``p`` (broadcastable)."""
+  u = jax.random.uniform(key, d.shape, out_sharding=jax.typeof(d).sharding)
   return jnp.where(u < p, d, 0)
 
 
 def _della_keep_prob(d: jax.Array, density: float, epsilon: float, axis: int) -> jax.Array:
-  """Keep probabilities spaced linearly in [density - epsilon, density + epsilon] by magnitude rank."""
-  if d.ndim == 1:  # scalar leaves: one entry, the centre of the range
+  """Keep probabilities spaced linearly in [density - epsilon, density + epsilon] by magnitude rank along axis.
+
+  The rank is the inverse permutation of the stable argsort: a scatter (the same as the argsort of the argsort,
+  which a tensor still sharded along its other axes uses instead).
+  """
+  if d.ndim == 0:  # scalar leaves: one entry, the centre of the range
     return jnp.full(d.shape, density, d.dtype)
-  ax = 1 if d.ndim == 2 else (axis % (d.ndim - 1)) + 1
+  ax = 0 if d.ndim == 1 else axis % d.ndim
   mag, spec = _unshard_axes(jnp.abs(d), [ax])
   n = mag.shape[ax]
-  rank = jnp.argsort(jnp.argsort(mag, axis=ax), axis=ax).astype(d.dtype)
+  order = jnp.argsort(mag, axis=ax)
+  if _sharded_spec(order) is None:
+    positions = jax.lax.broadcasted_iota(order.dtype, order.shape, ax)
+    rank = jnp.put_along_axis(jnp.zeros_like(order), order, positions, axis=ax, inplace=False)
+  else:  # an Explicit mesh refuses the scatter of a tensor sharded along the other axes; sort again instead
+    rank = jnp.argsort(order, axis=ax)
+  rank = rank.astype(d.dtype)
   rank_norm = rank / (n - 1) if n > 1 else jnp.full_like(rank, 0.5)
   return _reshard_back(density - epsilon + 2 * epsilon * rank_norm, spec)
 
 
 def _apply_deltas(fn: str, params_list, base, merge_tensor: Callable, scale, *, rng=None) -> Pytree:
-  """``base + scale * merge_tensor(d)``, tensor by tensor, in base's dtype; ``d`` stacks the k task vectors.
+  """``base + scale * merge_tensor(ds)``, leaf by leaf, in base's dtype; ``ds`` lists the k task vectors.
 
-  With ``rng``, ``merge_tensor(d, keys)`` also gets a ``(k,)`` array of keys, one per model, fresh for each leaf.
+  With ``rng``, ``merge_tensor(ds, keys)`` also gets a ``(k,)`` array of keys, one per model, fresh for each leaf.
   """
   k = _check_list(params_list, fn, base=base)
   leaves, treedef = jax.tree.flatten(base)
   keys = () if rng is None else (jax.tree.unflatten(treedef, list(jax.random.split(rng, (len(leaves), k)))),)
 
   def leaf(b, *rest):
-    d = jnp.stack([p - b for p in rest[len(keys):]])
-    return (b + scale * merge_tensor(d, *rest[:len(keys)])).astype(b.dtype)
+    ds = [p - b for p in rest[len(keys):]]
+    return (b + scale * merge_tensor(ds, *rest[:len(keys)])).astype(b.dtype)
 
   return jax.tree.map(leaf, base, *keys, *params_list)
 
@@ -255,7 +306,7 @@ def linear(params_list: Sequence[Pytree], *, weights=None, normalize: bool = Tru
   w = _weight_vector(weights, k, "linear")
   if normalize:
     w = w / jnp.sum(w)
-  return jax.tree.map(lambda *ps: _weighted_sum(w, jnp.stack(ps)).astype(ps[0].dtype), *params_list)
+  return jax.tree.map(lambda *ps: _weighted_sum(w, ps).astype(ps[0].dtype), *params_list)
 
 
 @jax.jit
@@ -290,7 +341,7 @@ def task_arithmetic(params_list: Sequence[Pytree], *, base: Pytree, scale) -> Py
   Example:
     >>> multi_task = task_arithmetic([p_a, p_b], base=p0, scale=0.4)
   """
-  return _apply_deltas("task_arithmetic", params_list, base, lambda d: jnp.sum(d, axis=0), scale)
+  return _apply_deltas("task_arithmetic", params_list, base, _sum, scale)
 
 
 @functools.partial(jax.jit, static_argnames=("density",))
@@ -316,7 +367,7 @@ def ties(params_list: Sequence[Pytree], *, base: Pytree, density: float, scale=1
     >>> merged = ties([p1, p2, p3], base=p0, density=0.2)
   """
   _check_density(density, "ties")
-  return _apply_deltas("ties", params_list, base, lambda d: _disjoint_mean(_trim(d, density)), scale)
+  return _apply_deltas("ties", params_list, base, lambda ds: _disjoint_mean(_trim(ds, density)), scale)
 
 
 @functools.partial(jax.jit, static_argnames=("density", "rescale", "combine"))
@@ -351,9 +402,9 @@ def dare(params_list: Sequence[Pytree], *, base: Pytree, density: float, rng: ja
   _check_density(density, "dare")
   _check_combine(combine, "dare")
 
-  def merge_tensor(d, keys):
-    kept = _random_keep(d, keys, density)
-    return _combine(kept / density if rescale else kept, combine)
+  def merge_tensor(ds, keys):
+    kept = [_random_keep(d, key, density) for d, key in zip(ds, keys)]
+    return _combine([x / density for x in kept] if rescale else kept, combine)
 
   return _apply_deltas("dare", params_list, base, merge_tensor, scale, rng=rng)
 
@@ -395,9 +446,9 @@ def della(params_list: Sequence[Pytree], *, base: Pytree, density: float, epsilo
     raise ValueError(f"della: keep probabilities density +- epsilon = [{density - epsilon}, {density + epsilon}] "
                      "must lie in (0, 1] with epsilon >= 0")
 
-  def merge_tensor(d, keys):
-    p = _della_keep_prob(d, density, epsilon, axis)
-    return _combine(_random_keep(d, keys, p) / p, combine)
+  def merge_tensor(ds, keys):
+    probs = [_della_keep_prob(d, density, epsilon, axis) for d in ds]
+    return _combine([_random_keep(d, key, p) / p for d, key, p in zip(ds, keys, probs)], combine)
 
   return _apply_deltas("della", params_list, base, merge_tensor, scale, rng=rng)
 
@@ -423,15 +474,18 @@ def model_stock(params_list: Sequence[Pytree], *, base: Pytree, eps: float = 1e-
     >>> merged = model_stock([p1, p2, p3], base=p0)
   """
 
-  def merge_tensor(d):
-    k = d.shape[0]
-    tail = tuple(range(1, d.ndim))
-    norms = jnp.sqrt(jnp.sum(jnp.square(d), axis=tail, keepdims=True))
-    u = d / jnp.maximum(norms, eps)
-    # sum over ordered pairs i != j of u_i . u_j, divided by the number of ordered pairs.
-    cos = (jnp.sum(jnp.square(jnp.sum(u, axis=0))) - jnp.sum(jnp.square(u))) / (k * (k - 1)) if k > 1 else 1.0
+  def merge_tensor(ds):
+    k = len(ds)
+    norms = [jnp.maximum(jnp.sqrt(jnp.sum(jnp.square(d))), eps) for d in ds]
+    # sum over ordered pairs i != j of u_i . u_j (u_i = d_i / norm_i), divided by the number of ordered pairs:
+    # |sum_i u_i|^2 - sum_i |u_i|^2.
+    if k > 1:
+      own = _sum([jnp.sum(jnp.square(d)) / jnp.square(n) for d, n in zip(ds, norms)])  # sum_i |u_i|^2
+      cos = (jnp.sum(jnp.square(_sum([d / n for d, n in zip(ds, norms)]))) - own) / (k * (k - 1))
+    else:
+      cos = 1.0
     t = k * cos / (1 + (k - 1) * cos)
-    return t * jnp.mean(d, axis=0)
+    return t * (_sum(ds) / k)
 
   return _apply_deltas("model_stock", params_list, base, merge_tensor, 1.0)
 
@@ -501,26 +555,28 @@ def fisher(params_list: Sequence[Pytree], fishers: Sequence[Pytree], *, weights=
   w = _weight_vector(weights, k, "fisher")
 
   def leaf(*leaves):
-    thetas, fs = jnp.stack(leaves[:k]), jnp.maximum(jnp.stack(leaves[k:]), eps)
-    return (_weighted_sum(w, fs * thetas) / _weighted_sum(w, fs)).astype(leaves[0].dtype)
+    thetas, fs = leaves[:k], [jnp.maximum(f, eps) for f in leaves[k:]]
+    return (_weighted_sum(w, [f * x for f, x in zip(fs, thetas)]) / _weighted_sum(w, fs)).astype(leaves[0].dtype)
 
   return jax.tree.map(leaf, *params_list, *fishers)
 
 
-def _regmean_kernel(kernels: jax.Array, grams: jax.Array, w: jax.Array, alpha) -> jax.Array:
+def _regmean_kernel(kernels: Sequence[jax.Array], grams: Sequence[jax.Array], w: jax.Array, alpha) -> jax.Array:
   """``(sum_i w_i G_i)^-1 sum_i w_i G_i W_i`` with the off-diagonal entries of each G_i scaled by alpha.
 
-  The solve needs whole matrices, so on an Explicit mesh this one kernel and its Grams are gathered and the
-  result is resharded like the input kernels.
+  The scaled Gram ``alpha G + (1 - alpha) diag(G)`` is never formed: ``G_i W_i`` is one matmul of the input
+  Gram, plus the diagonal term, so the only temporaries are the summed Gram and right-hand side. The solve needs
+  whole matrices, so on an Explicit mesh this one kernel and its Grams are gathered and the result is resharded
+  like the input kernels.
   """
   spec = _sharded_spec(kernels[0])
-  n = grams.shape[-1]
-  grams = grams * (alpha + (1 - alpha) * jnp.eye(n, dtype=grams.dtype))
-  grams = grams * w.reshape(-1, 1, 1).astype(grams.dtype)
-  grams, _ = _unshard_axes(grams, [1, 2])
-  kernels, _ = _unshard_axes(kernels, [1, 2])
-  rhs = jnp.sum(jnp.matmul(grams, kernels, precision=jax.lax.Precision.HIGHEST), axis=0)
-  return _reshard_back(jnp.linalg.solve(jnp.sum(grams, axis=0), rhs), spec)
+  kernels = [_unshard_axes(x, [0, 1])[0] for x in kernels]
+  grams = [_unshard_axes(g, [0, 1])[0] for g in grams]
+  diagonals = [jnp.diagonal(g) for g in grams]
+  rhs = _weighted_sum(w, [alpha * jnp.matmul(g, x, precision=jax.lax.Precision.HIGHEST) + (1 - alpha) * dg[:, None] * x
+                          for g, x, dg in zip(grams, kernels, diagonals)])
+  lhs = alpha * _weighted_sum(w, grams) + (1 - alpha) * jnp.diag(_weighted_sum(w, diagonals))
+  return _reshard_back(jnp.linalg.solve(lhs, rhs), spec)
 
 
 @jax.jit
@@ -576,9 +632,9 @@ def regmean(params_list: Sequence[Pytree], grams: Sequence[Pytree], *, alpha=0.9
   def leaf(path, *leaves):
     key = jax.tree_util.keystr(path)
     if key in flat_grams[0]:
-      merged = _regmean_kernel(jnp.stack(leaves), jnp.stack([g[key] for g in flat_grams]), w, alpha)
+      merged = _regmean_kernel(leaves, [g[key] for g in flat_grams], w, alpha)
     else:
-      merged = _weighted_sum(w_mean, jnp.stack(leaves))
+      merged = _weighted_sum(w_mean, leaves)
     return merged.astype(leaves[0].dtype)
 
   return jax.tree_util.tree_map_with_path(leaf, *params_list)
@@ -604,8 +660,8 @@ def negmerge(params_list: Sequence[Pytree], *, base: Pytree, scale) -> Pytree:
     >>> unlearned = negmerge([ft_lr1, ft_lr2, ft_lr3], base=original, scale=1.0)
   """
 
-  def merge_tensor(d):
-    consistent = jnp.abs(jnp.sum(jnp.sign(d), axis=0)) == d.shape[0]
-    return jnp.where(consistent, jnp.mean(d, axis=0), 0)
+  def merge_tensor(ds):
+    consistent = jnp.abs(_sum([jnp.sign(d) for d in ds])) == len(ds)
+    return jnp.where(consistent, _sum(ds) / len(ds), 0)
 
   return _apply_deltas("negmerge", params_list, base, merge_tensor, -scale)
