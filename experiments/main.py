@@ -72,6 +72,19 @@ def _config_arg(argv: list[str]) -> tuple[int, str, str | None] | None:
   return None
 
 
+def _joined(argv: list[str]) -> list[str]:
+  """``argv`` with ``--config PATH`` and ``--config.method.name X`` written as ``--config=PATH``, ``...=X``."""
+  out, i = [], 0
+  while i < len(argv):
+    if argv[i].lstrip("-") in ("config", "config.method.name") and argv[i].startswith("-") and i + 1 < len(argv):
+      out.append(f"{argv[i]}={argv[i + 1]}")
+      i += 2
+    else:
+      out.append(argv[i])
+      i += 1
+  return out
+
+
 def load_config_file(path: str, arg: str | None = None):
   """``get_config(arg)`` of the config file ``path`` (as ``--config=path[:arg]`` loads it)."""
   if not os.path.isfile(path):
@@ -89,6 +102,7 @@ def switch_method(argv: list[str]) -> list[str]:
   Only method configs (``experiment='unlearning'``) switch; an unknown X, or one without a config file next to
   A's, fails with one line.
   """
+  argv = _joined(argv)
   names = [m.group(1) for m in map(_METHOD_NAME.match, argv) if m]
   found = _config_arg(argv)
   if not names or found is None:

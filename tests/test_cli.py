@@ -167,6 +167,8 @@ def test_method_name_switches_to_the_methods_own_config():
   cifar = parse("--config=configs/salun.py:cifar10", "--config.method.name=ft")
   assert cifar.method.name == "ft" and cifar.model.name == "resnet18"
   assert cifar.method.to_dict() == parse("--config=configs/ft.py:cifar10").method.to_dict()
+  # the two-word flag forms
+  assert parse("--config", "configs/salun.py", "--config.method.name", "ga").method.lr == ga.method.lr
   # an option only the other method has
   assert parse("--config=configs/ga.py", "--config.method.name=neggrad_plus", "--config.method.beta=0.5"
                ).method.beta == 0.5
