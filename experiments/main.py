@@ -25,7 +25,8 @@ Errors: a bad config value, an unknown key or a bad config path prints one line 
 1.5: must be in (0, 1)``) and exits with status 2 before any work; other errors show their traceback.
 
 Switching method: ``--config.method.name=X`` on a method config runs ``configs/X.py`` (same ``:arg``) instead, so X
-starts from its own defaults and ``--config.method.<X option>=v`` works.
+starts from its own defaults and ``--config.method.<X option>=v`` works (a method without a config file starts from
+the base config and its registered defaults).
 """
 from __future__ import annotations
 
@@ -99,8 +100,8 @@ def switch_method(argv: list[str]) -> list[str]:
   """``argv`` with ``--config=configs/A.py[:arg]`` replaced by ``configs/X.py[:arg]`` when it also holds
   ``--config.method.name=X`` for another method X, so X starts from its own config file's defaults.
 
-  Only method configs (``experiment='unlearning'``) switch; an unknown X, or one without a config file next to
-  A's, fails with one line.
+  Only method configs (``experiment='unlearning'``) switch; an unknown X fails with one line. Without a config
+  file for X next to A's, this file's `get_config` gives the base config with X's registered defaults.
   """
   argv = _joined(argv)
   names = [m.group(1) for m in map(_METHOD_NAME.match, argv) if m]
@@ -117,11 +118,19 @@ def switch_method(argv: list[str]) -> list[str]:
   if config.get("experiment", "unlearning") != "unlearning" or method is None or method.get("name") == name:
     return list(argv)
   target = os.path.join(os.path.dirname(path), f"{name}.py")
-  if not os.path.isfile(target):
-    fail(f"config.method.name={name!r}: no config file {target} to take the method's defaults from")
+  if not os.path.isfile(target):  # no config file: the base config with X's registered defaults (`get_config`)
+    target, arg = os.path.abspath(__file__), name + (f":{arg}" if arg is not None else "")
   argv = list(argv)
   argv[index] = f"--config={target}" + (f":{arg}" if arg is not None else "")
   return argv
+
+
+def get_config(arg: str):
+  """This file as a config file, for a method without ``configs/<name>.py``: ``arg = 'name[:config arg]'`` gives
+  `unlearn_jax.config.method_experiment` (the base config and the method's registered defaults)."""
+  from unlearn_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  name, _, rest = arg.partition(":")
+  return config_lib.method_experiment(name, rest or None)
 
 
 def _paths(config, prefix="") -> list[str]:
@@ -192,7 +201,9 @@ def execute(config, workdir: str | None, config_path: str) -> dict:
   """Runs ``config`` (default workdir ``workdir/<config file name>``); config errors exit via `fail`."""
   from unlearn_jax import run  # pylint: disable=g-import-not-at-top
   if workdir is None:
-    workdir = os.path.join("workdir", os.path.splitext(os.path.basename(config_path))[0])
+    same = os.path.abspath(config_path) == os.path.abspath(__file__)  # the `get_config` fallback: name the method
+    name = config.method.name if same else os.path.splitext(os.path.basename(config_path))[0]
+    workdir = os.path.join("workdir", name)
   try:
     return run.run(config, workdir)
   except ValueError as e:

@@ -8,6 +8,7 @@ import glob
 import os
 import subprocess
 import sys
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -175,6 +176,20 @@ def test_method_name_switches_to_the_methods_own_config():
   # the same method, or a study config, is left as it is
   assert parse("--config=configs/salun.py", "--config.method.name=salun").method.fraction == \
       parse("--config=configs/salun.py").method.fraction
+
+
+def test_method_without_a_config_file_takes_its_registered_defaults(tmp_path):
+  own = tmp_path / "my_salun.py"  # a config of the user's, with no ga.py beside it
+  own.write_text(open(os.path.join(ROOT, "configs", "salun.py")).read())
+  config = parse(f"--config={own}", "--config.method.name=ga", "--config.method.lr=0.5")
+  assert config.method.to_dict() == {**config_lib.method_config("ga").to_dict(), "lr": 0.5}
+  assert config.model.name == "mlp" and config.dataset.name == "digits"
+  cifar = parse(f"--config={own}:cifar10", "--config.method.name=ga")
+  assert cifar.model.name == "resnet18" and cifar.method.name == "ga"
+  from unlearn_jax import run  # pylint: disable=g-import-not-at-top
+  with mock.patch.object(run, "run", lambda config, workdir: workdir):  # the default workdir names the method
+    assert cli.execute(config, None, cli.__file__) == os.path.join("workdir", "ga")
+    assert cli.execute(config, None, str(own)) == os.path.join("workdir", "my_salun")
 
 
 def test_unknown_method_name_lists_the_methods(capsys):
