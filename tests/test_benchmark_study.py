@@ -54,6 +54,14 @@ def test_benchmark_aggregates_methods_over_seeds(shared):
   assert out["table"].startswith("## benchmark")
 
 
+def test_benchmark_rejects_a_bad_method_option_before_work(tmp_path):
+  config = tiny("ft")
+  config.benchmark.options.ft.lr = 0.0
+  with pytest.raises(ValueError, match=r"config.benchmark.options.ft.lr=0.0: must be positive"):
+    run_lib.run(config, tmp_path / "w")
+  assert not (tmp_path / "w").exists()
+
+
 def test_benchmark_rejects_unknown_method_before_work(tmp_path):
   config = tiny("ft")
   config.benchmark.methods = ("ft", "unicorn")
@@ -106,6 +114,7 @@ def test_sweep_pipeline_reports_the_chosen_setting(shared):
     (lambda s: setattr(s, "selection_seed", 0), "selection_seed=0"),
     (lambda s: setattr(s.grid, "lrs", ()), "grid.lrs"),
     (lambda s: setattr(s.grid, "lrs", (0.1, -1.0)), "must be positive"),
+    (lambda s: setattr(s.options, "epochs", -1), r"config.sweep.options.epochs=-1"),
 ])
 def test_sweep_rejects_bad_grids_before_work(tmp_path, change, match):
   config = sweep_config.get_config("ft")

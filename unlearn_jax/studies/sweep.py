@@ -169,7 +169,7 @@ def _validate(config) -> None:
     raise ValueError("config.sweep is missing (see unlearn_jax.studies.sweep.sweep_section)")
   if not s.seeds:
     raise ValueError("config.sweep.seeds is empty")
-  unlearning.options(s.options, s.options.name)
+  benchmark.check_options(s.options, "sweep.options")
   check_grid(s.options.name, s.grid, s.selection_seed, s.seeds, "sweep")
 
 
