@@ -201,6 +201,7 @@ class TorchPipeline:
     self.torch = torch
     if _TORCH_THREADS.value:
       torch.set_num_threads(_TORCH_THREADS.value)
+    torch.manual_seed(0)  # the reference's utils.setup_seed(args.seed): shuffles and random labels repeat
     self.device = "cuda" if torch.cuda.is_available() else "cpu"
     self.model_name, self.params0, self.num_classes = model_name, params0, ds.num_classes
     self.log = io.StringIO()
