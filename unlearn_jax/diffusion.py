@@ -265,8 +265,8 @@ def fit_diffusion(dm: DiffusionModel, params: Pytree, split, cfg, *, rng: jax.Ar
   (rate 0.9999) and samples from it; here the raw weights are used.
 
   Note: on XLA:CPU (jax 0.10) convolutions inside a `lax.scan` body run about 40-60x slower than the same step
-  jitted on its own (measured on this project's 2-core machine), so a U-Net epoch is slow on CPU; on GPU the
-  scan is the fast path.
+  jitted on its own (the backward pass; measured on this project's 2-core machine, see benchmarks/RESULTS.md),
+  and partial unrolling does not help, so a U-Net epoch is slow on CPU; on GPU the scan is the fast path.
   """
   batch_size = min(int(cfg.batch_size), split.size)
   tx = train_lib.make_optimizer(cfg, split.num_batches(batch_size))
