@@ -7,7 +7,7 @@ forget sets. This pipeline (``experiment='sweep'``, `configs/sweep.py`) does tha
    at once with `unlearn_jax.sweep.sweep` (vmapped for the iterative methods, one statistics pass for the one-shot
    ones, one run per learning rate otherwise) and is scored against that seed's Retrain; the setting with the
    smallest Avg. Gap (SalUn's mean |UA, RA, TA, MIA-efficacy difference| to Retrain) wins. A grid point that
-   diverged is never chosen.
+   diverged (non-finite weights, or logits that overflow) is never chosen.
 2. On each of ``config.sweep.seeds`` the method runs alone with the chosen setting; the table (mean ± std) names
    the setting, and ``selection.md`` lists every grid point's metrics and gap.
 
@@ -134,8 +134,14 @@ def select(exp, models: dict, options, grid, workdir=None):
   for g, setting in enumerate(settings):
     row = {"setting": setting, "finite": bool(finite[g]), "gap": math.inf}
     if finite[g]:
-      metrics = run_lib.score(exp, sweep_lib.grid_point(params, g), sweep_lib.grid_point(state, g))
-      row.update(metrics, gap=evaluation.avg_gap(metrics, retrain_row))
+      try:
+        metrics = run_lib.score(exp, sweep_lib.grid_point(params, g), sweep_lib.grid_point(state, g))
+      except ValueError as e:  # finite weights whose logits overflow: diverged as well
+        if "not all finite" not in str(e):
+          raise
+        row["finite"] = False
+      else:
+        row.update(metrics, gap=evaluation.avg_gap(metrics, retrain_row))
     rows.append(row)
   best = int(np.argmin([r["gap"] for r in rows]))
   if not math.isfinite(rows[best]["gap"]):
