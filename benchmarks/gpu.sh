@@ -9,7 +9,8 @@
 #   ResNet-18 train step (benchmarks/train_step.py, the project's whole-epoch scan, crop+flip), fp32 and bf16;
 #   ResNet-18 SGD step vs PyTorch (benchmarks/resnet18_vs_torch.py, fp32/TF32, MFU of 495 TFLOP/s);
 #   SalUn epoch vs PyTorch at batch 128 and 256, fp32 and bf16 (benchmarks/salun_vs_torch.py);
-#   LM gradient-ascent step vs PyTorch at GPT-2-125M and Llama-1B sizes, bf16 (benchmarks/lm_step.py, MFU of 989);
+#   LM gradient-ascent step vs PyTorch at GPT-2-125M and Llama-1B sizes, bf16 (benchmarks/lm_step.py, MFU of 989),
+#   and GPT-2-125M's JAX step with cuDNN's fused attention (--attention_impl=cudnn);
 #   the 8 x 100M-parameter merges (benchmarks/merge.py); ResNet-20 x8 weight matching (benchmarks/weight_matching.py).
 # Output: $OUT/gpu.md (the table, the device named) and $OUT/gpu.log (every step's full output). OUT defaults to
 # workdir/gpu; on the lent device machine $OUT is the folder whose files come back.
@@ -102,6 +103,8 @@ else
   step lm_llama_1b_bf16 60 benchmarks/lm_step.py --config=llama-1b --batch=8 --seq=512 --dtype=bfloat16 --steps=10 --peak_tflops=989
   step merge_8x100m 100 benchmarks/merge.py --k=8
   step weight_matching_x8 45 benchmarks/weight_matching.py --widths=8
+  # last, so that it never takes budget from the steps above
+  step lm_gpt2_125m_bf16_cudnn 45 benchmarks/lm_step.py --config=gpt2-125m --batch=8 --seq=512 --dtype=bfloat16 --steps=10 --peak_tflops=989 --attention_impl=cudnn --sides=jax
 fi
 
 {

@@ -13,7 +13,7 @@ Kaplan et al. 2020 / PaLM approximation: forward + backward, attention FLOPs ign
   python benchmarks/lm_step.py --config=gpt2-125m --batch=2 --seq=128 --dtype=float32 --steps=3 \
       --peak_tflops=0.33        # CPU (2 AVX-512 cores at 2.6 GHz)
   python benchmarks/lm_step.py --config=llama-1b --batch=8 --seq=512 --dtype=bfloat16 --steps=10 \
-      --peak_tflops=989        # one H100 (dense bf16)
+      --peak_tflops=989        # one H100 (dense bf16); add --attention_impl=cudnn for cuDNN's fused attention
 
 References:
   Chowdhery et al., "PaLM: Scaling Language Modeling with Pathways", 2022 (appendix B, MFU).
@@ -42,6 +42,8 @@ _STEPS = flags.DEFINE_integer("steps", 3, "Timed steps after the first (compile)
 _PEAK = flags.DEFINE_float("peak_tflops", 0.0, "Peak device TFLOP/s for MFU (0: MFU not reported).")
 _LR = flags.DEFINE_float("lr", 1e-5, "AdamW learning rate.")
 _SIDES = flags.DEFINE_list("sides", ["jax", "torch"], "Which implementations to time.")
+_ATTENTION = flags.DEFINE_enum("attention_impl", None, ["xla", "cudnn"], "JAX side: GPTConfig.attention_impl "
+                               "(default: XLA; 'cudnn': the fused GPU kernel, 16-bit dtype only).")
 
 
 def _tokens(cfg: gpt.GPTConfig) -> np.ndarray:
@@ -158,7 +160,7 @@ def torch_side(cfg: gpt.GPTConfig) -> tuple[list[float], int]:
 
 def main(argv):
   del argv
-  cfg = gpt.gpt_config(_CONFIG.value, dtype=jnp.dtype(_DTYPE.value))
+  cfg = gpt.gpt_config(_CONFIG.value, dtype=jnp.dtype(_DTYPE.value), attention_impl=_ATTENTION.value)
   if _SEQ.value > cfg.max_len:
     raise ValueError(f"--seq={_SEQ.value} exceeds the config's max_len={cfg.max_len}")
   tokens = _BATCH.value * _SEQ.value
