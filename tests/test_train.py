@@ -89,17 +89,46 @@ def test_fit_learns_and_keeps_inputs():
   assert all(jax.tree.leaves(chex_equal)) and hist2["loss"] == hist["loss"]
 
 
-def test_epoch_is_one_compiled_scan():
+@pytest.mark.parametrize("loop", ["scan", "steps"])
+def test_epoch_compiles_once(loop):
   split = blobs()
   model, params, state = model_lib.init(Linear(), jax.random.key(0), split.x[:1])
   cfg = config_lib.train_config(epochs=1, batch_size=16)
   tx = train.make_optimizer(cfg, 6)
-  epoch = train.make_epoch_fn(train.classification_loss(model), tx, batch_size=16)
+  epoch = train.make_epoch_fn(train.classification_loss(model), tx, batch_size=16, loop=loop)
   opt_state = tx.init(params)
   p, s, o, losses, metrics = epoch(params, state, opt_state, split.x, split.y, jax.random.key(0))
   assert losses.shape == (6,) and metrics["accuracy"].shape == (6,)
   p, s, o, losses, _ = epoch(p, s, o, split.x, split.y, jax.random.key(1))
-  assert epoch._cache_size() == 1
+  assert (epoch if loop == "scan" else epoch.step)._cache_size() == 1
+
+
+class TinyConv(nn.Module):
+  @nn.compact
+  def __call__(self, x, train=False):
+    x = nn.relu(nn.Conv(4, (3, 3))(x))
+    return nn.Dense(3)(x.reshape(x.shape[0], -1))
+
+
+def test_stepped_epoch_equals_the_scanned_epoch():
+  """The CPU default (one jitted step per batch) computes what the whole-epoch scan computes."""
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(48, 6, 6, 1)), jnp.float32)
+  y = jnp.asarray(rng.integers(0, 3, 48), jnp.int32)
+  model, params, state = model_lib.init(TinyConv(), jax.random.key(0), x[:1])
+  cfg = config_lib.train_config(epochs=1, batch_size=16, lr=0.1)
+  tx = train.make_optimizer(cfg, 3)
+  outs = {}
+  for loop in train.LOOPS:
+    epoch = train.make_epoch_fn(train.classification_loss(model), tx, batch_size=16, loop=loop)
+    copy = jax.tree.map(jnp.array, (params, state, tx.init(params)))
+    outs[loop] = epoch(*copy, x, y, jax.random.key(4))
+  for a, b in zip(jax.tree.leaves(outs["scan"]), jax.tree.leaves(outs["steps"])):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  assert outs["steps"][3].shape == (3,)
+  assert not np.allclose(jax.tree.leaves(outs["steps"][0])[0], jax.tree.leaves(params)[0])
+  with pytest.raises(ValueError, match="loop="):
+    train.make_epoch_fn(train.classification_loss(model), tx, batch_size=16, loop="while")
 
 
 def test_non_finite_loss_names_epoch_and_step():

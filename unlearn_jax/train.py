@@ -109,39 +109,72 @@ def shard_batches(arrays, mesh):
   return jax.tree.map(lambda a: jax.sharding.reshard(a, sharding_lib.batch_spec(a.ndim)), arrays)
 
 
+# How `make_epoch_fn` loops over an epoch's batches. 'scan': one jitted program per epoch (`lax.scan`), the fast
+# path on accelerators. 'steps': one jitted, donating step per batch called from Python, with the batches and keys
+# prepared on device and the losses stacked at the end (no host sync per step). XLA:CPU (jax 0.10.2) runs a
+# convolution's backward pass inside a while loop 40-60x slower than the same step jitted alone (4 conv layers,
+# batch 128 of 8x8: 1.9 s per step in a scan vs 0.04 s; see benchmarks/RESULTS.md), so the default (None) is
+# 'steps' on the CPU and 'scan' elsewhere. Both compute the same steps on the same batches and keys.
+LOOPS = ("scan", "steps")
+
+
+def default_loop() -> str:
+  return "steps" if jax.default_backend() == "cpu" else "scan"
+
+
 def make_epoch_fn(loss_fn: LossFn, tx: optax.GradientTransformation, *, batch_size: int,
-                  augment: Callable | None = None, mesh=None):
+                  augment: Callable | None = None, mesh=None, loop: str | None = None):
   """A jitted ``epoch(params, state, opt_state, x, y, rng) -> (params, state, opt_state, losses, metrics)``.
 
   The data ``(x, y)`` stays on device; each epoch shuffles it with ``rng``, reshapes it into batches and
-  scans ``train_step`` over them. ``params``, ``state`` and ``opt_state`` are donated. ``losses`` and each
-  metric are per-step arrays of length ``num_batches``.
+  runs ``train_step`` over them, as one ``lax.scan`` or one jitted step per batch (``loop``: see `LOOPS`; None:
+  `default_loop`). ``params``, ``state`` and ``opt_state`` are donated. ``losses`` and each metric are per-step
+  arrays of length ``num_batches``.
   """
   if mesh is not None and batch_size % mesh.shape[sharding_lib.DATA]:
     raise ValueError(f"batch_size {batch_size} is not divisible by the mesh data axis "
                      f"({mesh.shape[sharding_lib.DATA]} devices)")
+  loop = loop or default_loop()
+  if loop not in LOOPS:
+    raise ValueError(f"loop={loop!r}: choose one of {LOOPS}")
   loss_fn = sharding_lib.gathered(loss_fn)  # sharded (FSDP) parameters are all-gathered inside each step
 
-  def epoch(params, state, opt_state, x, y, rng):
+  def prepare(x, y, rng):
     perm_rng, step_rng = jax.random.split(rng)
     xb, yb = shard_batches(split_lib.batch_arrays((x, y), batch_size, perm_rng), mesh)
-    keys = jax.random.split(step_rng, yb.shape[0])
+    return xb, yb, jax.random.split(step_rng, yb.shape[0])
 
-    def body(carry, inp):
-      params, state, opt_state = carry
-      xs, ys, key = inp
-      aug_key, drop_key = jax.random.split(key)
-      if augment is not None:
-        xs = augment(aug_key, xs)
-      params, state, opt_state, loss, metrics = train_step(loss_fn, tx, params, state, opt_state, (xs, ys),
-                                                           drop_key)
-      return (params, state, opt_state), (loss, metrics)
+  def body(carry, inp):
+    params, state, opt_state = carry
+    xs, ys, key = inp
+    aug_key, drop_key = jax.random.split(key)
+    if augment is not None:
+      xs = augment(aug_key, xs)
+    params, state, opt_state, loss, metrics = train_step(loss_fn, tx, params, state, opt_state, (xs, ys), drop_key)
+    return (params, state, opt_state), (loss, metrics)
 
-    (params, state, opt_state), (losses, metrics) = jax.lax.scan(body, (params, state, opt_state),
-                                                                 (xb, yb, keys))
-    return params, state, opt_state, losses, metrics
+  if loop == "scan":
+    def epoch(params, state, opt_state, x, y, rng):
+      (params, state, opt_state), (losses, metrics) = jax.lax.scan(body, (params, state, opt_state),
+                                                                   prepare(x, y, rng))
+      return params, state, opt_state, losses, metrics
 
-  return jax.jit(epoch, donate_argnums=(0, 1, 2))
+    return jax.jit(epoch, donate_argnums=(0, 1, 2))
+
+  batches = jax.jit(prepare)
+  step = jax.jit(lambda carry, xb, yb, keys, i: body(carry, (xb[i], yb[i], keys[i])), donate_argnums=(0,))
+
+  def stepped_epoch(params, state, opt_state, x, y, rng):
+    xb, yb, keys = batches(x, y, rng)
+    carry, outs = (params, state, opt_state), []
+    for i in range(yb.shape[0]):
+      carry, out = step(carry, xb, yb, keys, i)
+      outs.append(out)
+    losses, metrics = jax.tree.map(lambda *a: jnp.stack(a), *outs)
+    return (*carry, losses, metrics)
+
+  stepped_epoch.step = step  # the one compiled step (its cache size is checked in tests)
+  return stepped_epoch
 
 
 def check_finite(losses: np.ndarray, epoch: int, what: str = "loss") -> None:
