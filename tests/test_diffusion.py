@@ -163,6 +163,41 @@ def test_cifar_shaped_unet_conditions_and_trains_one_step_on_synthetic_data():
   #                        checked leaf by leaf, the embedding table moves as a whole)
 
 
+def _assert_trees_close(a, b, atol=1e-5):
+  jax.tree.map(lambda u, v: np.testing.assert_allclose(u, v, atol=atol, rtol=1e-5), a, b)
+
+
+def test_python_loop_equals_the_scan():
+  # 3 steps of DDPM training and of SalUn (masked joint loop) / ESD (sequential phase) on the conv-free ε-network
+  # (a U-Net costs minutes of compilation here): the Python loop of jitted steps must use the same batches and
+  # keys as the whole-epoch scan. SGD, because Adam's first steps turn float noise in ~0 gradients into ±lr.
+  dm, params = _pixel_model(shape=(4, 4, 1))
+  rng = np.random.default_rng(1)
+  x = jnp.asarray(rng.uniform(-1, 1, (12, 4, 4, 1)), jnp.float32)
+  y = jnp.asarray(np.arange(12) % 3, jnp.int32)
+  cfg = ConfigDict(dict(optimizer="adam", lr=1e-2, schedule="constant", epochs=1, batch_size=4))
+  out = {loop: D.fit_diffusion(dm, params, split_lib.Split(x, y), cfg, rng=jax.random.key(0), loop=loop)
+         for loop in ("scan", "python")}
+  _assert_trees_close(out["scan"][0], out["python"][0])
+  np.testing.assert_allclose(out["scan"][1]["loss"], out["python"][1]["loss"], rtol=1e-5)
+  assert float(jnp.abs(out["python"][0]["w"] - params["w"]).max()) > 1e-3
+  forget, retain = split_lib.Split(x[y == 0], y[y == 0]), split_lib.Split(x[y != 0], y[y != 0])
+  for name, opts in (("salun", dict(batch_size=3, saliency_batch_size=2, fraction=0.5)),
+                     ("esd", dict(batch_size=2, xt_source="data"))):
+    new = {loop: generation.GENERATION_METHODS[name](dm, params, {}, forget, retain,
+                                                     config=dict(opts, epochs=1, lr=0.1, optimizer="sgd",
+                                                                 loop=loop),
+                                                     rng=jax.random.key(2))[0] for loop in ("scan", "python")}
+    _assert_trees_close(new["scan"], new["python"])
+    assert float(jnp.abs(new["python"]["w"][0] - params["w"][0]).max()) > 1e-3, name
+  g = {loop: generation.diffusion_saliency(dm, params, forget, rng=jax.random.key(3), batch_size=3, loop=loop)
+       for loop in ("scan", "python")}
+  _assert_trees_close(g["scan"], g["python"])
+  assert D.resolve_loop("auto") == ("python" if jax.default_backend() == "cpu" else "scan")
+  with pytest.raises(ValueError, match="loop"):
+    D.resolve_loop("while")
+
+
 def test_timestep_embedding_and_unet_errors():
   emb = timestep_embedding(jnp.array([0.0, 3.0]), 6)
   np.testing.assert_allclose(emb[1], np.concatenate([np.sin(3.0 * np.exp(-np.log(1e4) * np.arange(3) / 2)),

@@ -38,7 +38,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from unlearn_jax import sharding as sharding_lib
 from unlearn_jax import train as train_lib
+from unlearn_jax.data import split as split_lib
 
 Pytree = Any
 # eps(params, x_t, t, c, *, rng=None) -> ε prediction shaped like x_t; rng given: train mode (dropout).
@@ -253,26 +255,79 @@ def make_sampler(dm: DiffusionModel, *, image_shape: tuple[int, ...], steps: int
   return jax.jit(sample)
 
 
+LOOPS = ("scan", "python")
+
+
+def resolve_loop(loop: str | None) -> str:
+  """``loop`` checked, with ``None`` / ``'auto'`` resolved: ``'python'`` on the CPU backend, else ``'scan'``.
+
+  Why: on XLA:CPU (jax 0.10.2, this project's 2-core machine) the backward pass of a convolution inside any while
+  loop (`jax.lax.scan`, `fori_loop`) runs about 48x slower than the same step jitted alone and called from a
+  Python loop (4 conv layers, batch 128 of 8x8 images: 1.9 s per step in the scan, 0.04 s per step in the Python
+  loop). XLA flags and ``unroll=2`` did not help; only a program with no loop left is fast. Forward-only programs
+  (sampling) are not affected, and on GPU the scan is the fast path.
+  """
+  loop = "python" if loop in (None, "auto") and jax.default_backend() == "cpu" else loop
+  loop = "scan" if loop in (None, "auto") else loop
+  if loop not in LOOPS:
+    raise ValueError(f"loop: unknown {loop!r}; choose one of {LOOPS + ('auto',)}")
+  return loop
+
+
+def make_python_epoch_fn(loss_fn, tx: optax.GradientTransformation, *, batch_size: int):
+  """`unlearn_jax.train.make_epoch_fn`'s epoch (no augmentation, no mesh) as ONE jitted, buffer-donating step per
+  batch called from a Python loop; see `resolve_loop` for why.
+
+  It computes what the scan computes: the same shuffle and per-step keys (``perm, step = split(rng)``, the step
+  keys ``split(step, num_batches)``, each split once more into an augmentation and a dropout key), the same
+  `unlearn_jax.train.train_step`. Losses and metrics stay on device and are stacked at the epoch's end (no
+  per-step host sync).
+  """
+  loss_fn = sharding_lib.gathered(loss_fn)
+
+  @jax.jit
+  def batches(x, y, rng):
+    perm_rng, step_rng = jax.random.split(rng)
+    xb, yb = split_lib.batch_arrays((x, y), batch_size, perm_rng)
+    return xb, yb, jax.random.split(step_rng, yb.shape[0])
+
+  def step(params, state, opt_state, xb, yb, keys, i):
+    _, drop_key = jax.random.split(keys[i])
+    return train_lib.train_step(loss_fn, tx, params, state, opt_state, (xb[i], yb[i]), drop_key)
+
+  step = jax.jit(step, donate_argnums=(0, 1, 2))
+
+  def epoch(params, state, opt_state, x, y, rng):
+    xb, yb, keys = batches(x, y, rng)
+    outputs = []
+    for i in range(yb.shape[0]):
+      params, state, opt_state, loss, metrics = step(params, state, opt_state, xb, yb, keys, i)
+      outputs.append((loss, metrics))
+    losses, metrics = jax.tree.map(lambda *v: jnp.stack(v), *outputs)
+    return params, state, opt_state, losses, metrics
+
+  return epoch
+
+
 def fit_diffusion(dm: DiffusionModel, params: Pytree, split, cfg, *, rng: jax.Array, cond_drop: float = 0.1,
                   grad_clip: float = 1.0, log: Callable[[str], None] | None = None, checkpoints=None,
-                  desc: str = "train"):
+                  desc: str = "train", loop: str | None = "auto"):
   """Trains ``params`` on ``split`` (images in [-1, 1], labels) by the project's one loop; returns ``(params, history)``.
 
-  `unlearn_jax.train.make_epoch_fn` with `diffusion_loss_fn` (whole-epoch scan, donated buffers) and
-  `unlearn_jax.train.run_epochs` (one host sync per epoch, progress checkpoints); the optimiser is
-  `unlearn_jax.train.make_optimizer` of ``cfg`` after global-norm clipping to ``grad_clip`` (0: none), as the
-  SalUn DDPM training clips to 1.0. Not done: the reference's CIFAR-10 training keeps an EMA of the weights
-  (rate 0.9999) and samples from it; here the raw weights are used.
-
-  Note: on XLA:CPU (jax 0.10) convolutions inside a `lax.scan` body run about 40-60x slower than the same step
-  jitted on its own (the backward pass; measured on this project's 2-core machine, see benchmarks/RESULTS.md),
-  and partial unrolling does not help, so a U-Net epoch is slow on CPU; on GPU the scan is the fast path.
+  `unlearn_jax.train.make_epoch_fn` with `diffusion_loss_fn` (whole-epoch scan, donated buffers; ``loop='scan'``)
+  or its step-per-batch twin `make_python_epoch_fn` (``loop='python'``, the default on CPU: see `resolve_loop`,
+  XLA:CPU runs conv backward passes inside a scan ~48x slower), and `unlearn_jax.train.run_epochs` (one host sync
+  per epoch, progress checkpoints); the optimiser is `unlearn_jax.train.make_optimizer` of ``cfg`` after
+  global-norm clipping to ``grad_clip`` (0: none), as the SalUn DDPM training clips to 1.0. Not done: the
+  reference's CIFAR-10 training keeps an EMA of the weights (rate 0.9999) and samples from it; here the raw
+  weights are used.
   """
   batch_size = min(int(cfg.batch_size), split.size)
   tx = train_lib.make_optimizer(cfg, split.num_batches(batch_size))
   if grad_clip:
     tx = optax.chain(optax.clip_by_global_norm(grad_clip), tx)
-  epoch_fn = train_lib.make_epoch_fn(diffusion_loss_fn(dm, cond_drop=cond_drop), tx, batch_size=batch_size)
+  make = make_python_epoch_fn if resolve_loop(loop) == "python" else train_lib.make_epoch_fn
+  epoch_fn = make(diffusion_loss_fn(dm, cond_drop=cond_drop), tx, batch_size=batch_size)
   params, _, history = train_lib.run_epochs(epoch_fn, tx, params, {}, (split.x, split.y), int(cfg.epochs), rng=rng,
                                             log=log, checkpoints=checkpoints, desc=desc)
   return params, history

@@ -33,7 +33,9 @@ i.e. about 3 passes over CIFAR-10's 45,000 retain images, one retain and one for
 
 Common options: ``optimizer``, ``lr``, ``weight_decay``, ``schedule``, ``epochs`` (passes over the retain set in
 joint steps, or over the forget set / ESD pool without a retain term), ``batch_size``, ``grad_clip`` (0: none),
-``cond_drop`` (condition dropout of the terms, 0.1 as the reference's train-mode calls).
+``cond_drop`` (condition dropout of the terms, 0.1 as the reference's train-mode calls), ``loop`` (``'scan'``: the
+project's whole-epoch scan; ``'python'``: one jitted step per batch from Python; ``'auto'``: python on CPU, where
+XLA runs conv backward passes inside a scan ~48x slower, see `unlearn_jax.diffusion.resolve_loop`).
 
 References:
   Fan et al., "SalUn: Empowering Machine Unlearning via Gradient-based Weight Saliency in Both Image
@@ -50,6 +52,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 
 from unlearn_jax import diffusion as diffusion_lib
@@ -65,7 +68,7 @@ TARGETS = ("next", "random")
 XT_SOURCES = ("sample", "data")
 
 LOOP_DEFAULTS = dict(optimizer="adam", lr=1e-4, weight_decay=0.0, schedule="constant", epochs=3, batch_size=128,
-                     grad_clip=1.0, cond_drop=0.1)
+                     grad_clip=1.0, cond_drop=0.1, loop="auto")
 
 
 def register_generation(name: str, **defaults) -> Callable[[Callable], Callable]:
@@ -170,37 +173,44 @@ def negative_guidance_term(dm, *, eta: float, from_data: bool):
 # Saliency of the forget class's diffusion loss.
 # ---------------------------------------------------------------------------------------------------------------
 def diffusion_saliency(dm, params: Pytree, forget: split_lib.Split, *, rng: jax.Array, batch_size: int = 128,
-                       guidance: float = 2.0, clip: float = 1.0) -> Pytree:
+                       guidance: float = 2.0, clip: float = 1.0, loop: str | None = "auto") -> Pytree:
   """``|Σ_batches clip(∇θ L_b)|`` with ``L_b = mean_batch Σ_pixels (ε − ε̃_θ(x_t, t, c))²`` on forget batches.
 
   ``ε̃`` is the guided prediction (`diffusion.guided_prediction`, scale ``guidance``, eval mode) and each batch's
   gradient is clipped to global norm ``clip`` (0: no clipping) before it is summed, as the SalUn
   ``generate_mask`` does (it clips in place before reading the gradient). Every forget image is used once (the
-  last batch wraps around to fill).
+  last batch wraps around to fill). ``loop``: ``'scan'`` over the batches or one jitted batch per Python step
+  (`unlearn_jax.diffusion.resolve_loop`; same keys and batches).
   """
+  bs = min(batch_size, forget.size)
+
+  def loss(p, x0, c, key):
+    x_t, t, noise = diffusion_lib.noised(dm, x0, key)
+    pred = diffusion_lib.guided_prediction(dm, p, x_t, t, c, guidance)
+    return jnp.mean(jnp.sum(jnp.square(noise - pred).reshape(x0.shape[0], -1), axis=-1))
+
+  def add(p, acc, x0, c, key):
+    g = jax.grad(loss)(p, x0, c, key)
+    if clip:
+      g = optax.clip_by_global_norm(clip).update(g, optax.EmptyState())[0]
+    return jax.tree.map(jnp.add, acc, g)
 
   @jax.jit
-  def run(params, x, y, rng):
-    bs = min(batch_size, x.shape[0])
+  def batches(x, y, rng):
     xb, yb = split_lib.batch_arrays((x, y), bs, None, drop_remainder=False)
+    return xb, yb, jax.random.split(rng, yb.shape[0])
 
-    def loss(p, x0, c, key):
-      x_t, t, noise = diffusion_lib.noised(dm, x0, key)
-      pred = diffusion_lib.guided_prediction(dm, p, x_t, t, c, guidance)
-      return jnp.mean(jnp.sum(jnp.square(noise - pred).reshape(x0.shape[0], -1), axis=-1))
-
-    def body(acc, inp):
-      x0, c, key = inp
-      g = jax.grad(loss)(params, x0, c, key)
-      if clip:
-        g = optax.clip_by_global_norm(clip).update(g, optax.EmptyState())[0]
-      return jax.tree.map(jnp.add, acc, g), None
-
-    keys = jax.random.split(rng, yb.shape[0])
-    total, _ = jax.lax.scan(body, jax.tree.map(jnp.zeros_like, params), (xb, yb, keys))
-    return jax.tree.map(jnp.abs, total)
-
-  return run(params, forget.x, forget.y, rng)
+  xb, yb, keys = batches(forget.x, forget.y, rng)
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  if diffusion_lib.resolve_loop(loop) == "scan":
+    total = jax.jit(lambda p, z, seqs: jax.lax.scan(lambda acc, inp: (add(p, acc, *inp), None), z, seqs)[0])(
+        params, zeros, (xb, yb, keys))
+  else:  # one jitted batch gradient per step (conv backward passes inside a scan are slow on XLA:CPU)
+    step = jax.jit(lambda p, acc, xb, yb, keys, i: add(p, acc, xb[i], yb[i], keys[i]), donate_argnums=1)
+    total = zeros
+    for i in range(yb.shape[0]):
+      total = step(params, total, xb, yb, keys, i)
+  return jax.tree.map(jnp.abs, total)
 
 
 def esd_pool(dm, params: Pytree, labels: jax.Array, *, rng: jax.Array, image_shape, steps: int,
@@ -222,7 +232,9 @@ def esd_pool(dm, params: Pytree, labels: jax.Array, *, rng: jax.Array, image_sha
 # Methods.
 # ---------------------------------------------------------------------------------------------------------------
 def _run(params, state, forget, retain, objective: loop.Objective, opts, rng, *, mask=None):
-  """Adam (or ``opts.optimizer``) with norm clipping, one retain + one forget batch per step; `loop.unlearn_loop`."""
+  """Adam (or ``opts.optimizer``) with norm clipping, one retain + one forget batch per step; `loop.unlearn_loop`
+  (``opts.loop='scan'``) or its step-per-batch twin `python_unlearn_loop` (``'python'``, the default on CPU, see
+  `unlearn_jax.diffusion.resolve_loop`)."""
   bs = opts.batch_size
   joint = objective.forget is not None and objective.retain is not None
   anchor = retain if objective.retain is not None else forget
@@ -230,9 +242,70 @@ def _run(params, state, forget, retain, objective: loop.Objective, opts, rng, *,
   tx = train_lib.make_optimizer(opts, steps)
   if opts.grad_clip:
     tx = optax.chain(optax.clip_by_global_norm(opts.grad_clip), tx)
-  params, state, history = loop.unlearn_loop(None, params, state, forget, retain, objective=objective, tx=tx,
-                                             epochs=opts.epochs, batch_size=bs, rng=rng,
-                                             schedule="joint" if joint else "sequential", mask=mask)
+  run = python_unlearn_loop if diffusion_lib.resolve_loop(opts.loop) == "python" else loop.unlearn_loop
+  return run(None, params, state, forget, retain, objective=objective, tx=tx, epochs=opts.epochs, batch_size=bs,
+             rng=rng, schedule="joint" if joint else "sequential", mask=mask)
+
+
+def python_unlearn_loop(model, params, state, forget, retain, *, objective: loop.Objective, tx, epochs: int,
+                        batch_size: int, rng: jax.Array, schedule: str = "sequential", mask=None):
+  """`loop.unlearn_loop` (no mesh, augmentation or forget-only epochs; retain-anchored joint steps; ``'freeze'``
+  mask) with one jitted, donating step per batch called from Python instead of a whole-epoch scan.
+
+  Same keys and batches as the scan: epoch keys ``split(rng, epochs)``, one key per phase, the joint phase's
+  ``split(key, 3)`` into the retain shuffle, the cycled forget batches and the step keys (a sequential phase:
+  ``split(key)`` into the shuffle and the step keys), the same `loop.term_step`. Losses stay on device until the
+  epoch's end. Returns ``(params, state, history)`` with per-epoch mean ``<phase>_loss``.
+  """
+  del model
+  tx = loop.masked_optimizer(tx, mask)
+  params, state = jax.tree.map(jnp.copy, (params, state))
+  opt_state = tx.init(params)
+  phases = []
+  if schedule == "joint" and objective.forget is not None and objective.retain is not None:
+    rbs, fbs = min(batch_size, retain.size), min(batch_size, forget.size)
+
+    def joint_loss(params, state, batches, rng, epoch):
+      k1, k2 = jax.random.split(rng)  # as loop.unlearn_loop's joint step
+      lf, (state, _) = objective.forget(params, state, batches[0], k1, epoch)
+      lr, (state, _) = objective.retain(params, state, batches[1], k2, epoch)
+      return lf + lr, (state, {})
+
+    def joint_batches(fx, fy, rx, ry, rng):
+      anchor_rng, cycled_rng, step_rng = jax.random.split(rng, 3)
+      rb = split_lib.batch_arrays((rx, ry), rbs, anchor_rng)
+      fb = loop.cycled_batches((fx, fy), fbs, rb[1].shape[0], cycled_rng)
+      return (fb, rb), jax.random.split(step_rng, rb[1].shape[0])
+
+    phases.append(("joint", joint_loss, joint_batches, (forget.x, forget.y, retain.x, retain.y)))
+  else:
+    for name, term, split in (("forget", objective.forget, forget), ("retain", objective.retain, retain)):
+      if term is not None:
+        def one_batches(x, y, rng, bs=min(batch_size, split.size)):
+          perm_rng, step_rng = jax.random.split(rng)
+          xb, yb = split_lib.batch_arrays((x, y), bs, perm_rng)
+          return ((xb, yb),), jax.random.split(step_rng, yb.shape[0])
+        phases.append((name, term, one_batches, (split.x, split.y)))
+
+  def make_step(term):
+    step = loop.term_step(term, tx, None)
+    return jax.jit(lambda p, s, o, seqs, keys, i, epoch: step(p, s, o, jax.tree.map(lambda a: a[i], seqs),
+                                                              keys[i], epoch), donate_argnums=(0, 1, 2))
+
+  phases = [(name, make_step(term), jax.jit(batches), arrays) for name, term, batches, arrays in phases]
+  history: dict[str, list] = {}
+  for epoch, key in enumerate(jax.random.split(rng, epochs)):
+    outputs = []
+    for (name, step, batches, arrays), pkey in zip(phases, jax.random.split(key, len(phases))):
+      seqs, keys = batches(*arrays, pkey)
+      losses = []
+      for i in range(keys.shape[0]):
+        params, state, opt_state, loss, _ = step(params, state, opt_state, seqs, keys, i, jnp.int32(epoch))
+        losses.append(loss)
+      outputs.append((name, jnp.stack(losses)))
+    for name, losses in jax.device_get(outputs):  # the one host sync of the epoch
+      train_lib.check_finite(np.asarray(losses), epoch, what=f"{name} loss")
+      history.setdefault(f"{name}_loss", []).append(float(np.mean(losses)))
   return params, state, history
 
 
@@ -258,7 +331,7 @@ def salun(dm, params, state, forget, retain, *, config, rng):
   opts = generation_options(config, "salun")
   mask_key, run_key = jax.random.split(rng)
   grads = diffusion_saliency(dm, params, forget, rng=mask_key, batch_size=opts.saliency_batch_size,
-                             guidance=opts.saliency_guidance, clip=opts.grad_clip)
+                             guidance=opts.saliency_guidance, clip=opts.grad_clip, loop=opts.loop)
   mask = saliency.saliency_mask(grads, fraction=opts.fraction)
   return _relabel(dm, params, state, forget, retain, opts, run_key, mask=mask)
 
