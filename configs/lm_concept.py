@@ -10,7 +10,8 @@ Reuse the models of an LM-study run with ``--config.cache_dir=workdir/lm_npo`` (
 sections, so the same cache keys).
 
 Measured on the 2-core CPU shared with other jobs (load 5-7): 619 s with Original and Retrain restored from the
-cache; from scratch add their fine-tuning (169 s + 152 s on a quiet machine; not measured from scratch here).
+cache. From scratch (fresh workdir, 2026-12-03, load 5-9): 1,461 s (24 min), over the 15-minute goal on the shared
+machine; Original and Retrain took 534 s and 492 s of it (unmeasured on a quiet machine).
 Result: concept recall of the 20 forget people (all relations, original + paraphrased questions) falls from 0.632
 (Original) to 0.058 / 0.000 / 0.015 with concept-level GA / GradDiff / NPO against 0.422 / 0.347 / 0.215 with
 sentence-level, and on the held-out relations to 0.008-0.025 against 0.38-0.63; but the other people's fact recall

@@ -38,9 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from unlearn_jax import sharding as sharding_lib
 from unlearn_jax import train as train_lib
-from unlearn_jax.data import split as split_lib
 
 Pytree = Any
 # eps(params, x_t, t, c, *, rng=None) -> ε prediction shaped like x_t; rng given: train mode (dropout).
@@ -274,49 +272,14 @@ def resolve_loop(loop: str | None) -> str:
   return loop
 
 
-def make_python_epoch_fn(loss_fn, tx: optax.GradientTransformation, *, batch_size: int):
-  """`unlearn_jax.train.make_epoch_fn`'s epoch (no augmentation, no mesh) as ONE jitted, buffer-donating step per
-  batch called from a Python loop; see `resolve_loop` for why.
-
-  It computes what the scan computes: the same shuffle and per-step keys (``perm, step = split(rng)``, the step
-  keys ``split(step, num_batches)``, each split once more into an augmentation and a dropout key), the same
-  `unlearn_jax.train.train_step`. Losses and metrics stay on device and are stacked at the epoch's end (no
-  per-step host sync).
-  """
-  loss_fn = sharding_lib.gathered(loss_fn)
-
-  @jax.jit
-  def batches(x, y, rng):
-    perm_rng, step_rng = jax.random.split(rng)
-    xb, yb = split_lib.batch_arrays((x, y), batch_size, perm_rng)
-    return xb, yb, jax.random.split(step_rng, yb.shape[0])
-
-  def step(params, state, opt_state, xb, yb, keys, i):
-    _, drop_key = jax.random.split(keys[i])
-    return train_lib.train_step(loss_fn, tx, params, state, opt_state, (xb[i], yb[i]), drop_key)
-
-  step = jax.jit(step, donate_argnums=(0, 1, 2))
-
-  def epoch(params, state, opt_state, x, y, rng):
-    xb, yb, keys = batches(x, y, rng)
-    outputs = []
-    for i in range(yb.shape[0]):
-      params, state, opt_state, loss, metrics = step(params, state, opt_state, xb, yb, keys, i)
-      outputs.append((loss, metrics))
-    losses, metrics = jax.tree.map(lambda *v: jnp.stack(v), *outputs)
-    return params, state, opt_state, losses, metrics
-
-  return epoch
-
-
 def fit_diffusion(dm: DiffusionModel, params: Pytree, split, cfg, *, rng: jax.Array, cond_drop: float = 0.1,
                   grad_clip: float = 1.0, log: Callable[[str], None] | None = None, checkpoints=None,
                   desc: str = "train", loop: str | None = "auto"):
   """Trains ``params`` on ``split`` (images in [-1, 1], labels) by the project's one loop; returns ``(params, history)``.
 
   `unlearn_jax.train.make_epoch_fn` with `diffusion_loss_fn` (whole-epoch scan, donated buffers; ``loop='scan'``)
-  or its step-per-batch twin `make_python_epoch_fn` (``loop='python'``, the default on CPU: see `resolve_loop`,
-  XLA:CPU runs conv backward passes inside a scan ~48x slower), and `unlearn_jax.train.run_epochs` (one host sync
+  or its step-per-batch form (``loop='python'``, `make_epoch_fn`'s ``loop='steps'``, the default on CPU: see
+  `resolve_loop`, XLA:CPU runs conv backward passes inside a scan ~48x slower), and `unlearn_jax.train.run_epochs` (one host sync
   per epoch, progress checkpoints); the optimiser is `unlearn_jax.train.make_optimizer` of ``cfg`` after
   global-norm clipping to ``grad_clip`` (0: none), as the SalUn DDPM training clips to 1.0. Not done: the
   reference's CIFAR-10 training keeps an EMA of the weights (rate 0.9999) and samples from it; here the raw
@@ -326,8 +289,8 @@ def fit_diffusion(dm: DiffusionModel, params: Pytree, split, cfg, *, rng: jax.Ar
   tx = train_lib.make_optimizer(cfg, split.num_batches(batch_size))
   if grad_clip:
     tx = optax.chain(optax.clip_by_global_norm(grad_clip), tx)
-  make = make_python_epoch_fn if resolve_loop(loop) == "python" else train_lib.make_epoch_fn
-  epoch_fn = make(diffusion_loss_fn(dm, cond_drop=cond_drop), tx, batch_size=batch_size)
+  epoch_fn = train_lib.make_epoch_fn(diffusion_loss_fn(dm, cond_drop=cond_drop), tx, batch_size=batch_size,
+                                     loop="steps" if resolve_loop(loop) == "python" else "scan")
   params, _, history = train_lib.run_epochs(epoch_fn, tx, params, {}, (split.x, split.y), int(cfg.epochs), rng=rng,
                                             log=log, checkpoints=checkpoints, desc=desc)
   return params, history

@@ -111,24 +111,24 @@ def diffusion_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.forget = ml_collections.ConfigDict(dict(classes=(0,)))
   c.diffusion = ml_collections.ConfigDict(dict(num_timesteps=1000, beta_start=1e-4, beta_end=0.02, cond_drop=0.1,
                                                grad_clip=1.0))
-  c.unet = ml_collections.ConfigDict(dict(channels=(32, 64), num_res_blocks=1, attn_resolutions=(), dropout=0.0,
+  c.unet = ml_collections.ConfigDict(dict(channels=(16, 32), num_res_blocks=1, attn_resolutions=(), dropout=0.0,
                                           dtype="float32"))
-  c.train = _train_section(lr=1e-3, epochs=300)
-  c.retrain = _train_section(lr=1e-3, epochs=300)
-  c.classifier = ml_collections.ConfigDict(dict(channels=(32, 64), dense=128, optimizer="sgd", lr=0.05,
+  c.train = _train_section(lr=2e-3, epochs=100)
+  c.retrain = _train_section(lr=2e-3, epochs=100)
+  c.classifier = ml_collections.ConfigDict(dict(channels=(16, 32), dense=64, optimizer="sgd", lr=0.05,
                                                 momentum=0.9, nesterov=True, weight_decay=5e-4, schedule="cosine",
-                                                epochs=30, batch_size=64))
+                                                epochs=15, batch_size=64))
   c.sampling = ml_collections.ConfigDict(dict(sampler="ddim", steps=50, eta=1.0, guidance=2.0))
   c.compare = COMPARED
   c.methods = ml_collections.ConfigDict({name: generation.method_config(name, DIGITS_OPTIONS.get(name))
                                          for name in generation.GENERATION_METHODS})
-  c.eval = ml_collections.ConfigDict(dict(samples_per_class=100, grid_per_class=8, batch_size=500))
+  c.eval = ml_collections.ConfigDict(dict(samples_per_class=50, grid_per_class=8, batch_size=500))
   if arg == "cifar10":
     c.dataset.name = "cifar10"
     c.unet.update(channels=(128, 256, 256, 256), num_res_blocks=2, attn_resolutions=(16,), dropout=0.1)
     c.train = _train_section()  # 800k iterations of batch 128 over 50,000 images: 2,048 epochs
     c.retrain = _train_section()
-    c.classifier.update(lr=0.1, epochs=100, batch_size=256)
+    c.classifier.update(channels=(32, 64), dense=128, lr=0.1, epochs=100, batch_size=256)
     c.sampling.update(steps=1000)
     c.methods = ml_collections.ConfigDict({name: generation.method_config(name)
                                            for name in generation.GENERATION_METHODS})
