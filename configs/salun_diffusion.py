@@ -5,12 +5,12 @@ workdir/salun_diffusion/cache):
 
   python -m experiments.main --config=configs/salun_diffusion.py --workdir=workdir/salun_diffusion
 
-Measured from scratch (2026-12-03, shared 2-core CPU at load average 5-9): 21.6 minutes, over the 15-minute goal
-on that machine; Original and Retrain (16/32-channel U-Net, 100 epochs, one jitted step per batch on the CPU) take
-about 350 s each. The Original's samples are all recognised by the metric CNN (100%, digit 0 included); Retrain,
-SalUn and RL reach UA 100 with the other classes at 100% accuracy (remaining-class FD 7.0 / 7.8 / 10.0 against the
-Original's 6.8); ESD UA 96; GA UA 28 and remaining accuracy 94.4. Table: benchmarks/RESULTS.md ("Unlearning in
-image generation").
+Measured from scratch on a quiet 2-core CPU (2026-12-03 18:09-18:16 UTC, nothing else running): **7.5 minutes**
+(Original 107 s, Retrain 98 s: 16/32-channel U-Net, 100 epochs, one jitted step per batch on the CPU). Earlier, with
+the machine shared at load average 5-9, the same run took 21.6 minutes. The Original's samples are all recognised
+by the metric CNN (100%, digit 0 included); Retrain, SalUn and RL reach UA 100 with the other classes at 100%
+accuracy (remaining-class FD 7.0 / 7.8 / 10.0 against the Original's 6.8); ESD UA 96; GA UA 28 and remaining
+accuracy 94.4. Table: benchmarks/RESULTS.md ("Unlearning in image generation").
 
 ``:cifar10`` is the SalUn CIFAR-10 DDPM setting for a GPU (the ch-128, ch_mult 1,2,2,2 U-Net of their
 cifar10_train.yml, lr 2e-4, batch 128, 800k iterations = 2,048 epochs; their unlearning defaults: Adam lr 1e-4,

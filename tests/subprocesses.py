@@ -18,10 +18,17 @@ def run_main(config: str, workdir, *overrides, timeout: int = 120) -> subprocess
                         timeout=timeout, env=dict(os.environ, PYTHONPATH=ROOT))
 
 
+def eight_cpu_devices_env() -> dict[str, str]:
+  """This process's environment with 8 forced host CPU devices added to its ``XLA_FLAGS`` (the session's compile
+  flags of ``tests/conftest.py`` kept), the CPU platform and the repository on ``PYTHONPATH``."""
+  flags = " ".join((os.environ.get("XLA_FLAGS", ""), "--xla_force_host_platform_device_count=8")).strip()
+  return dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu",
+              PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH", "")])))
+
+
 def run_on_8_cpu_devices(script: str, marker: str, timeout: int = 600) -> str:
   """Runs ``python -c script`` with 8 CPU devices; asserts it printed ``marker``; returns its stdout."""
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu",
-             PYTHONPATH=ROOT)
+  env = eight_cpu_devices_env()
   out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=timeout,
                        cwd=ROOT)
   assert out.returncode == 0 and marker in out.stdout, out.stdout[-3000:] + out.stderr[-5000:]

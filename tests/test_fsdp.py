@@ -148,6 +148,9 @@ EVERY_METHOD_SCRIPT = textwrap.dedent("""
       c.mesh.data, c.mesh.fsdp = (2, 4) if fsdp else (-1, 1)
       return c
 
+    # fewer examples and VAE epochs where those dominate (the sharded and single runs still see the same ones)
+    LIGHT = {"influence": dict(num_examples=128), "wfisher": dict(num_examples=128), "laf": dict(vae_epochs=1)}
+
     for kind in ("random", "class"):
       single, mesh = run_lib.setup(config(kind, False)), run_lib.setup(config(kind, True))
       single.mesh = None
@@ -157,6 +160,7 @@ EVERY_METHOD_SCRIPT = textwrap.dedent("""
                and (n == "fisher_mnemonic") == (kind == "class")]
       for name in names:
         opts = dict(epochs=1) if "epochs" in unlearning.DEFAULTS[name] else {}
+        opts.update(LIGHT.get(name, {}))
         outs = []
         for exp, p in ((single, params), (mesh, placed)):
           exp.config.method = unlearning.method_config(name, **opts)

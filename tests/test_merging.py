@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
+from tests import subprocesses
 from unlearn_jax import merging
 from unlearn_jax.data.split import Split
 from unlearn_jax.model import init
@@ -524,8 +525,6 @@ _SHARDING_SCRIPT = textwrap.dedent("""
 
 
 def test_merges_keep_sharding_on_eight_devices():
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu",
-             PYTHONPATH=os.pathsep.join([REPO, os.environ.get("PYTHONPATH", "")]))
-  result = subprocess.run([sys.executable, "-c", _SHARDING_SCRIPT], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=300)
+  result = subprocess.run([sys.executable, "-c", _SHARDING_SCRIPT], cwd=REPO,
+                          env=subprocesses.eight_cpu_devices_env(), capture_output=True, text=True, timeout=300)
   assert result.returncode == 0 and "SHARDING OK" in result.stdout, result.stdout + result.stderr[-4000:]

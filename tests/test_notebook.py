@@ -85,7 +85,9 @@ def test_quickstart_runs_in_under_three_minutes(tmp_path):
   runner.write_text(RUNNER)
   work = tmp_path / "cwd"
   work.mkdir()
-  env = {k: v for k, v in os.environ.items() if k not in ("QUICKSTART_WORKDIR", "XLA_FLAGS")}
+  # a user's run: default XLA flags and no compilation cache (not the test session's, tests/conftest.py)
+  env = {k: v for k, v in os.environ.items()
+         if k not in ("QUICKSTART_WORKDIR", "XLA_FLAGS", "JAX_COMPILATION_CACHE_DIR")}
   env.update(QUICKSTART_SMALL="1", JAX_PLATFORMS="cpu", PYTHONPATH=ROOT, UNLEARN_JAX_PROGRESS="0")
   start = time.perf_counter()
   proc = subprocess.run([sys.executable, str(runner), str(cells_file)], cwd=work, env=env, capture_output=True,
