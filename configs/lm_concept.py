@@ -9,13 +9,12 @@ Retrain are those of the ``lm_unlearning`` study, trained first and cached in ``
 Reuse the models of an LM-study run with ``--config.cache_dir=workdir/lm_npo`` (same data, model and training
 sections, so the same cache keys).
 
-Measured on the 2-core CPU shared with other jobs (load 5-7): 619 s with Original and Retrain restored from the
-cache. From scratch (fresh workdir, 2026-12-03, load 5-9): 1,461 s (24 min), over the 15-minute goal on the shared
-machine; Original and Retrain took 534 s and 492 s of it (unmeasured on a quiet machine).
-Result: concept recall of the 20 forget people (all relations, original + paraphrased questions) falls from 0.632
-(Original) to 0.058 / 0.000 / 0.015 with concept-level GA / GradDiff / NPO against 0.422 / 0.347 / 0.215 with
-sentence-level, and on the held-out relations to 0.008-0.025 against 0.38-0.63; but the other people's fact recall
-falls to 0.18-0.36 against 0.50-0.80 (the concept set is 5.7x larger, so it also gets more steps). Tables, the
+Measured from scratch (fresh workdir, 2026-12-03, quiet 2-core CPU): 9 min 48 s, Original and Retrain 207 s and
+181 s of it (1,461 s earlier on the machine shared at load 5-9; 619 s with Original and Retrain restored).
+Result: concept recall of the 20 forget people (all relations, original + paraphrased questions) falls from 0.630
+(Original) to 0.013 / 0.007 / 0.005 with concept-level GA / GradDiff / NPO against 0.475 / 0.163 / 0.100 with
+sentence-level, and on the held-out relations to 0.008-0.017 against 0.23-0.73; but the other people's fact recall
+falls to 0.06-0.49 against 0.33-0.86 (the concept set is 5.7x larger, so it also gets more steps). Tables, the
 equal-steps control and the reading: benchmarks/RESULTS.md ("Concept unlearning").
 
 Smoke-sized variant (about a minute): ``--config=configs/lm_concept.py:tiny_test``. One kind only:

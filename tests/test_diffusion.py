@@ -124,7 +124,8 @@ def test_timestep_sequence_and_sampler_with_known_eps():
 def _tiny(image_shape=(8, 8, 1), channels=(4, 8), attn=()):
   net = UNet(channels=channels, attn_resolutions=attn, num_classes=3)
   x = jnp.zeros((1,) + image_shape)
-  params = net.init(jax.random.key(0), x, jnp.zeros((1,), jnp.int32), jnp.zeros((1,), jnp.int32))["params"]
+  c = jnp.zeros((1,), jnp.int32)
+  params = jax.jit(lambda key: net.init(key, x, c, c)["params"])(jax.random.key(0))  # one compilation
   return net, D.from_unet(net, D.linear_schedule(50)), params
 
 
