@@ -18,7 +18,7 @@ demo: $(STAMP)
 	$(BIN)/python -m experiments.main --config=configs/salun.py --workdir=workdir/demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile tests
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder tests
 
 clean:
 	rm -rf workdir

@@ -39,9 +39,11 @@ def pytest_unconfigure(config):
     shutil.rmtree(path, ignore_errors=True)
 
 
-# The slowest files, measured (pytest --durations, 2026-12-03), slowest first. pytest-xdist's ``--dist loadfile``
-# hands out files in collection order as workers free up, so starting with the long ones keeps the two workers'
-# totals even (longest-processing-time-first); the other files keep their order, and every file its tests' order.
+# The slowest files, measured (pytest --durations, 2026-12-03), slowest first. With ``--no-loadscope-reorder``
+# (make test) pytest-xdist's ``--dist loadfile`` hands out files in collection order as workers free up, so starting
+# with the long ones keeps the two workers' totals even (longest-processing-time-first); by default it would order
+# files by their number of tests and leave the few-but-slow ones for the end. The other files keep their order, and
+# every file its tests' order.
 SLOWEST_FILES = ("test_fsdp.py", "test_diffusion_study.py", "test_language_study.py", "test_train.py",
                  "test_diffusion.py", "test_lmc_study.py", "test_unlearning.py", "test_unlearning_oneshot.py",
                  "test_notebook.py", "test_models.py", "test_language_objectives.py", "test_resume.py")
