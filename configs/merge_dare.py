@@ -9,7 +9,7 @@ Measured (seed 0; test accuracy): the Original, trained 2 epochs as the "pre-tra
 inputs 94.72 / 96.39 / 96.67 / 95.56% (mean 95.83%); DARE 97.22%, above the best input.
 
 Multi-task variant (``--config.merge.data=classes --config.merge.k=5``: input i fine-tunes on the classes
-c with c % 5 == i only, and scores 27-54% TA): 79.44%.
+c with c % 5 == i only, and scores 27-54% TA): 77.22%.
 
 Reference: Yu et al., ICML 2024.
 Pipeline: unlearn_jax/studies/merge.py; all methods side by side: benchmarks/RESULTS.md.

@@ -135,6 +135,66 @@ def _sum(xs: Sequence[jax.Array]) -> jax.Array:
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# Random masks. On CPU, ``jax.random`` lowers each Threefry draw to a five-step while loop that XLA cannot fuse:
+# every draw writes its bits to memory and compiles to its own loop, so k draws per tensor over a large pytree took
+# minutes to compile and ran at a tenth of memory speed. The same hash written in jnp ops is elementwise and fuses
+# into the merge; its output equals ``jax.random.bits`` (tested), so the masks are those of the jax PRNG.
+
+_THREEFRY_ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
+
+
+def _threefry2x32(k1: jax.Array, k2: jax.Array, x1: jax.Array, x2: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """The Threefry-2x32 block function (20 rounds), as ``jax.extend.random.threefry2x32_p``, in fusible jnp ops."""
+  ks = (k1, k2, k1 ^ k2 ^ jnp.uint32(0x1BD11BDA))
+  x1, x2 = x1 + ks[0], x2 + ks[1]
+  for i in range(5):
+    for r in _THREEFRY_ROTATIONS[i % 2]:
+      x1 = x1 + x2
+      x2 = ((x2 << jnp.uint32(r)) | (x2 >> jnp.uint32(32 - r))) ^ x1
+    x1 = x1 + ks[(i + 1) % 3]
+    x2 = x2 + ks[(i + 2) % 3] + jnp.uint32(i + 1)
+  return x1, x2
+
+
+def _flat_index(shape: tuple[int, ...], sharding) -> jax.Array:
+  """The row-major position of every entry as uint32 (the caller checks the size is below 2**32)."""
+  index, stride = jnp.zeros((), jnp.uint32), 1
+  for dim in reversed(range(len(shape))):
+    index = index + jax.lax.broadcasted_iota(jnp.uint32, shape, dim, out_sharding=sharding) * jnp.uint32(stride)
+    stride *= shape[dim]
+  return index
+
+
+def _to_unit(bits: jax.Array) -> jax.Array:
+  """Uniform floats in [0, 1) from the top 23 bits, exactly as ``jax.random.uniform`` makes them."""
+  return (bits >> jnp.uint32(9)).astype(jnp.float32) * jnp.float32(2.0**-23)
+
+
+def _uniforms(key_data: jax.Array, like: jax.Array, k: int) -> list[jax.Array]:
+  """k fp32 uniform arrays shaped and sharded like ``like``, two per key of ``key_data`` (shape ``(ceil(k/2), 2)``).
+
+  Each key's Threefry block at counter ``(0, i)`` gives 64 bits for entry ``i``: the high word drives one model
+  and the low word the next, i.e. the two halves of ``jax.random.bits(key, shape, jnp.uint64)``, so the k masks
+  cost ceil(k / 2) hashes.
+  """
+  index = _flat_index(like.shape, jax.typeof(like).sharding)
+  per_key = key_data.reshape(key_data.shape[:1] + (1,) * like.ndim + (2,))
+  hi, lo = _threefry2x32(per_key[..., 0], per_key[..., 1], jnp.zeros((), jnp.uint32), index)
+  return [_to_unit((hi, lo)[i % 2][i // 2]) for i in range(k)]
+
+
+def _random_keep(ds: Sequence[jax.Array], key_data: jax.Array, probs: Sequence[Any], *, rescale: bool
+                 ) -> list[jax.Array]:
+  """Keeps each entry of ``ds[i]`` independently with probability ``probs[i]`` (broadcastable), else 0.
+
+  With ``rescale`` the kept entries are divided by their probability. The division sits inside the select: XLA
+  will not fuse a divided select into the merge's sum, and each unfused term then recomputes its hash.
+  """
+  us = _uniforms(key_data, ds[0], len(ds))
+  return [jnp.where(u < p, d / p if rescale else d, 0) for d, u, p in zip(ds, us, probs)]
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # Per-tensor pieces shared by the task-vector merges. ``ds`` is the list of one tensor's k task vectors; every
 # piece is elementwise across the list (or a reduction over one tensor), so nothing stacks k copies.
 
@@ -230,46 +290,76 @@ def _trim(ds: Sequence[jax.Array], density: float) -> list[jax.Array]:
   return [jnp.where(b >= t, d, 0) for b, t, d in zip(bits, kth, ds)]
 
 
-def _random_keep(d: jax.Array, key: jax.Array, p) -> jax.Array:
-  """Drops each entry of one task vector independently, keeping it with probability ``p`` (broadcastable)."""
-  u = jax.random.uniform(key, d.shape, out_sharding=jax.typeof(d).sharding)
-  return jnp.where(u < p, d, 0)
+def _inverse_permutation(order: jax.Array, ax: int) -> jax.Array:
+  """``rank`` with ``rank[..., order[..., j, ...], ...] = j`` along ``ax``: one scatter into the flattened array.
+
+  The scatter takes one flat index per entry (``jnp.put_along_axis`` would build ``order.ndim`` of them, the
+  largest temporary of DELLA); past 2**31 entries, where int32 flat indices would overflow, it does that.
+  """
+  positions = jax.lax.broadcasted_iota(order.dtype, order.shape, ax)
+  if order.size >= 2**31:
+    return jnp.put_along_axis(jnp.zeros_like(order), order, positions, axis=ax, inplace=False)
+  strides = [math.prod(order.shape[d + 1:]) for d in range(order.ndim)]
+  flat = order * strides[ax]
+  for d in range(order.ndim):
+    if d != ax:
+      flat = flat + jax.lax.broadcasted_iota(order.dtype, order.shape, d) * strides[d]
+  rank = jnp.zeros((order.size,), order.dtype).at[flat.reshape(-1)].set(positions.reshape(-1), unique_indices=True)
+  return rank.reshape(order.shape)
 
 
-def _della_keep_prob(d: jax.Array, density: float, epsilon: float, axis: int) -> jax.Array:
+def _della_keep_probs(ds: Sequence[jax.Array], density: float, epsilon: float, axis: int) -> list[jax.Array]:
   """Keep probabilities spaced linearly in [density - epsilon, density + epsilon] by magnitude rank along axis.
 
-  The rank is the inverse permutation of the stable argsort: a scatter (the same as the argsort of the argsort,
-  which a tensor still sharded along its other axes uses instead).
+  The k magnitudes of one tensor are ranked together, stacked, so that the tensor costs one sort and one scatter
+  rather than k of each. The rank is the inverse permutation of the stable argsort: a scatter (or, for a tensor
+  still sharded along its other axes, which an Explicit mesh refuses to scatter, the argsort of the argsort).
   """
-  if d.ndim == 0:  # scalar leaves: one entry, the centre of the range
-    return jnp.full(d.shape, density, d.dtype)
-  ax = 0 if d.ndim == 1 else axis % d.ndim
-  mag, spec = _unshard_axes(jnp.abs(d), [ax])
+  d0 = ds[0]
+  if d0.ndim == 0:  # scalar leaves: one entry, the centre of the range
+    return [jnp.full(d0.shape, density, d0.dtype)] * len(ds)
+  ax = 1 + (0 if d0.ndim == 1 else axis % d0.ndim)  # the ranked axis of the (k, ...) stack
+  mag, spec = _unshard_axes(jnp.stack([jnp.abs(d) for d in ds]), [ax])
   n = mag.shape[ax]
   order = jnp.argsort(mag, axis=ax)
-  if _sharded_spec(order) is None:
-    positions = jax.lax.broadcasted_iota(order.dtype, order.shape, ax)
-    rank = jnp.put_along_axis(jnp.zeros_like(order), order, positions, axis=ax, inplace=False)
-  else:  # an Explicit mesh refuses the scatter of a tensor sharded along the other axes; sort again instead
-    rank = jnp.argsort(order, axis=ax)
-  rank = rank.astype(d.dtype)
+  rank = _inverse_permutation(order, ax) if _sharded_spec(order) is None else jnp.argsort(order, axis=ax)
+  rank = rank.astype(d0.dtype)
   rank_norm = rank / (n - 1) if n > 1 else jnp.full_like(rank, 0.5)
-  return _reshard_back(density - epsilon + 2 * epsilon * rank_norm, spec)
+  probs = _reshard_back(density - epsilon + 2 * epsilon * rank_norm, spec)
+  return [probs[i] for i in range(len(ds))]
 
 
-def _apply_deltas(fn: str, params_list, base, merge_tensor: Callable, scale, *, rng=None) -> Pytree:
+def _apply_deltas(fn: str, params_list, base, merge_tensor: Callable, scale, *, rng=None,
+                  first_pass: Callable | None = None) -> Pytree:
   """``base + scale * merge_tensor(ds)``, leaf by leaf, in base's dtype; ``ds`` lists the k task vectors.
 
-  With ``rng``, ``merge_tensor(ds, keys)`` also gets a ``(k,)`` array of keys, one per model, fresh for each leaf.
+  With ``first_pass``, ``stats = first_pass(ds)`` is computed in a pass of its own and the call becomes
+  ``merge_tensor(ds, stats)``. An optimization barrier between the two makes XLA recompute ``ds`` from the inputs
+  for the second pass instead of storing the k task vectors for both (k tensors of temporaries, written and
+  read back). With ``rng``, ``merge_tensor`` also gets, last, this leaf's ``(ceil(k / 2), 2)`` uint32 Threefry
+  keys (see :func:`_uniforms`), fresh for each leaf.
   """
   k = _check_list(params_list, fn, base=base)
   leaves, treedef = jax.tree.flatten(base)
-  keys = () if rng is None else (jax.tree.unflatten(treedef, list(jax.random.split(rng, (len(leaves), k)))),)
+  keys = ()
+  if rng is not None:
+    for path, leaf in jax.tree_util.tree_flatten_with_path(base)[0]:
+      if math.prod(jnp.shape(leaf)) >= 2**32:
+        raise ValueError(f"{fn}: base{jax.tree_util.keystr(path)} has shape {list(jnp.shape(leaf))}, 2**32 entries "
+                         "or more, which the random masks do not support")
+    # Two words, a Threefry key, per leaf and pair of models, drawn from rng whatever its PRNG implementation.
+    key_data = jax.random.bits(rng, (len(leaves), (k + 1) // 2, 2), jnp.uint32)
+    keys = (jax.tree.unflatten(treedef, list(key_data)),)
 
   def leaf(b, *rest):
-    ds = [p - b for p in rest[len(keys):]]
-    return (b + scale * merge_tensor(ds, *rest[:len(keys)])).astype(b.dtype)
+    leaf_keys, ps = rest[:len(keys)], rest[len(keys):]
+    stats = ()
+    if first_pass is not None:
+      first = first_pass([p - b for p in ps])
+      first, b, ps = jax.lax.optimization_barrier((first, b, ps))
+      stats = (first,)
+    ds = [p - b for p in ps]
+    return (b + scale * merge_tensor(ds, *stats, *leaf_keys)).astype(b.dtype)
 
   return jax.tree.map(leaf, base, *keys, *params_list)
 
@@ -376,12 +466,12 @@ def dare(params_list: Sequence[Pytree], *, base: Pytree, density: float, rng: ja
   """DARE: drop and rescale each task vector, then combine.
 
   Every entry of every task vector is kept independently with probability ``density`` (a fresh key per leaf and
-  per model) and, with ``rescale``, the kept entries are divided by ``density`` so each delta is unbiased (the
-  paper's rescaling; mergekit instead matches the L1 norm). ``combine='linear'`` then sums the deltas, as the
-  paper's task arithmetic and mergekit's ``dare_linear`` with unit weights, so with ``density=1`` this is exactly
-  ``task_arithmetic(params_list, base=base, scale=scale)``; pass ``scale=1/k`` for a mean. ``combine='ties'``
-  applies TIES sign election and the disjoint mean (no magnitude trim), so with ``density=1`` it equals
-  ``ties(..., density=1)``.
+  pair of models, see :func:`_uniforms`) and, with ``rescale``, the kept entries are divided by ``density`` so
+  each delta is unbiased (the paper's rescaling; mergekit instead matches the L1 norm). ``combine='linear'``
+  then sums the deltas, as the paper's task arithmetic and mergekit's ``dare_linear`` with unit weights, so with
+  ``density=1`` this is exactly ``task_arithmetic(params_list, base=base, scale=scale)``; pass ``scale=1/k`` for
+  a mean. ``combine='ties'`` applies TIES sign election and the disjoint mean (no magnitude trim), so with
+  ``density=1`` it equals ``ties(..., density=1)``.
 
   Args:
     params_list: the fine-tuned models.
@@ -402,9 +492,10 @@ def dare(params_list: Sequence[Pytree], *, base: Pytree, density: float, rng: ja
   _check_density(density, "dare")
   _check_combine(combine, "dare")
 
-  def merge_tensor(ds, keys):
-    kept = [_random_keep(d, key, density) for d, key in zip(ds, keys)]
-    return _combine([x / density for x in kept] if rescale else kept, combine)
+  def merge_tensor(ds, key_data):
+    if density < 1.0:  # with density 1 every entry is kept: no draws
+      ds = _random_keep(ds, key_data, [density] * len(ds), rescale=rescale)
+    return _combine(ds, combine)
 
   return _apply_deltas("dare", params_list, base, merge_tensor, scale, rng=rng)
 
@@ -446,11 +537,11 @@ def della(params_list: Sequence[Pytree], *, base: Pytree, density: float, epsilo
     raise ValueError(f"della: keep probabilities density +- epsilon = [{density - epsilon}, {density + epsilon}] "
                      "must lie in (0, 1] with epsilon >= 0")
 
-  def merge_tensor(ds, keys):
-    probs = [_della_keep_prob(d, density, epsilon, axis) for d in ds]
-    return _combine([_random_keep(d, key, p) / p for d, key, p in zip(ds, keys, probs)], combine)
+  def merge_tensor(ds, probs, key_data):
+    return _combine(_random_keep(ds, key_data, probs, rescale=True), combine)
 
-  return _apply_deltas("della", params_list, base, merge_tensor, scale, rng=rng)
+  return _apply_deltas("della", params_list, base, merge_tensor, scale, rng=rng,
+                       first_pass=lambda ds: _della_keep_probs(ds, density, epsilon, axis))
 
 
 @jax.jit
@@ -473,21 +564,26 @@ def model_stock(params_list: Sequence[Pytree], *, base: Pytree, eps: float = 1e-
   Example:
     >>> merged = model_stock([p1, p2, p3], base=p0)
   """
+  k = _check_list(params_list, "model_stock", base=base)
 
-  def merge_tensor(ds):
-    k = len(ds)
-    norms = [jnp.maximum(jnp.sqrt(jnp.sum(jnp.square(d))), eps) for d in ds]
-    # sum over ordered pairs i != j of u_i . u_j (u_i = d_i / norm_i), divided by the number of ordered pairs:
-    # |sum_i u_i|^2 - sum_i |u_i|^2.
-    if k > 1:
-      own = _sum([jnp.sum(jnp.square(d)) / jnp.square(n) for d, n in zip(ds, norms)])  # sum_i |u_i|^2
-      cos = (jnp.sum(jnp.square(_sum([d / n for d, n in zip(ds, norms)]))) - own) / (k * (k - 1))
-    else:
-      cos = 1.0
+  def leaf(b, *ps):
+    if k == 1:  # t = 1: the model itself
+      return ps[0]
+    # Three passes over the inputs: the norms, the mean cosine, the merge. Left alone, XLA computes the task
+    # vectors once and keeps them for all three passes (k tensors of temporaries, written and read back); the
+    # optimization barriers make each pass recompute p - b from the inputs instead, which is cheaper.
+    sq = [jnp.sum(jnp.square(p - b)) for p in ps]  # |tau_i|^2
+    sq, b, ps = jax.lax.optimization_barrier((sq, b, ps))
+    norms = [jnp.maximum(jnp.sqrt(s), eps) for s in sq]
+    # The mean over ordered pairs i != j of u_i . u_j (u_i = tau_i / norm_i) is
+    # (|sum_i u_i|^2 - sum_i |u_i|^2) / (k (k - 1)).
+    own = _sum([s / jnp.square(n) for s, n in zip(sq, norms)])
+    cos = (jnp.sum(jnp.square(_sum([(p - b) / n for p, n in zip(ps, norms)]))) - own) / (k * (k - 1))
     t = k * cos / (1 + (k - 1) * cos)
-    return t * (_sum(ds) / k)
+    t, b, ps = jax.lax.optimization_barrier((t, b, ps))
+    return (b + t * (_sum([p - b for p in ps]) / k)).astype(b.dtype)
 
-  return _apply_deltas("model_stock", params_list, base, merge_tensor, 1.0)
+  return jax.tree.map(leaf, base, *params_list)
 
 
 @jax.jit
