@@ -65,6 +65,17 @@ def test_cached_builds_once(tmp_path):
   assert_tree_equal(params, PARAMS)
 
 
+def test_cached_places_fresh_results_as_restored_ones_so_jit_compiles_once(tmp_path):
+  """Fresh (uncommitted) and restored (committed) arrays would lower two programs; `cached` gives both one placement."""
+  fresh = jax.tree.map(lambda x: x + 0, PARAMS)  # uncommitted, as a training loop's output on one device
+  step = jax.jit(lambda p: jax.tree.map(lambda x: 2 * x, p))
+  for i in range(2):  # i = 0: built now; i = 1: restored
+    params, _, _, restored = checkpoint.cached(tmp_path / "c", lambda: (fresh, {}, {}), like=(PARAMS, {}))
+    assert restored == bool(i)
+    assert_tree_equal(step(params), jax.tree.map(lambda x: 2 * x, PARAMS))
+  assert step._cache_size() == 1, "fresh and restored results compiled different programs"
+
+
 KILLED_SAVE = textwrap.dedent("""
     import sys, jax.numpy as jnp
     from unlearn_jax import checkpoint

@@ -18,7 +18,8 @@ def tiny_config():
   config.train.epochs = 2
   config.merge_datasets.update(dict(
       images_per_class=2, gm_iterations=2, gm_outer_loop=2, gm_inner_loop=1, dm_iterations=3, ste_epochs=1,
-      ste_condensed_epochs=1, scratch_epochs=1, max_iter=5))
+      ste_condensed_epochs=1, scratch_epochs=1, max_iter=5,
+      ste_batch_size=40))  # the condensed union's size (2 per class x 10 x 2): one STE step program for all data
   return config
 
 

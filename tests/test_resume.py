@@ -159,7 +159,6 @@ def _finish(proc, timeout=300):
 
 def test_run_killed_during_retrain_resumes_to_the_same_results(tmp_path):
   killed, clean = tmp_path / "killed", tmp_path / "clean"
-  reference = _main(clean)  # the uninterrupted run, side by side
   proc = _main(killed)
   deadline = time.monotonic() + 240
   while not _progress_steps(killed) and proc.poll() is None and time.monotonic() < deadline:
@@ -172,6 +171,9 @@ def test_run_killed_during_retrain_resumes_to_the_same_results(tmp_path):
   assert not (killed / "results.json").exists()
   assert json.loads((killed / "run.json").read_text())["end_time"] is None  # the record of the killed run
 
+  # the uninterrupted run, side by side with the resumed one; started only now, it loads the programs the killed
+  # run compiled from the session's compilation cache instead of compiling them a second time alongside it
+  reference = _main(clean)
   _finish(_main(killed))
   _finish(reference)
   info = json.loads((killed / "run.json").read_text())

@@ -15,6 +15,8 @@ from unlearn_jax import run as run_lib
 
 
 def tiny(config, epochs=3):
+  """Small and fast; most tests keep the default 3 epochs: the cosine schedule's length is compiled into the training
+  step, so one length means one Original and one Retrain program, reused through the compilation cache."""
   for section in (config.train, config.retrain):
     section.epochs = epochs
   config.model.hidden = (64,)
@@ -106,7 +108,7 @@ def test_cifar10_gpu_config_is_valid_and_uses_reference_settings():
 
 
 def test_class_forgetting_takes_every_row_of_the_class(tmp_path):
-  config = tiny(retrain_config.get_config(), epochs=4)
+  config = tiny(retrain_config.get_config())
   config.forget.kind = "class"
   config.forget.classes = (3,)
   exp = run_lib.setup(config)
@@ -136,20 +138,20 @@ def test_run_record_and_bring_your_own_checkpoints(tmp_path):
   """run.json records what reproduces the run; ``from_checkpoint`` loads a model instead of training it."""
   import datetime
   import jax
-  config = tiny(original_config.get_config(), epochs=2)
+  config = tiny(original_config.get_config())
   first = run_lib.run(config, tmp_path / "a")
   info = json.loads((tmp_path / "a" / "run.json").read_text())
   assert set(info["versions"]) == {"python", "jax", "jaxlib", "flax", "optax", "orbax", "numpy"}
   assert info["versions"]["jax"] == jax.__version__ and all(info["versions"].values())
   assert info["device"]["count"] == jax.device_count() and info["device"]["kind"] == jax.devices()[0].device_kind
-  assert info["seed"] == config.seed and info["config"]["train"]["epochs"] == 2
+  assert info["seed"] == config.seed and info["config"]["train"]["epochs"] == 3
   assert info["git_commit"] is None or len(info["git_commit"]) == 40
   assert isinstance(info["command"], list)
   start, end = (datetime.datetime.fromisoformat(info[k]) for k in ("start_time", "end_time"))
   assert start <= end and info["resumed"] == {} and info["sources"] == {}
 
   (original_dir,) = (tmp_path / "a" / "cache").glob("original-*")
-  config = tiny(retrain_config.get_config(), epochs=2)
+  config = tiny(retrain_config.get_config())
   config.train.from_checkpoint = config.retrain.from_checkpoint = str(original_dir)
   out = run_lib.run(config, tmp_path / "b")
   assert out["restored"] == {"Original": True, "Retrain": True}

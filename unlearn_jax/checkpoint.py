@@ -95,8 +95,8 @@ def save(directory, params: Pytree, state: Pytree, metadata: dict | None = None)
 
 def _abstract(tree: Pytree) -> Pytree:
   def leaf(x):
-    # Without a target sharding, restore onto the default device (as freshly created arrays live), so restored
-    # and new arrays share one sharding and jitted steps do not compile twice.
+    # Without a target sharding, restore onto the default device, where freshly created arrays live; `cached`
+    # commits its fresh results there too, so both share one placement and jitted steps do not compile twice.
     sharding = getattr(x, "sharding", None) or jax.sharding.SingleDeviceSharding(jax.devices()[0])
     return jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=sharding)
   return jax.tree.map(leaf, tree)
@@ -231,6 +231,11 @@ def cached(directory, build: Callable[[], tuple[Pytree, Pytree, dict]], like: tu
   A corrupt checkpoint there (`CorruptCheckpointError`) is moved aside (`move_aside`, one warning) and rebuilt;
   one that does not match ``like`` raises ValueError.
 
+  A freshly built result that lives on one device is returned placed as a restore would place it (committed to
+  the sharding ``like`` gives, by default the default device), so a run on a fresh result and a run on the
+  restored one lower the same jitted programs and share compilations; leaves spread over several devices are
+  returned as built (never gathered).
+
   Returns:
     ``(params, state, metadata, restored)`` where ``restored`` says whether the checkpoint was reused.
   """
@@ -243,7 +248,17 @@ def cached(directory, build: Callable[[], tuple[Pytree, Pytree, dict]], like: tu
     return (*found, True)
   params, state, metadata = build()
   save(directory, params, state, metadata)
+  params, state = _placed_as_restored((params, state), like)
   return params, state, metadata, False
+
+
+def _placed_as_restored(tree: Pytree, like: Pytree) -> Pytree:
+  """``tree``'s one-device leaves committed to the sharding a restore onto ``like`` gives them (same device: no copy)."""
+  def leaf(x, target):
+    if not isinstance(x, jax.Array) or len(x.sharding.device_set) != 1 or len(target.sharding.device_set) != 1:
+      return x
+    return jax.device_put(x, target.sharding)
+  return jax.tree.map(leaf, tree, _abstract(like))
 
 
 class EpochCheckpoints:
