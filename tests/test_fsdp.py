@@ -1,11 +1,15 @@
-"""FSDP on 8 forced CPU devices (a 2 x 4 data x fsdp mesh): SalUn, TIES and weight matching with sharded params.
+"""FSDP on 8 forced CPU devices (a 2 x 4 data x fsdp mesh): SalUn, TIES and weight matching, then every unlearning
+method, with sharded params.
 
 Each output must equal the single-device run to 1e-5 and keep the expected `PartitionSpec` on every leaf; the
-unlearning loop must compile nothing after its first epoch. The devices need a fresh process.
+unlearning loop must compile nothing after its first epoch. The devices need a fresh process: both scripts run in
+one (`outputs`), so JAX and the library start once. Every merge on the same mesh: ``tests/test_merging.py``.
 """
 from __future__ import annotations
 
 import textwrap
+
+import pytest
 
 from tests import subprocesses
 
@@ -127,8 +131,8 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_fsdp_salun_ties_weight_matching_equal_single_device():
-  stdout = subprocesses.run_on_8_cpu_devices(SCRIPT, "FSDP_OK")
+def test_fsdp_salun_ties_weight_matching_equal_single_device(outputs):
+  stdout = subprocesses.assert_printed(outputs["salun_ties_weight_matching"], "FSDP_OK")
   for name in ("placement", "saliency", "saliency mask", "salun", "ties", "weight matching"):
     assert f"{name} ok" in stdout, stdout
 
@@ -143,13 +147,18 @@ EVERY_METHOD_SCRIPT = textwrap.dedent("""
     def config(kind, fsdp):
       c = retrain.get_config()
       c.train.epochs = c.retrain.epochs = 2
+      # one hidden layer: fewer ops to compile per program; its (64, 256) kernel has the 2^14 entries that
+      # DEFAULT_RULES shard (P(None, "fsdp")), the (256, 10) head and the biases stay replicated
+      c.model.hidden = (256,)
       if kind == "class":
         c.forget.kind, c.forget.classes = "class", (3,)
       c.mesh.data, c.mesh.fsdp = (2, 4) if fsdp else (-1, 1)
       return c
 
-    # fewer examples and VAE epochs where those dominate (the sharded and single runs still see the same ones)
-    LIGHT = {"influence": dict(num_examples=128), "wfisher": dict(num_examples=128), "laf": dict(vae_epochs=1)}
+    # fewer examples, VAE epochs and VAE layers where those dominate (the sharded and single runs still see the
+    # same ones); LAF's VAE without hidden layers is still an encoder and decoder around the embedding
+    LIGHT = {"influence": dict(num_examples=128), "wfisher": dict(num_examples=128),
+             "laf": dict(vae_epochs=1, vae_hidden=())}
 
     for kind in ("random", "class"):
       single, mesh = run_lib.setup(config(kind, False)), run_lib.setup(config(kind, True))
@@ -177,57 +186,19 @@ EVERY_METHOD_SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_every_unlearning_method_runs_fsdp_sharded_and_equals_single_device(tmp_path):
+def test_every_unlearning_method_runs_fsdp_sharded_and_equals_single_device(outputs):
   """All registered methods (iterative and one-shot) on FSDP-sharded params: same result, params stay sharded."""
   from unlearn_jax import unlearning  # pylint: disable=g-import-not-at-top
-  stdout = subprocesses.run_on_8_cpu_devices(f"WORKDIR = {str(tmp_path)!r}\n" + EVERY_METHOD_SCRIPT, "EVERY_METHOD_OK")
+  stdout = subprocesses.assert_printed(outputs["every_method"], "EVERY_METHOD_OK")
   for name in unlearning.names():
     if name not in unlearning.BASELINES:
       assert f"{name} ok" in stdout, name
 
 
-EVERY_MERGE_SCRIPT = """
-import jax, jax.numpy as jnp, numpy as np
-from unlearn_jax import sharding, merging
-mesh = sharding.make_mesh(data=2, fsdp=4)
-key = jax.random.key(0)
-def tree(k):
-  ks = jax.random.split(k, 4)
-  return {"Dense_0": {"kernel": jax.random.normal(ks[0], (64, 256)), "bias": jax.random.normal(ks[1], (256,))},
-          "Dense_1": {"kernel": jax.random.normal(ks[2], (256, 128)), "bias": jax.random.normal(ks[3], (128,))}}
-base = tree(key); models = [jax.tree.map(lambda b, d: b + 0.1 * d, base, tree(jax.random.fold_in(key, i))) for i in range(3)]
-fishers = [jax.tree.map(lambda x: jnp.abs(x) + 0.1, tree(jax.random.fold_in(key, 10 + i))) for i in range(3)]
-grams = [{"Dense_0": {"kernel": jnp.eye(64) * (1 + i)}, "Dense_1": {"kernel": jnp.eye(256) * (2 + i)}} for i in range(3)]
-calls = {
-  "linear": lambda ms, b, f, g: merging.linear(ms),
-  "task_arithmetic": lambda ms, b, f, g: merging.task_arithmetic(ms, base=b, scale=0.3),
-  "ties": lambda ms, b, f, g: merging.ties(ms, base=b, density=0.2),
-  "dare": lambda ms, b, f, g: merging.dare(ms, base=b, density=0.5, rng=jax.random.key(1)),
-  "della": lambda ms, b, f, g: merging.della(ms, base=b, density=0.5, epsilon=0.1, rng=jax.random.key(1)),
-  "model_stock": lambda ms, b, f, g: merging.model_stock(ms, base=b),
-  "slerp": lambda ms, b, f, g: merging.slerp(ms[0], ms[1], t=0.3),
-  "fisher": lambda ms, b, f, g: merging.fisher(ms, f),
-  "regmean": lambda ms, b, f, g: merging.regmean(ms, g),
-  "negmerge": lambda ms, b, f, g: merging.negmerge(ms, base=b, scale=1.0),
-}
-rules = ((".*", "fsdp", 256),)
-P = lambda t: sharding.place(t, mesh, rules)
-for name, fn in calls.items():
-  want = fn(models, base, fishers, grams)
-  with jax.set_mesh(mesh):
-    got = fn([P(m) for m in models], P(base), [P(f) for f in fishers], [P(g) for g in grams])
-  layout = P(models[0])
-  for a, b, ref in zip(jax.tree.leaves(got), jax.tree.leaves(want), jax.tree.leaves(layout)):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5, err_msg=name)
-    full = lambda spec: tuple(spec) + (None,) * (a.ndim - len(spec))  # P(None,) is P()
-    assert full(a.sharding.spec) == full(ref.sharding.spec), (name, a.sharding.spec, ref.sharding.spec)
-  print(name, "ok", flush=True)
-print("EVERY_MERGE_OK")
-"""
-
-
-def test_every_merge_keeps_fsdp_shardings_and_equals_single_device():
-  stdout = subprocesses.run_on_8_cpu_devices(EVERY_MERGE_SCRIPT, "EVERY_MERGE_OK")
-  for name in ("linear", "task_arithmetic", "ties", "dare", "della", "model_stock", "slerp", "fisher", "regmean",
-               "negmerge"):
-    assert f"{name} ok" in stdout, name
+@pytest.fixture(scope="module")
+def outputs(tmp_path_factory):
+  """What each script of this file printed; they run one after the other in one 8-device process."""
+  workdir = tmp_path_factory.mktemp("every_method")
+  return subprocesses.run_scripts_on_8_cpu_devices({
+      "salun_ties_weight_matching": SCRIPT,
+      "every_method": f"WORKDIR = {str(workdir)!r}\n" + EVERY_METHOD_SCRIPT})

@@ -1,5 +1,6 @@
 """Tests for unlearn_jax.merging: every merge against an independent NumPy formula, plus the special cases."""
 import functools
+import math
 import os
 import re
 import subprocess
@@ -164,6 +165,65 @@ def test_dare_drops_and_rescales_independently_per_model():
   assert not np.array_equal(out, other)
 
 
+def test_dare_masks_are_independent_across_models_and_leaves():
+  # Three models whose deltas are 1, 2 and 4 times one positive tensor: without rescaling, the merged delta over
+  # that tensor is the binary code of which models kept the entry.
+  density, shape = 0.4, (100, 100)
+  delta = np.random.default_rng(1).uniform(1, 2, shape).astype(np.float32)
+  base = {"v": np.zeros(shape, np.float32), "w": np.zeros(shape, np.float32)}
+  ps = [{"v": c * delta, "w": c * delta} for c in (1.0, 2.0, 4.0)]
+  out = merging.dare(ps, base=base, density=density, rng=jax.random.key(2), rescale=False)
+  code = {name: np.asarray(out[name]) / delta for name in ("v", "w")}
+  for c in code.values():
+    np.testing.assert_allclose(c, np.round(c), atol=1e-4)
+  kept = {name: [(np.round(c).astype(int) >> i) & 1 for i in range(3)] for name, c in code.items()}
+  masks = kept["v"] + kept["w"]  # six masks: three models on each of two leaves
+  for i, a in enumerate(masks):
+    np.testing.assert_allclose(a.mean(), density, atol=0.02)
+    for b in masks[i + 1:]:
+      np.testing.assert_allclose((a & b).mean(), density**2, atol=0.02)
+  np.testing.assert_allclose((kept["v"][0] & kept["v"][1] & kept["v"][2]).mean(), density**3, atol=0.01)
+
+
+def test_random_masks_are_the_jax_prng():
+  from jax.extend.random import threefry2x32_p
+  from unlearn_jax.merging import arithmetic
+  words = [jnp.asarray(np.random.default_rng(i).integers(0, 2**32, (257,), dtype=np.uint32)) for i in range(4)]
+  k1, k2 = words[0][0], words[1][0]
+  for mine, ref in zip(arithmetic._threefry2x32(k1, k2, words[2], words[3]), threefry2x32_p.bind(k1, k2, *words[2:])):
+    np.testing.assert_array_equal(np.asarray(mine), np.asarray(ref))
+  # k = 3 models from two keys: the high and low words of each key's 64-bit draw, as jax.random.uniform makes them.
+  keys, shape = jax.random.split(jax.random.key(4), 2), (3, 5, 7)
+  us = arithmetic._uniforms(jax.random.key_data(keys), jnp.zeros(shape), 3)
+  with jax.enable_x64(True):
+    bits = [np.asarray(jax.random.bits(key, shape, jnp.uint64)) for key in keys]
+  unit = lambda b: (b.astype(np.uint32) >> 9).astype(np.float32) * np.float32(2.0**-23)
+  for u, ref in zip(us, [unit(bits[0] >> 32), unit(bits[0]), unit(bits[1] >> 32)]):
+    np.testing.assert_array_equal(np.asarray(u), ref)
+  assert np.asarray(us[0]).min() >= 0 and np.asarray(us[0]).max() < 1
+
+
+def test_random_merges_accept_every_prng_implementation():
+  base, p = {"w": np.zeros((100, 100), np.float32)}, {"w": np.ones((100, 100), np.float32)}
+  for impl in ("threefry2x32", "rbg", "unsafe_rbg"):
+    key = jax.random.key(0, impl=impl)
+    kept = np.asarray(merging.dare([p], base=base, density=0.3, rng=key, rescale=False)["w"])
+    np.testing.assert_allclose(kept.mean(), 0.3, atol=0.02, err_msg=impl)
+    np.testing.assert_array_equal(kept, merging.dare([p], base=base, density=0.3, rng=key, rescale=False)["w"])
+    chex.assert_tree_all_finite(merging.della([p], base=base, density=0.5, epsilon=0.2, rng=key))
+
+
+def test_random_merges_compile_without_a_loop_per_draw():
+  # jax.random's Threefry is a while loop on CPU; one per leaf and model made large pytrees compile for minutes.
+  shapes = {f"layer_{i}": {"kernel": (6, 5), "bias": (5,)} for i in range(6)}
+  base, ps = _tree(0, shapes), [_tree(1 + i, shapes) for i in range(4)]
+  key = jax.random.key(0)
+  for name, merge in {"dare": lambda ps, b: merging.dare(ps, base=b, density=0.5, rng=key, combine="ties"),
+                      "della": lambda ps, b: merging.della(ps, base=b, density=0.5, epsilon=0.1, rng=key)}.items():
+    hlo = jax.jit(merge).lower(ps, base).compile().as_text()
+    assert len(re.findall(r"\bwhile\(", hlo)) <= 1, (name, len(re.findall(r"\bwhile\(", hlo)))  # the key split
+
+
 def test_della_keep_probability_follows_magnitude_rank():
   density, epsilon, n = 0.5, 0.3, 10
   rng = np.random.default_rng(0)
@@ -181,6 +241,15 @@ def test_della_keep_probability_follows_magnitude_rank():
   np.testing.assert_allclose(freq, np.linspace(density - epsilon, density + epsilon, n), atol=0.03)
 
 
+def test_della_rank_is_the_inverse_of_the_stable_argsort_along_any_axis():
+  from unlearn_jax.merging import arithmetic
+  x = np.random.default_rng(0).integers(0, 5, (3, 4, 6)).astype(np.float32)  # many ties: the stable order counts
+  for ax in range(3):
+    order = jnp.argsort(jnp.asarray(x), axis=ax)
+    rank = arithmetic._inverse_permutation(order, ax)
+    np.testing.assert_array_equal(np.asarray(rank), np.argsort(np.argsort(x, axis=ax, kind="stable"), axis=ax))
+
+
 def test_della_without_spread_is_dare():
   base, ps = _models()
   key = jax.random.key(7)
@@ -191,6 +260,17 @@ def test_della_without_spread_is_dare():
 def test_model_stock_matches_numpy():
   base, ps = _models(k=3)
   _assert_close(merging.model_stock(ps, base=base), _np_map(_np_model_stock, base, *ps))
+
+
+def test_model_stock_and_dare_keep_no_task_vectors_in_memory():
+  # Each pass recomputes p - base rather than storing the k task vectors; XLA's plan has no tensor-sized buffer.
+  shape = (64, 256)
+  base, ps = _tree(0, {"w": shape}), [_tree(1 + i, {"w": shape}) for i in range(8)]
+  one_tensor = 4 * math.prod(shape)
+  for name, merge in {"model_stock": lambda ps, b: merging.model_stock(ps, base=b),
+                      "dare": lambda ps, b: merging.dare(ps, base=b, density=0.5, rng=jax.random.key(0))}.items():
+    temp = jax.jit(merge).lower(ps, base).compile().memory_analysis().temp_size_in_bytes
+    assert temp < one_tensor, (name, temp, one_tensor)
 
 
 def test_model_stock_of_identical_models_is_that_model():
@@ -468,29 +548,39 @@ def test_collect_grams_matches_hand_computation(mlp):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Sharding: 8 forced CPU devices need a fresh process (jax is already initialised in this one).
+# Sharding: 8 forced CPU devices need a fresh process (jax is already initialised in this one). Every merge on a
+# 2 x 4 data x fsdp mesh, leaves FSDP-sharded by rule (the layout of ``tests/test_fsdp.py``), all in two jitted
+# programs: the outputs keep the inputs' shardings and equal the single-device merges, and the program of the
+# non-gathering merges has no all-gather or all-to-all.
 
 _SHARDING_SCRIPT = textwrap.dedent("""
     import jax, jax.numpy as jnp, numpy as np
-    from jax.sharding import AxisType
-    from unlearn_jax import merging
+    from unlearn_jax import merging, sharding
 
     assert jax.device_count() == 8, jax.devices()
-    SPECS = {"a": {"kernel": jax.P("x", None), "bias": jax.P("x")}, "b": jax.P(), "c": jax.P(None, "x")}
+    P = jax.P
+    # A 2 x 4 data x fsdp mesh (explicit axes). Every leaf is placed by the FSDP rule (min_size lowered so these
+    # small ones qualify): split 4 ways over its largest dimension divisible by 4, replicated over `data`; "b" (5,)
+    # stays replicated. The Grams are placed by the same rule.
+    mesh = sharding.make_mesh(data=2, fsdp=4)
+    RULES = ((".*", "fsdp", 8),)
+    SPECS = {"a": {"kernel": P("fsdp"), "bias": P("fsdp")}, "b": P(), "c": P(None, "fsdp")}
     SHAPES = {"a": {"kernel": (16, 8), "bias": (8,)}, "b": (5,), "c": (4, 16)}
     is_shape = lambda s: isinstance(s, tuple)
     rng = np.random.default_rng(0)
     tree = lambda: jax.tree.map(lambda s: rng.standard_normal(s).astype(np.float32), SHAPES, is_leaf=is_shape)
+    spd = lambda m: m @ m.T + np.eye(len(m), dtype=np.float32)
     base, ps = tree(), [tree() for _ in range(3)]
     fs = [jax.tree.map(np.abs, tree()) for _ in range(3)]
-    grams = [{"a": {"kernel": (lambda m: m @ m.T + np.eye(16, dtype=np.float32))(tree()["a"]["kernel"])}}
-             for _ in range(3)]
+    grams = [(lambda t: {"a": {"kernel": spd(t["a"]["kernel"])}, "c": spd(t["c"])})(tree()) for _ in range(3)]
     key = jax.random.key(0)
     MERGES = {
-        "linear": lambda ps, b, f, g: merging.linear(ps, weights=jnp.array([1.0, 2.0, 3.0])),
+        "linear": lambda ps, b, f, g: merging.linear(ps),
+        "linear_weighted": lambda ps, b, f, g: merging.linear(ps, weights=jnp.array([1.0, 2.0, 3.0])),
         "task_arithmetic": lambda ps, b, f, g: merging.task_arithmetic(ps, base=b, scale=-0.5),
         "ties": lambda ps, b, f, g: merging.ties(ps, base=b, density=0.3),
-        "dare": lambda ps, b, f, g: merging.dare(ps, base=b, density=0.5, rng=key, combine="ties"),
+        "dare": lambda ps, b, f, g: merging.dare(ps, base=b, density=0.5, rng=key),
+        "dare_ties": lambda ps, b, f, g: merging.dare(ps, base=b, density=0.5, rng=key, combine="ties"),
         "model_stock": lambda ps, b, f, g: merging.model_stock(ps, base=b),
         "slerp": lambda ps, b, f, g: merging.slerp(ps[0], ps[1], t=0.3),
         "fisher": lambda ps, b, f, g: merging.fisher(ps, f),
@@ -503,20 +593,27 @@ _SHARDING_SCRIPT = textwrap.dedent("""
     merge_all = lambda names: lambda *args: {name: MERGES[name](*args) for name in names}
     expected = jax.jit(merge_all(MERGES))(ps, base, fs, grams)
 
-    mesh = jax.make_mesh((8,), ("x",), axis_types=(AxisType.Explicit,))
+    def norm(spec):   # a spec without its trailing Nones: P("fsdp", None) is P("fsdp")
+      entries = list(spec)
+      while entries and entries[-1] is None:
+        entries.pop()
+      return P(*entries)
+
     with jax.set_mesh(mesh):
-      put = lambda t: jax.tree.map(lambda x, s: jax.device_put(x, jax.NamedSharding(mesh, s)), t, SPECS)
-      sbase, sps, sfs = put(base), [put(p) for p in ps], [put(f) for f in fs]
-      sgrams = [{"a": {"kernel": jax.device_put(g["a"]["kernel"], jax.NamedSharding(mesh, jax.P("x", None)))}}
-                for g in grams]
+      put = lambda t: sharding.place(t, mesh, RULES)
+      sbase, sps, sfs, sgrams = put(base), [put(p) for p in ps], [put(f) for f in fs], [put(g) for g in grams]
+      assert jax.tree.map(lambda a: norm(a.sharding.spec), sps[0]) == SPECS, sps[0]
       for names in ([n for n in MERGES if n not in GATHERING], GATHERING):
         compiled = jax.jit(merge_all(names)).lower(sps, sbase, sfs, sgrams).compile()
         out = compiled(sps, sbase, sfs, sgrams)
         for name in names:
           for (path, o), w in zip(jax.tree_util.tree_flatten_with_path(out[name])[0], jax.tree.leaves(sps[0])):
-            assert o.sharding.is_equivalent_to(w.sharding, o.ndim), (name, jax.tree_util.keystr(path), o.sharding)
-          jax.tree.map(lambda o, e: np.testing.assert_allclose(np.asarray(o), e, rtol=1e-4, atol=1e-5, err_msg=name),
+            where = (name, jax.tree_util.keystr(path), o.sharding)
+            assert o.sharding.is_equivalent_to(w.sharding, o.ndim), where
+            assert norm(o.sharding.spec) == norm(w.sharding.spec), where
+          jax.tree.map(lambda o, e: np.testing.assert_allclose(np.asarray(o), e, rtol=1e-5, atol=1e-5, err_msg=name),
                        out[name], expected[name])
+          print(name, "ok", flush=True)
         if names is not GATHERING:
           hlo = compiled.as_text()
           assert "all-gather" not in hlo and "all-to-all" not in hlo, hlo
@@ -528,3 +625,6 @@ def test_merges_keep_sharding_on_eight_devices():
   result = subprocess.run([sys.executable, "-c", _SHARDING_SCRIPT], cwd=REPO,
                           env=subprocesses.eight_cpu_devices_env(), capture_output=True, text=True, timeout=300)
   assert result.returncode == 0 and "SHARDING OK" in result.stdout, result.stdout + result.stderr[-4000:]
+  for name in ("linear", "linear_weighted", "task_arithmetic", "ties", "dare", "dare_ties", "model_stock", "slerp",
+               "fisher", "negmerge", "della", "regmean"):
+    assert f"{name} ok" in result.stdout, name
