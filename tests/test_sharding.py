@@ -130,6 +130,13 @@ def test_top_k_mask_equals_a_stable_descending_sort(fraction):
     jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), got, ref)
 
 
+def test_top_k_mask_compiles_once_for_every_k():
+  tree = {"w": jnp.arange(12.0).reshape(3, 4), "b": jnp.ones(3)}
+  before = sharding.top_k_mask._cache_size()
+  counts = [int(sum(m.sum() for m in jax.tree.leaves(sharding.top_k_mask(tree, k)))) for k in (0, 4, 15)]
+  assert counts == [0, 4, 15] and sharding.top_k_mask._cache_size() == before + 1
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Multi-host initialisation.
 

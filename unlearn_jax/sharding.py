@@ -348,8 +348,8 @@ def _bisect(count_at_least: Callable, lo: int, hi: int, need) -> jax.Array:
   return jax.lax.fori_loop(0, 32, step, (jnp.int32(lo), jnp.int32(hi)))[0]
 
 
-@functools.partial(jax.jit, static_argnames="k")
-def top_k_mask(scores: Any, k: int) -> Any:
+@jax.jit
+def top_k_mask(scores: Any, k: int | jax.Array) -> Any:
   """Bools marking the ``k`` largest entries of a non-negative float pytree, ties broken by position.
 
   The same selection as a stable descending sort of all entries concatenated in leaf order (``ravel_pytree``)
@@ -357,6 +357,7 @@ def top_k_mask(scores: Any, k: int) -> Any:
   the float32 bit patterns (which order like the values for non-negative floats) for the threshold value, one
   on the flat position for the ties at the threshold. Nothing is sorted, reshaped or concatenated, so sharded
   leaves stay sharded and the mask comes out laid out like ``scores``. Counts are int32 (up to 2**31 entries).
+  ``k`` is traced: masks of every size share one compiled program (a sweep over mask fractions compiles once).
   """
   leaves, treedef = jax.tree.flatten(scores)
   bits = [jax.lax.bitcast_convert_type(jnp.abs(s).astype(jnp.float32), jnp.int32) for s in leaves]
@@ -368,9 +369,7 @@ def top_k_mask(scores: Any, k: int) -> Any:
   # the smallest position bound P with `need` ties before it: the largest P' with fewer than `need`, plus 1
   bound = _bisect(lambda v: -count(lambda i, b: (b == threshold) & (pos[i] < v)), 0, int(offsets[-1]),
                   1 - need) + 1
-  masks = [(b > threshold) | ((b == threshold) & (p < bound)) for b, p in zip(bits, pos)]
-  if k <= 0:
-    masks = [jnp.zeros_like(b, bool) for b in bits]
+  masks = [((b > threshold) | ((b == threshold) & (p < bound))) & (k > 0) for b, p in zip(bits, pos)]
   return jax.tree.unflatten(treedef, masks)
 
 

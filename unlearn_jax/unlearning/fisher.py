@@ -211,7 +211,19 @@ def noise_variance(fisher: Pytree, *, alpha: float, num_classes: int, eps: float
   With ``fan_in_mean=False``, ``head_scale = vector_scale = 1`` and no removed class, ``var = alpha / F`` wherever
   ``F + eps >= 1 / var_max`` (``1 / head_var_max`` in the classifier).
   """
-  removed = jnp.asarray(np.asarray(removed_classes, np.int32).reshape(-1))
+  removed = tuple(int(c) for c in np.asarray(removed_classes, np.int32).reshape(-1))
+  return _noise_variance(fisher, alpha, num_classes=int(num_classes), eps=float(eps), var_max=float(var_max),
+                         head_var_max=float(head_var_max), fan_in_mean=bool(fan_in_mean),
+                         head_scale=float(head_scale), vector_scale=float(vector_scale), removed_classes=removed,
+                         removed_var=float(removed_var))
+
+
+@functools.partial(jax.jit, static_argnames=("num_classes", "eps", "var_max", "head_var_max", "fan_in_mean",
+                                             "head_scale", "vector_scale", "removed_classes", "removed_var"))
+def _noise_variance(fisher, alpha, *, num_classes, eps, var_max, head_var_max, fan_in_mean, head_scale,
+                    vector_scale, removed_classes, removed_var):
+  """`noise_variance` as one program: ``alpha`` traced (a sweep reuses it), the shaping options static."""
+  removed = jnp.asarray(removed_classes, jnp.int32)
 
   def leaf(f):
     head = is_head(f, num_classes)

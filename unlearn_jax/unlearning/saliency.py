@@ -15,6 +15,7 @@ Example:
 """
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -88,7 +89,12 @@ def soft_saliency_mask(saliency: Pytree, *, fraction: float = 0.5) -> Pytree:
   if not 0 < fraction <= 1:
     raise ValueError(f"fraction must be in (0, 1], got {fraction}")
   total = sum(int(s.size) for s in jax.tree.leaves(saliency))
-  top = sharding.top_k_mask(saliency, max(1, int(total * fraction)))
-  # the k-th largest entry: the smallest selected one
-  threshold = min(jnp.min(jnp.where(m, s, jnp.inf)) for m, s in zip(jax.tree.leaves(top), jax.tree.leaves(saliency)))
+  return _soft_below(saliency, sharding.top_k_mask(saliency, max(1, int(total * fraction))))
+
+
+@jax.jit
+def _soft_below(saliency: Pytree, top: Pytree) -> Pytree:
+  """``clip(s / threshold, 0, 1)`` with the threshold the smallest entry selected by ``top`` (one program)."""
+  threshold = functools.reduce(jnp.minimum, [jnp.min(jnp.where(m, s, jnp.inf)) for m, s in
+                                             zip(jax.tree.leaves(top), jax.tree.leaves(saliency))])
   return jax.tree.map(lambda s: jnp.clip(s / jnp.maximum(threshold, 1e-30), 0.0, 1.0), saliency)
