@@ -326,13 +326,14 @@ def fsdp_model(model):
 # Selection without gathering.
 
 
-def _positions(x: jax.Array) -> jax.Array:
-  """Row-major flat index of every entry of ``x``, laid out (sharded) like ``x``."""
+def flat_positions(x: jax.Array, dtype=jnp.int32) -> jax.Array:
+  """Row-major flat index of every entry of ``x`` as ``dtype``, laid out (sharded) like ``x``; the caller makes
+  sure ``x.size`` fits ``dtype``."""
   sharding = jax.typeof(x).sharding if _is_sharded(x) else None
   strides = np.cumprod((1,) + x.shape[:0:-1])[::-1]
   if not x.ndim:
-    return jnp.zeros((), jnp.int32)
-  return sum(int(stride) * jax.lax.broadcasted_iota(jnp.int32, x.shape, dim, out_sharding=sharding)
+    return jnp.zeros((), dtype)
+  return sum(jnp.asarray(int(stride), dtype) * jax.lax.broadcasted_iota(dtype, x.shape, dim, out_sharding=sharding)
              for dim, stride in enumerate(strides))
 
 
@@ -362,7 +363,7 @@ def top_k_mask(scores: Any, k: int | jax.Array) -> Any:
   leaves, treedef = jax.tree.flatten(scores)
   bits = [jax.lax.bitcast_convert_type(jnp.abs(s).astype(jnp.float32), jnp.int32) for s in leaves]
   offsets = np.cumsum([0] + [int(np.prod(s.shape)) for s in leaves])
-  pos = [_positions(s) + int(o) for s, o in zip(leaves, offsets)]
+  pos = [flat_positions(s) + int(o) for s, o in zip(leaves, offsets)]
   count = lambda pred: sum(jnp.sum(pred(i, b), dtype=jnp.int32) for i, b in enumerate(bits))
   threshold = _bisect(lambda v: count(lambda i, b: b >= v), 0, 0x7F800000, k)
   need = k - count(lambda i, b: b > threshold)

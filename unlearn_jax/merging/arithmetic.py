@@ -29,6 +29,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from unlearn_jax import sharding
+
 Pytree = Any
 
 _COMBINES = ("linear", "ties")
@@ -156,15 +158,6 @@ def _threefry2x32(k1: jax.Array, k2: jax.Array, x1: jax.Array, x2: jax.Array) ->
   return x1, x2
 
 
-def _flat_index(shape: tuple[int, ...], sharding) -> jax.Array:
-  """The row-major position of every entry as uint32 (the caller checks the size is below 2**32)."""
-  index, stride = jnp.zeros((), jnp.uint32), 1
-  for dim in reversed(range(len(shape))):
-    index = index + jax.lax.broadcasted_iota(jnp.uint32, shape, dim, out_sharding=sharding) * jnp.uint32(stride)
-    stride *= shape[dim]
-  return index
-
-
 def _to_unit(bits: jax.Array) -> jax.Array:
   """Uniform floats in [0, 1) from the top 23 bits, exactly as ``jax.random.uniform`` makes them."""
   return (bits >> jnp.uint32(9)).astype(jnp.float32) * jnp.float32(2.0**-23)
@@ -177,7 +170,7 @@ def _uniforms(key_data: jax.Array, like: jax.Array, k: int) -> list[jax.Array]:
   and the low word the next, i.e. the two halves of ``jax.random.bits(key, shape, jnp.uint64)``, so the k masks
   cost ceil(k / 2) hashes.
   """
-  index = _flat_index(like.shape, jax.typeof(like).sharding)
+  index = sharding.flat_positions(like, jnp.uint32)  # `_apply_deltas` checks the size is below 2**32
   per_key = key_data.reshape(key_data.shape[:1] + (1,) * like.ndim + (2,))
   hi, lo = _threefry2x32(per_key[..., 0], per_key[..., 1], jnp.zeros((), jnp.uint32), index)
   return [_to_unit((hi, lo)[i % 2][i // 2]) for i in range(k)]
