@@ -1,10 +1,7 @@
 """Tests for unlearn_jax.merging: every merge against an independent NumPy formula, plus the special cases."""
 import functools
 import math
-import os
 import re
-import subprocess
-import sys
 import textwrap
 
 import chex
@@ -20,7 +17,6 @@ from unlearn_jax.data.split import Split
 from unlearn_jax.model import init
 
 SHAPES = {"a": {"kernel": (4, 3), "bias": (3,)}, "b": (5,)}
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _tree(seed, shapes=SHAPES):
@@ -625,9 +621,7 @@ _SHARDING_SCRIPT = textwrap.dedent("""
 
 
 def test_merges_keep_sharding_on_eight_devices():
-  result = subprocess.run([sys.executable, "-c", _SHARDING_SCRIPT], cwd=REPO,
-                          env=subprocesses.eight_cpu_devices_env(), capture_output=True, text=True, timeout=300)
-  assert result.returncode == 0 and "SHARDING OK" in result.stdout, result.stdout + result.stderr[-4000:]
+  stdout = subprocesses.run_on_8_cpu_devices(_SHARDING_SCRIPT, "SHARDING OK", timeout=300)
   for name in ("linear", "linear_weighted", "task_arithmetic", "ties", "dare", "dare_ties", "model_stock", "slerp",
                "fisher", "negmerge", "della", "regmean"):
-    assert f"{name} ok" in result.stdout, name
+    assert f"{name} ok" in stdout, name
