@@ -237,3 +237,17 @@ def test_verdict_says_whether_the_method_beats_the_original():
   line = run_lib.verdict({"Retrain": retrain, "Original": original, "m": better}, "m")
   assert line == "verdict: m is closer to Retrain than the Original is (Avg. Gap 0.50 vs 7.50)."
   assert "does NOT beat" in run_lib.verdict({"Retrain": retrain, "Original": original, "m": worse}, "m")
+
+
+def test_layers_run_one_way_and_every_study_registers_its_name():
+  """run.py imports no study (studies import run.py); each `run.STUDIES` module registers the name it is listed under
+  when `run.pipeline` imports it, and an unknown name fails with the full list."""
+  import ast  # pylint: disable=g-import-not-at-top
+  tree = ast.parse(open(run_lib.__file__).read())
+  imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+  imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+  assert not [m for m in imported if m and "studies" in m], imported
+  for name, module in run_lib.STUDIES.items():
+    assert run_lib.pipeline(name).__module__ == module, name
+  with pytest.raises(ValueError, match=r"config.experiment='nope': unknown; choose one of \[.*'merge'.*'unlearning'"):
+    run_lib.pipeline("nope")

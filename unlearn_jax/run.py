@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import functools
+import importlib
 import importlib.metadata
 import json
 import os
@@ -314,11 +315,7 @@ def run(config, workdir: str | os.PathLike) -> dict:
   Raises:
     ValueError: for an unknown ``config.experiment`` or any bad config value, before any work.
   """
-  import unlearn_jax.studies  # pylint: disable=g-import-not-at-top,unused-import  (registers the studies)
-  name = config.get("experiment", "unlearning")
-  if name not in PIPELINES:
-    raise ValueError(f"config.experiment={name!r}: unknown; choose one of {sorted(PIPELINES)}")
-  return PIPELINES[name](config, workdir)
+  return pipeline(config.get("experiment", "unlearning"))(config, workdir)
 
 
 def run_unlearning(config, workdir: str | os.PathLike) -> dict:
@@ -441,10 +438,38 @@ def write_run_record(workdir: str | os.PathLike, config, *, started: float, fini
     evaluation.atomic_write(os.path.join(workdir, "run.json"), json.dumps(info, indent=1) + "\n")
 
 
-# experiment name -> run(config, workdir) -> dict. Study modules add theirs with `register_pipeline`.
+# experiment name -> run(config, workdir) -> dict. Study modules add theirs with `register_pipeline` when imported.
 PIPELINES: dict[str, Callable] = {"unlearning": run_unlearning}
+
+# experiment name -> the study module that registers it, imported on first use. The layers run one way: studies
+# import this module (its stages), this module names them only here, as strings, and never imports them itself.
+STUDIES: dict[str, str] = {
+    "benchmark": "unlearn_jax.studies.benchmark",
+    "diffusion": "unlearn_jax.studies.diffusion",
+    "lm_concept": "unlearn_jax.studies.lm_concept",
+    "lm_unlearning": "unlearn_jax.studies.language",
+    "merge": "unlearn_jax.studies.merge",
+    "merge_datasets": "unlearn_jax.studies.merge_datasets",
+    "rebasin": "unlearn_jax.studies.lmc",
+    "sweep": "unlearn_jax.studies.sweep",
+    "width_lmc": "unlearn_jax.studies.lmc",
+}
 
 
 def register_pipeline(name: str, fn: Callable) -> Callable:
+  """Makes ``config.experiment=name`` run ``fn(config, workdir)``; returns ``fn``."""
   PIPELINES[name] = fn
   return fn
+
+
+def pipeline(name: str) -> Callable:
+  """The pipeline registered for ``name``, importing its study module (`STUDIES`) the first time.
+
+  Raises:
+    ValueError: ``config.experiment=<name>: unknown; choose one of [...]``.
+  """
+  if name not in PIPELINES and name in STUDIES:
+    importlib.import_module(STUDIES[name])
+  if name not in PIPELINES:
+    raise ValueError(f"config.experiment={name!r}: unknown; choose one of {sorted({*PIPELINES, *STUDIES})}")
+  return PIPELINES[name]

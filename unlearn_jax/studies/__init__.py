@@ -1,6 +1,6 @@
-"""Study pipelines beyond unlearning; each module registers itself with `unlearn_jax.run.register_pipeline`."""
-from unlearn_jax.studies import benchmark, lmc, merge  # noqa: F401
-from unlearn_jax.studies import lm_concept  # noqa: F401
-from unlearn_jax.studies import merge_datasets  # noqa: F401
-from unlearn_jax.studies import diffusion  # noqa: F401
-from unlearn_jax.studies import sweep  # noqa: F401
+"""Study pipelines beyond unlearning, one module each.
+
+Each module registers its pipeline(s) with `unlearn_jax.run.register_pipeline` when imported; `unlearn_jax.run.run`
+imports the module named for ``config.experiment`` in `unlearn_jax.run.STUDIES` on first use. This package imports
+none of them itself, so importing one study does not import the others.
+"""
