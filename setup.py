@@ -24,7 +24,8 @@ setuptools.setup(
         "mnist1d>=0.0.2",
     ],
     extras_require={
-        "test": ["pytest>=8.0", "pytest-xdist>=3.8", "tensorflow-datasets>=4.9.7", "matplotlib>=3.8"],
+        "test": ["pytest>=8.0", "pytest-xdist>=3.8", "tensorflow-datasets>=4.9.7", "matplotlib>=3.8",
+                 "transformers>=5.0", "torch==2.13.0"],
         "tfds": ["tensorflow-datasets>=4.9.7"],
         "plots": ["matplotlib>=3.8"],
     },

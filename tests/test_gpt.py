@@ -67,6 +67,7 @@ def _ids(shape, seed=0, low=5):
     (dict(vocab_size=0), "vocab_size"),
     (dict(dtype=jnp.int32), "dtype"),
     (dict(rope_scaling=(8.0, 4.0, 1.0, 64)), "rope_scaling"),
+    (dict(rope_scaling=(8.0, 4.0)), "rope_scaling"),
     (dict(d_model=12, num_heads=4), "d_model / num_heads"),   # odd head dim with RoPE
 ])
 def test_config_rejects_bad_fields(overrides, field):

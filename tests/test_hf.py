@@ -321,3 +321,124 @@ def test_config_from_hf_presets_and_errors():
     hf.config_from_hf({k: v for k, v in llama_3_2_1b.items() if k != "hidden_size"})
   with pytest.raises(ValueError, match="no Hugging Face layout"):
     hf.hf_config(gpt.gpt_config("tiny", positions="learned"))
+
+
+# ----------------------------------------------------- against transformers' own forward, both config layouts
+
+ROPE_CASES = {   # (LlamaConfig keyword arguments, the layout the file is rewritten to)
+    "llama3-v5": (dict(rope_parameters={"rope_type": "llama3", "rope_theta": 500.0, "factor": 8.0,
+                                        "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                        "original_max_position_embeddings": 16}), "transformers5"),
+    "llama3-v4": (dict(rope_parameters={"rope_type": "llama3", "rope_theta": 500.0, "factor": 8.0,
+                                        "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                        "original_max_position_embeddings": 16}), "transformers4"),
+    "theta-v5": (dict(rope_parameters={"rope_type": "default", "rope_theta": 37.0}), "transformers5"),
+    "theta-v4": (dict(rope_parameters={"rope_type": "default", "rope_theta": 37.0}), "transformers4"),
+    "linear-v5": (dict(rope_parameters={"rope_type": "linear", "rope_theta": 80.0, "factor": 3.0}),
+                  "transformers5"),
+}
+
+
+def _to_v4_layout(directory):
+  """Rewrites a transformers-5 ``config.json`` into the 4.x layout (top-level rope_theta / rope_scaling)."""
+  path = os.path.join(directory, "config.json")
+  with open(path) as f:
+    c = json.load(f)
+  rope = c.pop("rope_parameters")
+  c["rope_theta"] = rope.pop("rope_theta")
+  c["rope_scaling"] = None if rope["rope_type"] == "default" else rope
+  with open(path, "w") as f:
+    json.dump(c, f)
+
+
+@pytest.fixture(scope="module")
+def hf_checkpoints(tmp_path_factory):
+  """``{case: (directory, ids, transformers logits)}``: tiny random Llama checkpoints transformers saves itself,
+  its logits read back from the saved files (``from_pretrained``), so the layout rewrite is part of the check."""
+  torch = pytest.importorskip("torch")
+  transformers = pytest.importorskip("transformers")
+  out = {}
+  ids = _ids(40, t=24)
+  for case, (rope, layout) in ROPE_CASES.items():
+    config = transformers.LlamaConfig(
+        vocab_size=40, hidden_size=32, intermediate_size=40, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=64, rms_norm_eps=1e-5, tie_word_embeddings=False,
+        bos_token_id=1, eos_token_id=2, pad_token_id=0, **rope)
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(config)
+    with torch.no_grad():   # larger weights than the 0.02 init, so position errors show in the logits
+      for name, p in model.named_parameters():
+        p.copy_(1 + 0.2 * torch.randn_like(p) if p.ndim == 1 else torch.randn_like(p) / p.shape[-1] ** 0.5)
+    directory = str(tmp_path_factory.mktemp(case))
+    model.save_pretrained(directory)
+    if layout == "transformers4":
+      _to_v4_layout(directory)
+    loaded = transformers.LlamaForCausalLM.from_pretrained(directory).eval()
+    with torch.no_grad():
+      logits = loaded(torch.as_tensor(ids)).logits.numpy()
+    out[case] = (directory, ids, logits)
+  return out
+
+
+@pytest.mark.parametrize("case", sorted(ROPE_CASES))
+def test_llama_rope_matches_transformers(hf_checkpoints, case, tmp_path):
+  directory, ids, expect = hf_checkpoints[case]
+  like = hf.read_hf_config(directory)
+  assert hf.hf_layout(like) == ROPE_CASES[case][1]
+  cfg, params = hf.load_hf_checkpoint(directory)
+  lm, _ = gpt.language_model(cfg)
+  logits = lambda c, p: np.asarray(gpt.language_model(c)[0].logits(p, jnp.asarray(ids, jnp.int32)))
+  np.testing.assert_allclose(logits(cfg, params), expect, atol=2e-4, rtol=2e-4)
+  # the test can fail: the same weights with plain RoPE (theta 10000, no scaling) are far off
+  assert np.abs(logits(cfg.replace(rope_theta=10000.0, rope_scaling=None), params) - expect).max() > 0.05
+  # export keeps the layout, the RoPE values and the token ids, and writes generation_config.json
+  hf.save_hf_checkpoint(params, cfg, str(tmp_path), like=like)
+  written = hf.read_hf_config(str(tmp_path))
+  assert hf.hf_layout(written) == ROPE_CASES[case][1]
+  assert hf.rope_from_hf(written) == hf.rope_from_hf(like) == (cfg.rope_theta, cfg.rope_scaling)
+  assert (written["bos_token_id"], written["eos_token_id"], written["pad_token_id"]) == (1, 2, 0)
+  with open(tmp_path / "generation_config.json") as f:
+    assert {k: v for k, v in json.load(f).items() if k.endswith("_token_id")} == {
+        "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0}
+  cfg2, params2 = hf.load_hf_checkpoint(str(tmp_path))
+  assert cfg2 == cfg
+  jax.tree.map(np.testing.assert_array_equal, params2, params)
+
+
+def test_exported_llama3_loads_in_transformers(hf_checkpoints, tmp_path):
+  """Our export, read by transformers (its own config parsing), gives the logits of the checkpoint we read."""
+  torch = pytest.importorskip("torch")
+  transformers = pytest.importorskip("transformers")
+  directory, ids, expect = hf_checkpoints["llama3-v4"]
+  cfg, params = hf.load_hf_checkpoint(directory)
+  for layout in hf.LAYOUTS:
+    hf.save_hf_checkpoint(params, cfg, str(tmp_path / layout), layout=layout, eos_id=2)
+    model = transformers.LlamaForCausalLM.from_pretrained(str(tmp_path / layout)).eval()
+    assert model.generation_config.eos_token_id == 2
+    with torch.no_grad():
+      np.testing.assert_allclose(model(torch.as_tensor(ids)).logits.numpy(), expect, atol=1e-5, rtol=1e-5)
+
+
+def test_rope_from_hf_layouts_and_errors():
+  base = {"max_position_embeddings": 64}
+  assert hf.rope_from_hf(base) == (10000.0, None)
+  assert hf.rope_from_hf({**base, "rope_theta": 5e5}) == (5e5, None)
+  # transformers 5's dict wins over a stray top-level rope_theta; 4.x rope_scaling wins over rope_parameters
+  assert hf.rope_from_hf({**base, "rope_theta": 1.0, "rope_parameters": {"rope_theta": 2.0}}) == (2.0, None)
+  assert hf.rope_from_hf({**base, "rope_parameters": {"rope_type": "linear", "factor": 4, "rope_theta": 3.0},
+                          "rope_scaling": {"type": "linear", "factor": 2}}) == (10000.0, (2.0,))
+  # llama3's original_max_position_embeddings falls back to max_position_embeddings
+  assert hf.rope_from_hf({**base, "rope_scaling": {"rope_type": "llama3", "factor": 8, "low_freq_factor": 1,
+                                                   "high_freq_factor": 4}}) == (10000.0, (8.0, 1.0, 4.0, 64))
+  with pytest.raises(ValueError, match=r"rope_parameters\.rope_type 'yarn'"):
+    hf.rope_from_hf({**base, "rope_parameters": {"rope_type": "yarn", "factor": 2.0}})
+  with pytest.raises(ValueError, match="lacks 'low_freq_factor'"):
+    hf.rope_from_hf({**base, "rope_parameters": {"rope_type": "llama3", "factor": 2.0}})
+  with pytest.raises(ValueError, match="partial_rotary_factor"):
+    hf.rope_from_hf({**base, "rope_parameters": {"partial_rotary_factor": 0.5}})
+  with pytest.raises(ValueError, match="layout"):
+    hf.hf_config(gpt.gpt_config("tiny"), layout="transformers3")
+  # linear scaling: every frequency divided by the factor
+  cfg = gpt.gpt_config("tiny", rope_scaling=(4.0,))
+  np.testing.assert_allclose(gpt.rope_frequencies(cfg), gpt.rope_frequencies(cfg.replace(rope_scaling=None)) / 4,
+                             rtol=1e-6)

@@ -96,8 +96,9 @@ class GPTConfig:
     norm_eps: the norms' epsilon.
     positions: 'rope' (rotary, Llama) or 'learned' (absolute, GPT-2).
     rope_theta: RoPE base.
-    rope_scaling: None, or Llama 3's ``(factor, low_freq_factor, high_freq_factor,
-      original_max_position_embeddings)`` frequency rescaling.
+    rope_scaling: None, Llama 3's ``(factor, low_freq_factor, high_freq_factor,
+      original_max_position_embeddings)`` frequency rescaling, or ``(factor,)``: linear scaling (every frequency
+      divided by ``factor``, transformers' ``rope_type='linear'``).
     tie_embeddings: output head = transposed token embedding.
     mlp: 'gelu' (``down(gelu_tanh(up x))``, GPT-2) or 'swiglu' (``down(silu(gate x) * up x)``, Llama).
     use_bias: biases in every Dense layer (attention and MLP).
@@ -117,7 +118,7 @@ class GPTConfig:
   norm_eps: float = 1e-5
   positions: str = "rope"
   rope_theta: float = 10000.0
-  rope_scaling: tuple[float, float, float, int] | None = None
+  rope_scaling: tuple[float, float, float, int] | tuple[float] | None = None
   tie_embeddings: bool = True
   mlp: str = "swiglu"
   use_bias: bool = False
@@ -149,9 +150,11 @@ class GPTConfig:
         raise ValueError(f"GPTConfig.{name} must be positive, got {getattr(self, name)!r}")
     if self.rope_scaling is not None:
       scaling = tuple(self.rope_scaling)
-      if len(scaling) != 4 or not all(float(s) > 0 for s in scaling) or not scaling[2] > scaling[1]:
+      if (len(scaling) not in (1, 4) or not all(float(s) > 0 for s in scaling)
+          or (len(scaling) == 4 and not scaling[2] > scaling[1])):
         raise ValueError("GPTConfig.rope_scaling must be (factor, low_freq_factor, high_freq_factor, "
-                         f"original_max_position_embeddings), all positive, high > low; got {self.rope_scaling!r}")
+                         "original_max_position_embeddings), all positive, high > low, or (factor,) for linear "
+                         f"scaling; got {self.rope_scaling!r}")
       object.__setattr__(self, "rope_scaling", scaling)
     for name in ("dtype", "param_dtype"):
       try:
@@ -202,9 +205,9 @@ def gpt_config(name: str = "tiny", **overrides) -> GPTConfig:
 
 
 def rope_frequencies(cfg: GPTConfig) -> np.ndarray:
-  """The ``d_h / 2`` rotary inverse frequencies ``theta^(-2i/d_h)``, with Llama 3's rescaling if configured.
+  """The ``d_h / 2`` rotary inverse frequencies ``theta^(-2i/d_h)``, with Llama 3's or linear rescaling.
 
-  Llama 3 divides the frequencies whose wavelength exceeds ``original_max / low_freq_factor`` by ``factor``,
+  Linear scaling divides every frequency by ``factor``. Llama 3 divides the frequencies whose wavelength exceeds ``original_max / low_freq_factor`` by ``factor``,
   keeps those shorter than ``original_max / high_freq_factor``, and interpolates linearly in
   ``original_max / wavelength`` between the two.
   """
@@ -212,6 +215,8 @@ def rope_frequencies(cfg: GPTConfig) -> np.ndarray:
   inv = 1.0 / (cfg.rope_theta ** (np.arange(0, d, 2, dtype=np.float64) / d))
   if cfg.rope_scaling is None:
     return inv.astype(np.float32)
+  if len(cfg.rope_scaling) == 1:
+    return (inv / cfg.rope_scaling[0]).astype(np.float32)
   factor, low, high, original = cfg.rope_scaling
   wavelen = 2 * np.pi / inv
   smooth = np.clip((original / wavelen - low) / (high - low), 0.0, 1.0)

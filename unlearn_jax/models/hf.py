@@ -4,7 +4,9 @@ Two ``model_type`` families map one to one onto a `GPTConfig`:
 
 * ``llama`` (``LlamaForCausalLM``): ``nn.Linear`` weights are stored ``[out, in]`` and transposed into our
   ``(in, out)`` kernels; RMSNorm weights become ``scale``; the rotary embedding needs no weights (our RoPE uses
-  the same rotate_half convention, and Llama 3's ``rope_scaling`` is carried over);
+  the same rotate_half convention; ``rope_theta`` and the 'default', 'linear' and 'llama3' ``rope_type`` are
+  read from either ``config.json`` layout: transformers 4's top-level ``rope_theta`` / ``rope_scaling`` or
+  transformers 5's ``rope_parameters`` dict, `rope_from_hf`; any other ``rope_type`` is refused by name);
 * ``gpt2`` (``GPT2LMHeadModel``, with or without the ``transformer.`` prefix): ``Conv1D`` weights are already
   ``[in, out]``; the fused ``attn.c_attn`` ``[D, 3D]`` splits into ``q``, ``k``, ``v`` along its output axis;
   the head is tied to ``wte``.
@@ -20,6 +22,9 @@ HF tensor name  ->  our parameter path (``i`` the block index; ``T``: transposed
   model.norm.weight                               ln_f.{weight,bias}          final_norm
   lm_head.weight (T, untied only)                 lm_head.weight (T, untied only)
 
+Export (`save_hf_checkpoint`) writes ``config.json`` in the layout the model was read from (``like=``) or
+transformers 5's, the bos/eos/pad token ids, and a ``generation_config.json``.
+
 A checkpoint is a directory holding ``config.json`` and ``model.safetensors`` or a sharded
 ``model.safetensors.index.json`` (its ``weight_map`` names each tensor's shard); tensors are read lazily,
 one at a time, and cast to ``cfg.param_dtype``. Tensors the mapping does not use (e.g. GPT-2's ``attn.bias``
@@ -33,7 +38,8 @@ References:
 Example:
     >>> cfg, params = load_hf_checkpoint("/models/Llama-3.2-1B", cfg=None)
     >>> lm, _ = gpt.language_model(cfg, pad_id=..., eos_id=128001)
-    >>> save_hf_checkpoint(params, cfg, "/tmp/unlearned")       # loadable by transformers
+    >>> save_hf_checkpoint(params, cfg, "/tmp/unlearned",       # loadable by transformers
+    ...                    like=read_hf_config("/models/Llama-3.2-1B"))
 """
 from __future__ import annotations
 
@@ -54,6 +60,7 @@ Path = tuple[str, ...]
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
 INDEX = "model.safetensors.index.json"
+GENERATION_CONFIG = "generation_config.json"
 
 
 def _get(config_json: dict, key: str, default: Any = None, *, required: bool = False):
@@ -62,6 +69,52 @@ def _get(config_json: dict, key: str, default: Any = None, *, required: bool = F
       raise ValueError(f"HF config has no {key!r}")
     return default
   return config_json[key]
+
+
+ROPE_TYPES = ("default", "linear", "llama3")
+LAYOUTS = ("transformers5", "transformers4")
+DEFAULT_ROPE_THETA = 10000.0
+
+
+def hf_layout(config_json: dict) -> str:
+  """'transformers5' when ``config_json`` keeps its RoPE settings in ``rope_parameters`` (what transformers 5
+  writes), else 'transformers4' (top-level ``rope_theta`` and ``rope_scaling``)."""
+  return "transformers5" if config_json.get("rope_parameters") is not None else "transformers4"
+
+
+def rope_from_hf(config_json: dict) -> tuple[float, tuple | None]:
+  """``(rope_theta, GPTConfig.rope_scaling)`` of a llama ``config.json`` in either layout.
+
+  Follows transformers' ``convert_rope_params_to_dict`` / ``standardize_rope_params``: a 4.x ``rope_scaling``
+  dict takes precedence over ``rope_parameters``; ``rope_theta`` comes from that dict, else the top level, else
+  10000; ``rope_type`` (or its old name ``type``) defaults to 'default'; llama3's
+  ``original_max_position_embeddings`` defaults to ``max_position_embeddings``.
+
+  Raises:
+    ValueError: a ``rope_type`` other than 'default', 'linear' or 'llama3' (naming it), per-layer-type RoPE
+      parameters, or a ``partial_rotary_factor`` other than 1.
+  """
+  source = "rope_scaling" if config_json.get("rope_scaling") else "rope_parameters"
+  rope = dict(config_json.get(source) or {})
+  if any(isinstance(v, dict) for v in rope.values()):
+    raise ValueError(f"llama {source} holds per-layer-type RoPE parameters ({sorted(rope)}); not supported")
+  if float(rope.get("partial_rotary_factor", config_json.get("partial_rotary_factor")) or 1.0) != 1.0:
+    raise ValueError("llama partial_rotary_factor != 1 is not supported")
+  theta = rope.get("rope_theta", config_json.get("rope_theta"))
+  theta = DEFAULT_ROPE_THETA if theta is None else float(theta)
+  rope_type = rope.get("rope_type", rope.get("type", "default"))
+  try:
+    if rope_type == "default":
+      return theta, None
+    if rope_type == "linear":
+      return theta, (float(rope["factor"]),)
+    if rope_type == "llama3":
+      original = rope.get("original_max_position_embeddings", config_json.get("max_position_embeddings"))
+      return theta, (float(rope["factor"]), float(rope["low_freq_factor"]), float(rope["high_freq_factor"]),
+                     int(original))
+  except (KeyError, TypeError) as e:
+    raise ValueError(f"llama {source} of rope_type {rope_type!r} lacks {e}") from e
+  raise ValueError(f"llama {source}.rope_type {rope_type!r} is not supported (only {', '.join(ROPE_TYPES)})")
 
 
 def config_from_hf(config_json: dict, **overrides) -> gpt.GPTConfig:
@@ -86,16 +139,7 @@ def config_from_hf(config_json: dict, **overrides) -> gpt.GPTConfig:
     head_dim = _get(config_json, "head_dim", d // heads)
     if head_dim * heads != d:
       raise ValueError(f"llama head_dim={head_dim} != hidden_size / num_attention_heads = {d} / {heads}")
-    scaling = _get(config_json, "rope_scaling")
-    if scaling is not None:
-      rope_type = scaling.get("rope_type", scaling.get("type"))
-      if rope_type == "default":
-        scaling = None
-      elif rope_type == "llama3":
-        scaling = (float(scaling["factor"]), float(scaling["low_freq_factor"]), float(scaling["high_freq_factor"]),
-                   int(scaling["original_max_position_embeddings"]))
-      else:
-        raise ValueError(f"llama rope_scaling type {rope_type!r} is not supported (only 'llama3')")
+    theta, scaling = rope_from_hf(config_json)
     fields = dict(
         vocab_size=_get(config_json, "vocab_size", required=True),
         num_layers=_get(config_json, "num_hidden_layers", required=True), num_heads=heads,
@@ -103,7 +147,7 @@ def config_from_hf(config_json: dict, **overrides) -> gpt.GPTConfig:
         d_ff=_get(config_json, "intermediate_size", required=True),
         max_len=_get(config_json, "max_position_embeddings", 2048), norm="rms",
         norm_eps=float(_get(config_json, "rms_norm_eps", 1e-6)), positions="rope",
-        rope_theta=float(_get(config_json, "rope_theta", 10000.0)), rope_scaling=scaling,
+        rope_theta=theta, rope_scaling=scaling,
         tie_embeddings=bool(_get(config_json, "tie_word_embeddings", False)), mlp="swiglu", use_bias=bias)
   elif kind == "gpt2":
     act = _get(config_json, "activation_function", "gelu_new")
@@ -142,24 +186,46 @@ def hf_family(cfg: gpt.GPTConfig) -> str:
                    f"num_kv_heads=num_heads; got {cfg}")
 
 
-def hf_config(cfg: gpt.GPTConfig) -> dict:
-  """The Hugging Face ``config.json`` dict of ``cfg`` (inverse of `config_from_hf`)."""
-  if hf_family(cfg) == "llama":
-    scaling = None
-    if cfg.rope_scaling is not None:
-      factor, low, high, original = cfg.rope_scaling
-      scaling = {"rope_type": "llama3", "factor": factor, "low_freq_factor": low, "high_freq_factor": high,
-                 "original_max_position_embeddings": original}
-    return {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": cfg.vocab_size,
-            "hidden_size": cfg.d_model, "intermediate_size": cfg.d_ff, "num_hidden_layers": cfg.num_layers,
-            "num_attention_heads": cfg.num_heads, "num_key_value_heads": cfg.kv_heads, "head_dim": cfg.head_dim,
-            "max_position_embeddings": cfg.max_len, "rms_norm_eps": cfg.norm_eps, "rope_theta": cfg.rope_theta,
-            "rope_scaling": scaling, "tie_word_embeddings": cfg.tie_embeddings, "hidden_act": "silu",
-            "attention_bias": cfg.use_bias, "mlp_bias": cfg.use_bias, "torch_dtype": cfg.param_dtype.name}
-  return {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": cfg.vocab_size,
-          "n_embd": cfg.d_model, "n_inner": cfg.d_ff, "n_layer": cfg.num_layers, "n_head": cfg.num_heads,
-          "n_positions": cfg.max_len, "layer_norm_epsilon": cfg.norm_eps, "activation_function": "gelu_new",
-          "tie_word_embeddings": cfg.tie_embeddings, "torch_dtype": cfg.param_dtype.name}
+def hf_config(cfg: gpt.GPTConfig, *, layout: str = "transformers5", bos_id: int | None = None,
+              eos_id: int | None = None, pad_id: int | None = None) -> dict:
+  """The Hugging Face ``config.json`` dict of ``cfg`` (inverse of `config_from_hf`).
+
+  Args:
+    cfg: the network.
+    layout: 'transformers5' (RoPE settings in ``rope_parameters``, dtype as ``dtype``) or 'transformers4'
+      (top-level ``rope_theta`` / ``rope_scaling``, ``torch_dtype``); see `hf_layout`.
+    bos_id / eos_id / pad_id: the special-token ids written as ``*_token_id`` (None: omitted).
+
+  Raises:
+    ValueError: an unknown ``layout``, or a ``cfg`` with no HF family (`hf_family`).
+  """
+  if layout not in LAYOUTS:
+    raise ValueError(f"layout {layout!r}: choose one of {LAYOUTS}")
+  tokens = {f"{k}_token_id": int(v) for k, v in (("bos", bos_id), ("eos", eos_id), ("pad", pad_id))
+            if v is not None}
+  dtype = {"dtype" if layout == "transformers5" else "torch_dtype": cfg.param_dtype.name}
+  if hf_family(cfg) == "gpt2":
+    return {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": cfg.vocab_size,
+            "n_embd": cfg.d_model, "n_inner": cfg.d_ff, "n_layer": cfg.num_layers, "n_head": cfg.num_heads,
+            "n_positions": cfg.max_len, "layer_norm_epsilon": cfg.norm_eps, "activation_function": "gelu_new",
+            "tie_word_embeddings": cfg.tie_embeddings, **dtype, **tokens}
+  rope = {"rope_type": "default"}
+  if cfg.rope_scaling is not None and len(cfg.rope_scaling) == 1:
+    rope = {"rope_type": "linear", "factor": cfg.rope_scaling[0]}
+  elif cfg.rope_scaling is not None:
+    factor, low, high, original = cfg.rope_scaling
+    rope = {"rope_type": "llama3", "factor": factor, "low_freq_factor": low, "high_freq_factor": high,
+            "original_max_position_embeddings": original}
+  if layout == "transformers5":
+    rope = {"rope_parameters": {**rope, "rope_theta": cfg.rope_theta}}
+  else:
+    rope = {"rope_theta": cfg.rope_theta, "rope_scaling": None if rope["rope_type"] == "default" else rope}
+  return {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": cfg.vocab_size,
+          "hidden_size": cfg.d_model, "intermediate_size": cfg.d_ff, "num_hidden_layers": cfg.num_layers,
+          "num_attention_heads": cfg.num_heads, "num_key_value_heads": cfg.kv_heads, "head_dim": cfg.head_dim,
+          "max_position_embeddings": cfg.max_len, "rms_norm_eps": cfg.norm_eps, **rope,
+          "tie_word_embeddings": cfg.tie_embeddings, "hidden_act": "silu", "attention_bias": cfg.use_bias,
+          "mlp_bias": cfg.use_bias, **dtype, **tokens}
 
 
 class Entry(NamedTuple):
@@ -298,11 +364,7 @@ def load_hf_checkpoint(path: str, cfg: gpt.GPTConfig | None = None) -> tuple[gpt
   """
   directory, files = _resolve(path)
   if cfg is None:
-    config_path = os.path.join(directory, CONFIG)
-    if not os.path.exists(config_path):
-      raise ValueError(f"no {CONFIG} in {directory}; pass cfg")
-    with open(config_path) as f:
-      cfg = config_from_hf(json.load(f))
+    cfg = config_from_hf(read_hf_config(directory))
   prefix = "transformer." if "transformer.wte.weight" in files else ""
   with contextlib.ExitStack() as stack:
     handles = {}
@@ -319,13 +381,48 @@ def load_hf_checkpoint(path: str, cfg: gpt.GPTConfig | None = None) -> tuple[gpt
   return cfg, params
 
 
-def save_hf_checkpoint(params, cfg: gpt.GPTConfig, path: str) -> None:
-  """Writes ``path/config.json`` and ``path/model.safetensors`` (HF names, ``param_dtype``), loadable by
-  `load_hf_checkpoint` and by ``transformers``' ``from_pretrained``. GPT-2 is written with the
-  ``transformer.`` prefix of ``GPT2LMHeadModel``."""
+def read_hf_config(path: str) -> dict:
+  """The parsed ``config.json`` of a checkpoint (a directory, or a weights/index file beside it).
+
+  Raises:
+    ValueError: no ``config.json`` there, naming the path.
+  """
+  path = os.fspath(path)
+  directory = path if os.path.isdir(path) else os.path.dirname(path)
+  config_path = os.path.join(directory, CONFIG)
+  if not os.path.exists(config_path):
+    raise ValueError(f"no {CONFIG} in {directory}; pass cfg")
+  with open(config_path) as f:
+    return json.load(f)
+
+
+def save_hf_checkpoint(params, cfg: gpt.GPTConfig, path: str, *, like: dict | None = None,
+                       layout: str | None = None, bos_id: int | None = None, eos_id: int | None = None,
+                       pad_id: int | None = None) -> None:
+  """Writes ``path/config.json``, ``path/generation_config.json`` and ``path/model.safetensors`` (HF names,
+  ``param_dtype``), loadable by `load_hf_checkpoint` and by ``transformers``' ``from_pretrained``. GPT-2 is
+  written with the ``transformer.`` prefix of ``GPT2LMHeadModel``.
+
+  Args:
+    params: our parameters.
+    cfg: their config.
+    path: the output directory.
+    like: the ``config.json`` the model was loaded from (`read_hf_config`): its layout and special-token ids are
+      kept unless given below.
+    layout: 'transformers5' or 'transformers4' (`hf_config`); None: ``like``'s, else 'transformers5'.
+    bos_id / eos_id / pad_id: special-token ids for ``config.json`` and ``generation_config.json``; None:
+      ``like``'s ``*_token_id`` (omitted when neither has one).
+  """
+  like = like or {}
+  layout = layout or (hf_layout(like) if like else "transformers5")
+  ids = {k: v if v is not None else like.get(f"{k}_token_id")
+         for k, v in (("bos", bos_id), ("eos", eos_id), ("pad", pad_id))}
+  config = hf_config(cfg, layout=layout, bos_id=ids["bos"], eos_id=ids["eos"], pad_id=ids["pad"])
   prefix = "transformer." if hf_family(cfg) == "gpt2" else ""
   tensors = params_to_hf(params, cfg, prefix)
   os.makedirs(path, exist_ok=True)
   save_file(tensors, os.path.join(path, WEIGHTS), metadata={"format": "pt"})
-  with open(os.path.join(path, CONFIG), "w") as f:
-    json.dump(hf_config(cfg), f, indent=2)
+  generation = {"_from_model_config": True, **{k: v for k, v in config.items() if k.endswith("_token_id")}}
+  for name, content in ((CONFIG, config), (GENERATION_CONFIG, generation)):
+    with open(os.path.join(path, name), "w") as f:
+      json.dump(content, f, indent=2)
