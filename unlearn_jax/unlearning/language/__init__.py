@@ -6,6 +6,10 @@ objective (`objectives`, `rmu`, `sae`), an ``optax.adamw`` optimiser with a line
 on ``forget term + retain term``. Frozen pytrees (the reference model, RMU's control vector, the SAE probe) ride
 in the loop state (`unlearn_jax.unlearning.teachers.carry`).
 
+Every method can train LoRA adapters instead of all weights (options ``lora_rank`` > 0, ``lora_alpha``,
+``lora_targets``; `lora`): the objective's terms are wrapped to read the merged weights, the Original rides frozen
+in the loop state, only the adapters (and their AdamW moments) are updated, and the merged weights are returned.
+
 Epochs are anchored on the forget set, as open-unlearning's ``ForgetRetainDataset(anchor='forget')`` does: one
 epoch is one pass over the forget rows, each paired with a cycled retain batch (``anchor='retain'`` swaps the
 roles); the ``anchor`` option is handed to the loop (`loop.unlearn_loop(anchor=...)`).
@@ -33,11 +37,14 @@ import ml_collections
 import optax
 
 from unlearn_jax import language
+from unlearn_jax import model as model_lib
+from unlearn_jax import sharding
 from unlearn_jax import train as train_lib
 from unlearn_jax.data import split as split_lib
 from unlearn_jax.unlearning import loop
 from unlearn_jax.unlearning import options as method_options
 from unlearn_jax.unlearning import teachers
+from unlearn_jax.unlearning.language import lora
 from unlearn_jax.unlearning.language import objectives
 from unlearn_jax.unlearning.language import rmu
 from unlearn_jax.unlearning.language import sae
@@ -47,9 +54,9 @@ from unlearn_jax.unlearning.language.sae import SAEProbe, fit_probe, sae_separat
 Pytree = Any
 ANCHORS = loop.ANCHORS
 
-# Optimiser and loop options shared by every method.
+# Optimiser and loop options shared by every method, and LoRA's (`lora.OPTIONS`; lora_rank 0: all weights train).
 COMMON = dict(lr=1e-5, epochs=10, batch_size=32, weight_decay=0.01, b1=0.9, b2=0.999, eps=1e-8, schedule="linear",
-              warmup_epochs=1.0, anchor="forget")
+              warmup_epochs=1.0, anchor="forget", **lora.OPTIONS)
 _GRADDIFF = dict(gamma=1.0, alpha=1.0, retain_loss="nll")
 # name -> default options (an option absent here is rejected, naming ``method.<key>``). ``layer=None``: chosen
 # from the model's depth (`rmu.default_layer`: a quarter of the blocks for RMU, half for the SAE).
@@ -86,6 +93,7 @@ def method_config(name: str, options: dict | None = None) -> ml_collections.Conf
     raise ValueError(f"method.retain_loss={opts.retain_loss!r}: choose one of {objectives.RETAIN_LOSSES}")
   if "beta" in opts and opts.beta <= 0:
     raise ValueError(f"method.beta={opts.beta}: must be > 0")
+  lora.check_options(rank=opts.lora_rank, alpha=opts.lora_alpha, targets=opts.lora_targets)  # shapes: lora.check
   return opts
 
 
@@ -171,8 +179,10 @@ def unlearn_lm(name: str, lm: language.LanguageModel, params: Pytree, forget: sp
       ``layer``); if None it is fitted here on the Original (``sae_*`` options).
 
   Returns:
-    The unlearned parameters and the loop's history (per-epoch means: ``joint_loss``,
-    ``joint_forget_loss``, ``joint_retain_loss``, ``joint_forget_<metric>``..., ``epoch_seconds``, ``seconds``).
+    The unlearned parameters (with ``lora_rank > 0``: the merged ``W + (lora_alpha / lora_rank) A B``, see
+    `lora`) and the loop's history (per-epoch means: ``joint_loss``, ``joint_forget_loss``,
+    ``joint_retain_loss``, ``joint_forget_<metric>``..., ``epoch_seconds``, ``seconds``; and
+    ``trainable_params``, ``opt_state_bytes``: what the optimiser updates and keeps).
 
   Raises:
     ValueError: unknown method or option (``method.<key>``), a bad option value, or a split lacking a field.
@@ -186,6 +196,12 @@ def unlearn_lm(name: str, lm: language.LanguageModel, params: Pytree, forget: sp
   build_rng, loop_rng = jax.random.split(rng)
   objective, frozen, mask = build(name, lm, params, opts, forget=forget, retain=retain, holdout=holdout,
                                   rng=build_rng, probe=sae_probe)
+  trainable, rank = params, int(opts.lora_rank)
+  if rank:   # adapters train; the Original rides frozen as the base (and the reference, where one is read)
+    trainable = lora.init_adapters(params, rank=rank, targets=opts.lora_targets, rng=jax.random.fold_in(rng, 7))
+    frozen[REFERENCE] = params
+    objective = lora.lora_objective(objective, base_key=REFERENCE, scale=opts.lora_alpha / rank)
+    mask = None if mask is None else rmu.param_mask(trainable, opts.params_regex)
   bs = int(opts.batch_size)
   if objective.retain is None:
     retain = None
@@ -193,11 +209,14 @@ def unlearn_lm(name: str, lm: language.LanguageModel, params: Pytree, forget: sp
   steps = walked.num_batches(min(bs, walked.size))
   tx = optax.adamw(train_lib.make_schedule(opts, steps), b1=opts.b1, b2=opts.b2, eps=opts.eps,
                    weight_decay=opts.weight_decay)
-  params, _, history = loop.unlearn_loop(None, params, teachers.carry({}, frozen), forget, retain,
-                                         objective=objective, tx=tx, epochs=int(opts.epochs), batch_size=bs,
-                                         rng=loop_rng, schedule="joint", anchor=opts.anchor, mask=mask, desc=name)
+  trained, _, history = loop.unlearn_loop(None, trainable, teachers.carry({}, frozen), forget, retain,
+                                          objective=objective, tx=tx, epochs=int(opts.epochs), batch_size=bs,
+                                          rng=loop_rng, schedule="joint", anchor=opts.anchor, mask=mask, desc=name)
+  history.update(trainable_params=model_lib.num_params(trainable),
+                 opt_state_bytes=sharding.bytes_per_device(jax.eval_shape(tx.init, trainable)))
+  params = lora.merge(params, trained, opts.lora_alpha / rank) if rank else trained
   return params, history
 
 
-__all__ = ["METHODS", "SAEProbe", "build", "fit_probe", "fit_sae_probe", "method_config", "objectives", "rmu", "sae",
-           "sae_separation", "unlearn_lm"]
+__all__ = ["METHODS", "SAEProbe", "build", "fit_probe", "fit_sae_probe", "lora", "method_config", "objectives",
+           "rmu", "sae", "sae_separation", "unlearn_lm"]
