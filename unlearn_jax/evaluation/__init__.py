@@ -1,4 +1,5 @@
-"""Evaluation of unlearned models: UA / RA / TA, MIA-efficacy, KL to Retrain, gap tables and plots."""
+"""Evaluation of unlearned models: UA / RA / TA, MIA-efficacy, KL to Retrain, gap tables and plots; population
+metrics (U-LiRA, KLoM, the NeurIPS 2023 challenge score) in `population`."""
 from unlearn_jax.evaluation.metrics import accuracy
 from unlearn_jax.evaluation.metrics import avg_gap
 from unlearn_jax.evaluation.metrics import evaluate_unlearning
@@ -12,6 +13,15 @@ from unlearn_jax.evaluation.mia import MIA_FEATURES
 from unlearn_jax.evaluation.mia import mia_efficacy_from_logits
 from unlearn_jax.evaluation.mia import mia_features
 from unlearn_jax.evaluation.mia import svc_mia
+from unlearn_jax.evaluation import population
+from unlearn_jax.evaluation.population import challenge_epsilons
+from unlearn_jax.evaluation.population import challenge_score
+from unlearn_jax.evaluation.population import evaluate as evaluate_population
+from unlearn_jax.evaluation.population import forgetting_quality
+from unlearn_jax.evaluation.population import klom
+from unlearn_jax.evaluation.population import linear_cka
+from unlearn_jax.evaluation.population import noise_floor
+from unlearn_jax.evaluation.population import ulira
 from unlearn_jax.evaluation.report import aggregate_seeds
 from unlearn_jax.evaluation.report import atomic_write
 from unlearn_jax.evaluation.report import format_table
