@@ -317,3 +317,37 @@ def test_linear_cka_invariants_and_hsic_formula():
   assert pop.linear_cka(x, y) == pytest.approx(pop.linear_cka(y, x))
   with pytest.raises(ValueError, match="linear_cka"):
     pop.linear_cka(x, y[:10])
+
+
+# ------------------------------------------------------------------------------------------------------ relearn
+
+
+def test_relearn_time_on_a_digits_mlp():
+  import optax  # pylint: disable=g-import-not-at-top
+  from method_checks import digits_setup  # pylint: disable=g-import-not-at-top
+  from unlearn_jax.evaluation import metrics  # pylint: disable=g-import-not-at-top
+  from unlearn_jax.unlearning import loop, objectives  # pylint: disable=g-import-not-at-top
+
+  model, params, state, splits = digits_setup()
+  forget = splits.forget
+  accuracy = lambda p, s: metrics.accuracy(metrics.predict(model, p, s, forget), np.asarray(forget.y))
+  fine_tune = loop.Objective(forget=objectives.cross_entropy(model))
+  run = lambda p, s, objective, epochs, seed, **kw: loop.unlearn_loop(
+      model, p, s, forget, None, objective=objective, tx=optax.sgd(0.1), epochs=epochs, batch_size=32,
+      rng=jax.random.key(seed), **kw)
+  learned, learned_state, _ = run(params, state, fine_tune, 20, 0)  # the "Original" on the forget set
+  target = accuracy(learned, learned_state)
+  assert target > 0.9
+  common = dict(lr=0.1, max_epochs=12, batch_size=32, rng=jax.random.key(2))
+  assert pop.relearn_time(model, learned, learned_state, forget, target_accuracy=target, **common) == 0
+  ga = loop.Objective(forget=objectives.negated(objectives.cross_entropy(model)))
+  damaged, damaged_state, _ = run(learned, learned_state, ga, 3, 1)  # gradient ascent wipes the forget set
+  assert accuracy(damaged, damaged_state) < 0.3
+  epochs = pop.relearn_time(model, damaged, damaged_state, forget, target_accuracy=target, **common)
+  # The same fine-tuning, recording every epoch's forget accuracy: relearn time is the first epoch at target.
+  trajectory = []
+  run(damaged, damaged_state, fine_tune, 12, 2, on_epoch=lambda e, p, s: trajectory.append(accuracy(p, s)))
+  assert len(trajectory) == 12 and epochs is not None and epochs >= 1
+  assert epochs == 1 + next(i for i, a in enumerate(trajectory) if a >= target)
+  assert pop.relearn_time(model, damaged, damaged_state, forget, target_accuracy=1.0, lr=0.1, max_epochs=1,
+                          batch_size=32, rng=jax.random.key(2)) is None  # one epoch cannot reach 100%

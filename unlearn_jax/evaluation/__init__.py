@@ -21,6 +21,7 @@ from unlearn_jax.evaluation.population import forgetting_quality
 from unlearn_jax.evaluation.population import klom
 from unlearn_jax.evaluation.population import linear_cka
 from unlearn_jax.evaluation.population import noise_floor
+from unlearn_jax.evaluation.population import relearn_time
 from unlearn_jax.evaluation.population import ulira
 from unlearn_jax.evaluation.report import aggregate_seeds
 from unlearn_jax.evaluation.report import atomic_write

@@ -15,7 +15,8 @@ population of ``N`` unlearned models and of ``M`` Retrain models on the same ``n
 - `noise_floor`: all of the above between two independent Retrain populations -- what a perfect unlearner scores
   with populations of that size.
 - `evaluate`: every metric in one flat dict from ``{split: logits}`` mappings.
-- `linear_cka`: linear CKA of two feature matrices (a cheaper per-model companion).
+- `linear_cka`: linear CKA of two feature matrices, and `relearn_time`: fine-tuning epochs on the forget set
+  until its accuracy is back to a target (cheaper per-model companions).
 
 The per-example statistic all three attacks read is the *logit-scaled confidence* of the true class,
 ``log p_y - log(1 - p_y) = z_y - logsumexp_{j != y} z_j`` (LiRA's statistic, also called the margin), see
@@ -36,11 +37,13 @@ References:
     competition", arXiv:2406.09073 (code: github.com/google-deepmind/unlearning_evaluation, ``metric.py``).
     Carlini et al., "Membership Inference Attacks From First Principles", IEEE S&P 2022 (LiRA).
     Kornblith, Norouzi, Lee, Hinton, "Similarity of Neural Network Representations Revisited", ICML 2019 (CKA).
+    Golatkar, Achille, Soatto, "Eternal Sunshine of the Spotless Net: Selective Forgetting in Deep Networks",
+    CVPR 2020 (relearn time).
 """
 from __future__ import annotations
 
 import math
-from typing import Mapping
+from typing import Any, Mapping
 
 import jax
 import numpy as np
@@ -605,3 +608,65 @@ def linear_cka(feats_a, feats_b) -> float:
   if denom == 0:
     raise ValueError("linear_cka: a representation is constant over the examples")
   return float(np.linalg.norm(y.T @ x) ** 2 / denom)
+
+
+def relearn_time(model, params: Any, state: Any, forget, *, target_accuracy: float, lr: float, max_epochs: int,
+                 batch_size: int, rng: jax.Array, momentum: float = 0.0, eval_batch_size: int = 1024) -> int | None:
+  """Epochs of fine-tuning on the forget set until its accuracy is back to ``target_accuracy``.
+
+  The fine-tuning is the one unlearning loop (`unlearn_jax.unlearning.loop.unlearn_loop`) with the cross-entropy
+  term on the forget split (what the ``ft`` method does on retain) and ``optax.sgd(lr, momentum)``; after every
+  epoch the eval-mode accuracy on the whole forget split is measured and the loop stops at the first epoch that
+  reaches the target. A model that forgot little relearns at once; the Original's forget accuracy is the usual
+  target (Golatkar et al. count epochs to a loss threshold instead).
+
+  Args:
+    model: the `Model`.
+    params, state: the (unlearned) model to fine-tune; not modified.
+    forget: the forget `Split`.
+    target_accuracy: accuracy in ``(0, 1]`` to reach, e.g. the Original's accuracy on ``forget``.
+    lr: SGD learning rate.
+    max_epochs: the most epochs to run.
+    batch_size: rows per step.
+    rng: PRNG key (shuffling).
+    momentum: SGD momentum (0: plain SGD).
+    eval_batch_size: rows per forward call of the accuracy evaluation.
+
+  Returns:
+    0 if the model is already at the target, else the number of epochs after which it first was; None if
+    ``max_epochs`` were not enough.
+
+  Example:
+    >>> relearn_time(model, params_u, state_u, splits.forget, target_accuracy=0.99, lr=0.01, max_epochs=20,
+    ...              batch_size=32, rng=jax.random.key(0))
+  """
+  # Imported here: unlearn_jax.unlearning imports evaluation modules (language metrics) itself.
+  import optax  # pylint: disable=g-import-not-at-top
+  from unlearn_jax.evaluation import metrics  # pylint: disable=g-import-not-at-top
+  from unlearn_jax.unlearning import loop, objectives  # pylint: disable=g-import-not-at-top
+
+  if not 0.0 < target_accuracy <= 1.0:
+    raise ValueError(f"target_accuracy must lie in (0, 1], got {target_accuracy}")
+  if max_epochs < 1 or batch_size < 1 or not lr > 0:
+    raise ValueError(f"max_epochs, batch_size and lr must be positive, got {max_epochs}, {batch_size}, {lr}")
+  labels = np.asarray(forget.y)
+
+  def reached(p, s) -> bool:
+    return metrics.accuracy(metrics.predict(model, p, s, forget, batch_size=eval_batch_size),
+                            labels) >= target_accuracy
+
+  if reached(params, state):
+    return 0
+  epochs_run = []
+
+  def on_epoch(epoch, p, s):
+    if reached(p, s):
+      epochs_run.append(epoch + 1)
+      return True
+    return False
+
+  objective = loop.Objective(forget=objectives.cross_entropy(model))
+  tx = optax.sgd(lr, momentum=momentum or None)
+  loop.unlearn_loop(model, params, state, forget, None, objective=objective, tx=tx, epochs=max_epochs,
+                    batch_size=batch_size, rng=rng, on_epoch=on_epoch, desc="relearn")
+  return epochs_run[0] if epochs_run else None

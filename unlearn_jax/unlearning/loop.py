@@ -216,7 +216,8 @@ def unlearn_loop(model, params, state, forget: split_lib.Split | None, retain: s
                  rng: jax.Array, schedule: str = "sequential", forget_epochs: int | None = None,
                  forget_batch_size: int | None = None, mask: Pytree | None = None, mask_mode: str = "freeze",
                  augment=None, mesh=None, rules=None, log: Callable[[str], None] | None = None,
-                 desc: str = "unlearn", anchor: str = "retain"):
+                 desc: str = "unlearn", anchor: str = "retain",
+                 on_epoch: Callable[[int, Pytree, Pytree], bool | None] | None = None):
   """Runs an unlearning objective with an optax optimiser; returns ``(params, state, history)``.
 
   Args:
@@ -243,6 +244,9 @@ def unlearn_loop(model, params, state, forget: split_lib.Split | None, retain: s
       mesh's ``fsdp`` axis for leaves large enough, replicated otherwise).
     log: optional per-epoch callback.
     desc: label of the progress bar (`unlearn_jax.progress`; shown on a terminal only).
+    on_epoch: optional ``on_epoch(epoch, params, state)`` called after every epoch (0-based); returning True
+      stops the loop there (e.g. relearn time: stop once an accuracy is reached). It must not keep ``params``
+      or ``state``: the next epoch donates their buffers.
 
   Raises:
     ValueError: for an unknown schedule or mask mode, or a term without its split.
@@ -261,7 +265,8 @@ def unlearn_loop(model, params, state, forget: split_lib.Split | None, retain: s
   opt_state = sharding_lib.init_opt_state(tx, params, mesh, rules)
   return _run(lambda hyper: (objective, tx), None, params, state, opt_state, forget, retain, epochs=epochs,
               batch_size=batch_size, rng=rng, schedule=schedule, forget_epochs=forget_epochs,
-              forget_batch_size=forget_batch_size, augment=augment, mesh=mesh, log=log, desc=desc, anchor=anchor)
+              forget_batch_size=forget_batch_size, augment=augment, mesh=mesh, log=log, desc=desc, anchor=anchor,
+              on_epoch=on_epoch)
 
 
 def unlearn_grid(params, state, forget: split_lib.Split | None, retain: split_lib.Split | None, *,
@@ -315,7 +320,7 @@ def unlearn_grid(params, state, forget: split_lib.Split | None, retain: split_li
 
 
 def _run(make, hyper, params, state, opt_state, forget, retain, *, epochs, batch_size, rng, schedule, forget_epochs,
-         forget_batch_size, augment, mesh, log, desc, anchor, grid: bool = False):
+         forget_batch_size, augment, mesh, log, desc, anchor, grid: bool = False, on_epoch=None):
   """The epochs of `unlearn_loop` / `unlearn_grid` from a prepared optimiser state."""
   if schedule not in SCHEDULES:
     raise ValueError(f"schedule: unknown {schedule!r}; choose one of {SCHEDULES}")
@@ -373,6 +378,8 @@ def _run(make, hyper, params, state, opt_state, forget, retain, *, epochs, batch
       history.setdefault("epoch_seconds", []).append(time.perf_counter() - epoch_start)
       if log is not None:
         log(f"epoch {epoch + 1}/{epochs} " + " ".join(f"{k}={np.mean(v[-1]):.4f}" for k, v in history.items()))
+      if on_epoch is not None and on_epoch(epoch, params, state):
+        break
     jax.block_until_ready(params)
   history["seconds"] = time.perf_counter() - start
   if grid:
