@@ -134,15 +134,20 @@ def make_epoch_fn(loss_fn: LossFn, tx: optax.GradientTransformation, *, batch_si
   if mesh is not None and batch_size % mesh.shape[sharding_lib.DATA]:
     raise ValueError(f"batch_size {batch_size} is not divisible by the mesh data axis "
                      f"({mesh.shape[sharding_lib.DATA]} devices)")
-  loop = loop or default_loop()
-  if loop not in LOOPS:
-    raise ValueError(f"loop={loop!r}: choose one of {LOOPS}")
   loss_fn = sharding_lib.gathered(loss_fn)  # sharded (FSDP) parameters are all-gathered inside each step
+  body = step_body(loss_fn, tx, augment)
 
   def prepare(x, y, rng):
     perm_rng, step_rng = jax.random.split(rng)
     xb, yb = shard_batches(split_lib.batch_arrays((x, y), batch_size, perm_rng), mesh)
-    return xb, yb, jax.random.split(step_rng, yb.shape[0])
+    return (), (xb, yb, jax.random.split(step_rng, yb.shape[0]))
+
+  return epoch_program(prepare, lambda carry, inp, shared: body(carry, inp), loop=loop)
+
+
+def step_body(loss_fn: LossFn, tx: optax.GradientTransformation, augment: Callable | None = None):
+  """``body((params, state, opt_state), (xs, ys, key)) -> (carry, (loss, metrics))``: one training step of
+  `make_epoch_fn` (the key split into an augmentation and a dropout key)."""
 
   def body(carry, inp):
     params, state, opt_state = carry
@@ -153,22 +158,40 @@ def make_epoch_fn(loss_fn: LossFn, tx: optax.GradientTransformation, *, batch_si
     params, state, opt_state, loss, metrics = train_step(loss_fn, tx, params, state, opt_state, (xs, ys), drop_key)
     return (params, state, opt_state), (loss, metrics)
 
+  return body
+
+
+def epoch_program(prepare: Callable, body: Callable, *, loop: str | None = None):
+  """The jitted epoch ``epoch(params, state, opt_state, *data) -> (params, state, opt_state, losses, metrics)``.
+
+  ``prepare(*data) -> (shared, steps)`` makes the epoch's inputs on device: ``steps`` a pytree with a leading
+  step axis, ``shared`` what every step reads whole; ``body(carry, steps[i], shared) -> (carry, (loss,
+  metrics))`` is one step. With ``loop='scan'`` the epoch is one `jax.lax.scan`; with ``'steps'`` a jitted,
+  donating step per batch (``epoch.step``). `make_epoch_fn` builds its epoch this way, and
+  `unlearn_jax.population` its vmapped one.
+  """
+  loop = loop or default_loop()
+  if loop not in LOOPS:
+    raise ValueError(f"loop={loop!r}: choose one of {LOOPS}")
+
   if loop == "scan":
-    def epoch(params, state, opt_state, x, y, rng):
-      (params, state, opt_state), (losses, metrics) = jax.lax.scan(body, (params, state, opt_state),
-                                                                   prepare(x, y, rng))
+    def epoch(params, state, opt_state, *data):
+      shared, steps = prepare(*data)
+      (params, state, opt_state), (losses, metrics) = jax.lax.scan(
+          lambda carry, inp: body(carry, inp, shared), (params, state, opt_state), steps)
       return params, state, opt_state, losses, metrics
 
     return jax.jit(epoch, donate_argnums=(0, 1, 2))
 
   batches = jax.jit(prepare)
-  step = jax.jit(lambda carry, xb, yb, keys, i: body(carry, (xb[i], yb[i], keys[i])), donate_argnums=(0,))
+  step = jax.jit(lambda carry, shared, steps, i: body(carry, jax.tree.map(lambda a: a[i], steps), shared),
+                 donate_argnums=(0,))
 
-  def stepped_epoch(params, state, opt_state, x, y, rng):
-    xb, yb, keys = batches(x, y, rng)
+  def stepped_epoch(params, state, opt_state, *data):
+    shared, steps = batches(*data)
     carry, outs = (params, state, opt_state), []
-    for i in range(yb.shape[0]):
-      carry, out = step(carry, xb, yb, keys, i)
+    for i in range(jax.tree.leaves(steps)[0].shape[0]):
+      carry, out = step(carry, shared, steps, i)
       outs.append(out)
     losses, metrics = jax.tree.map(lambda *a: jnp.stack(a), *outs)
     return (*carry, losses, metrics)
@@ -186,7 +209,7 @@ def check_finite(losses: np.ndarray, epoch: int, what: str = "loss") -> None:
 
 def fit(model: Model, params, state, split: split_lib.Split, cfg, *, rng: jax.Array, mesh=None,
         augment: Callable | None = None, log: Callable[[str], None] | None = None,
-        loss_fn: LossFn | None = None, checkpoints=None, desc: str = "train"):
+        loss_fn: LossFn | None = None, checkpoints=None, desc: str = "train", loop: str | None = None):
   """Trains ``params`` with cross-entropy on ``split`` for ``cfg.epochs`` epochs.
 
   Args:
@@ -202,6 +225,7 @@ def fit(model: Model, params, state, split: split_lib.Split, cfg, *, rng: jax.Ar
     loss_fn: optional training loss (default: `classification_loss`), e.g. one mixing in mnemonic codes.
     checkpoints: optional progress checkpointer (`unlearn_jax.checkpoint.EpochCheckpoints`): training resumes
       from its newest step and saves the ones it says are due; see `run_epochs`.
+    loop: ``'scan'`` or ``'steps'`` (see `LOOPS`; None: `default_loop`).
 
   Returns:
     ``(params, state, history)`` with history a dict of per-epoch mean ``loss``/``accuracy`` lists and
@@ -214,16 +238,35 @@ def fit(model: Model, params, state, split: split_lib.Split, cfg, *, rng: jax.Ar
   """
   batch_size = min(int(cfg.batch_size), split.size)
   tx = make_optimizer(cfg, split.num_batches(batch_size))
-  epoch_fn = make_epoch_fn(loss_fn or classification_loss(model), tx, batch_size=batch_size, augment=augment, mesh=mesh)
+  epoch_fn = make_epoch_fn(loss_fn or classification_loss(model), tx, batch_size=batch_size, augment=augment, mesh=mesh,
+                           loop=loop)
   return run_epochs(epoch_fn, tx, params, state, (split.x, split.y), int(cfg.epochs), rng=rng, mesh=mesh,
                     log=log, checkpoints=checkpoints, desc=desc)
 
 
+def mean_summary(losses, metrics, epoch: int) -> dict[str, float]:
+  """`run_epochs`' default per-epoch record: the mean loss and metrics over the epoch's steps (after
+  `check_finite`)."""
+  check_finite(np.asarray(losses), epoch)
+  return {"loss": float(np.mean(losses)), **{k: float(np.mean(v)) for k, v in metrics.items()}}
+
+
+def epoch_keys(rng: jax.Array, epochs: int) -> jax.Array:
+  """``jax.random.split(rng, epochs)``; for a ``(N,)`` array of per-model keys, ``(epochs, N)`` keys whose column
+  ``i`` is ``jax.random.split(rng[i], epochs)``."""
+  if jnp.ndim(rng) == 0 or not jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key):
+    return jax.random.split(rng, epochs)
+  return jax.vmap(lambda k: jax.random.split(k, epochs), out_axes=1)(rng)
+
+
 def run_epochs(epoch_fn, tx, params, state, data: tuple, epochs: int, *, rng, mesh=None, log=None,
-               checkpoints=None, desc: str = "train"):
+               checkpoints=None, desc: str = "train", summarize: Callable | None = None):
   """Runs ``epoch_fn`` for ``epochs`` epochs with one host sync per epoch; see `fit`.
 
-  Epoch ``e`` always uses key ``jax.random.split(rng, epochs)[e]``. With ``checkpoints`` (an object with
+  Epoch ``e`` always uses key ``jax.random.split(rng, epochs)[e]`` (`epoch_keys`; a ``(N,)`` array of
+  per-model keys gives each model its own, as `unlearn_jax.population` does). ``summarize(losses, metrics,
+  epoch) -> {name: float}`` turns an epoch's host-side outputs into its history entries (default
+  `mean_summary`; it raises on a non-finite loss). With ``checkpoints`` (an object with
   ``latest(like, epochs) -> (epoch, tree, metadata) | None``, ``due(epoch, epochs) -> bool`` and
   ``save(epoch, tree, metadata)``, e.g. `unlearn_jax.checkpoint.EpochCheckpoints`; ``tree`` is
   ``{'params', 'state', 'opt_state'}``), the newest saved one replaces the initial one, restored onto the
@@ -246,17 +289,15 @@ def run_epochs(epoch_fn, tx, params, state, data: tuple, epochs: int, *, rng, me
     history, seconds_before = {k: list(v) for k, v in meta["history"].items()}, float(meta["seconds"])
     if log is not None:
       log(f"resumed after epoch {first}/{epochs}")
-  keys = jax.random.split(rng, epochs)
+  keys = epoch_keys(rng, epochs)
   start = time.perf_counter()
   with sharding_lib.use_mesh(mesh):
     bar = progress(range(first, epochs), desc=desc, total=epochs, initial=first, unit="epoch")
     for epoch in bar:
       params, state, opt_state, losses, metrics = epoch_fn(params, state, opt_state, *data, keys[epoch])
       losses, metrics = jax.device_get((losses, metrics))  # the one host sync of the epoch
-      check_finite(np.asarray(losses), epoch)
-      history["loss"].append(float(np.mean(losses)))
-      for k, v in metrics.items():
-        history.setdefault(k, []).append(float(np.mean(v)))
+      for k, v in (summarize or mean_summary)(losses, metrics, epoch).items():
+        history.setdefault(k, []).append(v)
       bar.set_postfix(loss=history["loss"][-1], refresh=False)
       if log is not None:
         log(f"epoch {epoch + 1}/{epochs} " + " ".join(f"{k}={v[-1]:.4f}" for k, v in history.items()))
