@@ -225,6 +225,25 @@ def restore(directory, like: tuple[Pytree, Pytree]) -> tuple[Pytree, Pytree, dic
   return model["params"], model["state"], meta
 
 
+def restore_stored(directory) -> tuple[Pytree, Pytree, dict] | None:
+  """Restores ``(params, state, metadata)`` with the names, shapes and dtypes the checkpoint itself records (no
+  ``like``; onto the default device), or None if ``directory`` holds no complete checkpoint. For array trees whose
+  shapes the reader does not know in advance (e.g. an attribution cache of any number of models)."""
+  if not exists(directory):
+    return None
+  with _manager(directory, create=False) as mngr:
+    step = mngr.latest_step()
+    try:
+      stored = mngr.item_metadata(step)["model"]
+    except (ValueError, KeyError, TypeError, OSError) as e:
+      raise CorruptCheckpointError(f"checkpoint {directory}: cannot read its metadata ({_first_line(e)})") from e
+    stored = dict(getattr(stored, "tree", stored) or {})
+    like = {k: jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), np.dtype(m.dtype)), stored.get(k) or {})
+            for k in ("params", "state")}
+    model, meta = _restore_step(directory, mngr, step, like)
+  return model["params"], model["state"], meta
+
+
 def cached(directory, build: Callable[[], tuple[Pytree, Pytree, dict]], like: tuple[Pytree, Pytree]):
   """Restores the checkpoint in ``directory`` if complete, else calls ``build()`` and saves its result.
 

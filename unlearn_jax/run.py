@@ -42,6 +42,7 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from absl import logging
 
@@ -71,6 +72,7 @@ class Experiment:
   abstract: tuple[Any, Any]  # ShapeDtypeStructs of (params, state), to restore checkpoints without initialising
   mesh: Any
   augment: Callable | None
+  input_seconds: dict = dataclasses.field(default_factory=dict)  # `unlearn`: seconds of each method's inputs
 
 
 def load_dataset(config) -> data.Dataset:
@@ -155,6 +157,17 @@ def _progress_like(train_cfg, abstract) -> dict:
   """The abstract tree of a progress checkpoint: the optimiser state's structure does not depend on steps."""
   opt_state = jax.eval_shape(train.make_optimizer(train_cfg, 1).init, abstract[0])
   return {"params": abstract[0], "state": abstract[1], "opt_state": opt_state}
+
+
+def stage_dir(exp: Experiment, workdir, stage: str) -> pathlib.Path:
+  """The checkpoint directory of ``stage`` (original | retrain): its ``from_checkpoint`` directory or its cache
+  under ``workdir`` (written by `original` / `retrain`). ValueError for a stage loaded from a PyTorch file."""
+  _, train_cfg, parts, _ = _stage(exp, stage)
+  source = train_cfg.get("from_checkpoint")
+  if source and not os.path.isdir(source):
+    raise ValueError(f"config.{_stage_section(stage)}.from_checkpoint={source!r}: a PyTorch file, not a checkpoint "
+                     "directory")
+  return pathlib.Path(source) if source else _cache_dir(workdir, stage, *parts)
 
 
 def check_caches(exp: Experiment, workdir, stages=("original", "retrain")) -> None:
@@ -281,14 +294,45 @@ def method_rng(exp: Experiment) -> jax.Array:
   return jax.random.fold_in(jax.random.key(exp.config.seed), 3)
 
 
-def unlearn(exp: Experiment, params, state):
-  """Section 4: the configured method applied to the Original; returns ``(params, state, seconds)``."""
+# method name -> ``'module:function'`` of ``inputs(exp, workdir, params, state) -> ({option: value}, seconds)``:
+# what a method needs from the run besides its splits (DMM's α-subset population, oracle matching's Retrain),
+# built or restored from the workdir's cache before the method's clock starts (the module is imported on first use).
+METHOD_INPUTS: dict[str, str] = {"dmm": "unlearn_jax.studies.attribution:dmm_inputs",
+                                 "oracle_matching": "unlearn_jax.studies.attribution:oracle_inputs"}
+
+
+def method_inputs(exp: Experiment, workdir, params, state, method=None):
+  """``config.method`` (or ``method``) with the options `METHOD_INPUTS` builds for it, and the seconds that took
+  (0 for a method that needs none). ValueError if the method needs a ``workdir`` and none is given."""
+  method = exp.config.method if method is None else method
+  if method.name not in METHOD_INPUTS:
+    return method, 0.0
+  module, function = METHOD_INPUTS[method.name].split(":")
+  inputs = getattr(importlib.import_module(module), function)
+  if workdir is None:
+    raise ValueError(f"method {method.name!r} builds its inputs in the run's workdir; give workdir=")
+  extra, seconds = inputs(exp, pathlib.Path(workdir), params, state)
+  method = ml_collections.ConfigDict(method.to_dict())
+  method.update(extra)
+  return method, seconds
+
+
+def unlearn(exp: Experiment, params, state, workdir=None):
+  """Section 4: the configured method applied to the Original; returns ``(params, state, seconds)``.
+
+  Inputs a method needs from the run (`METHOD_INPUTS`) are built first, outside ``seconds``; their own seconds
+  are logged and kept in ``exp.input_seconds[method name]``.
+  """
   method = unlearning.get_method(exp.config.method.name)
+  config, input_seconds = method_inputs(exp, workdir, params, state)
+  if config.name in METHOD_INPUTS:
+    exp.input_seconds[config.name] = input_seconds
+    logging.info("%s: inputs built or restored in %.1f s (not in its run time)", config.name, input_seconds)
   rng = method_rng(exp)
   start = time.perf_counter()
   with sharding.use_mesh(exp.mesh):
     out_params, out_state = method(exp.model, params, state, exp.splits.forget, exp.splits.retain,
-                                   config=exp.config.method, rng=rng)
+                                   config=config, rng=rng)
     jax.block_until_ready((out_params, out_state))
   return out_params, out_state, time.perf_counter() - start
 
@@ -342,7 +386,7 @@ def run_unlearning(config, workdir: str | os.PathLike) -> dict:
     p, s, stages["Retrain"], restored["Retrain"] = retrain(exp, workdir)
     models_["Retrain"] = (p, s, stages["Retrain"]["seconds"])
   if name not in unlearning.BASELINES:
-    p, s, seconds = unlearn(exp, *models_["Original"][:2])
+    p, s, seconds = unlearn(exp, *models_["Original"][:2], workdir=workdir)
     models_[name] = (p, s, seconds)
     checkpoint.save(workdir / "unlearned", p, s, {"method": name, "seconds": seconds})
 
@@ -354,8 +398,11 @@ def run_unlearning(config, workdir: str | os.PathLike) -> dict:
                                    title=f"{name} on {config.dataset.name} ({config.model.name})")
   _write_plots(results, workdir, ref_row)
   write_run_record(workdir, config, started=started, finished=time.time(), restored=restored,
-                   **stage_record(stages, restored), forget_index=[int(i) for i in exp.splits.forget_index])
+                   **stage_record(stages, restored), forget_index=[int(i) for i in exp.splits.forget_index],
+                   input_seconds=dict(exp.input_seconds))
   print(table)
+  for method_name, secs in exp.input_seconds.items():
+    print(f"{method_name}: its inputs (cached per Original) took {secs:.1f} s, not counted in its run time")
   if reference is not None and name in results:
     print(verdict(results, name))
   return {"results": results, "table": table, "restored": restored,

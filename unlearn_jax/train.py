@@ -28,11 +28,14 @@ Pytree = Any
 LossFn = Callable[..., tuple[jax.Array, tuple[Pytree, dict]]]
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
-SCHEDULES = ("constant", "cosine", "step", "linear")
+SCHEDULES = ("constant", "cosine", "step", "linear", "exponential")
 
 
 def make_schedule(cfg, steps_per_epoch: int, lr=None) -> optax.Schedule:
   """Learning-rate schedule from ``cfg`` (fields: lr, schedule, epochs, warmup_epochs, milestones, gamma).
+
+  ``'exponential'`` multiplies the rate by ``gamma`` after every epoch (``torch.optim.lr_scheduler.ExponentialLR``
+  stepped once per epoch).
 
   ``lr`` replaces ``cfg.lr`` (it may be a traced scalar, as in a vmapped learning-rate sweep).
   """
@@ -47,6 +50,8 @@ def make_schedule(cfg, steps_per_epoch: int, lr=None) -> optax.Schedule:
     main = optax.cosine_decay_schedule(lr, decay_steps)
   elif name == "linear":
     main = optax.linear_schedule(lr, 0.0, decay_steps)
+  elif name == "exponential":
+    main = optax.exponential_decay(lr, max(1, int(steps_per_epoch)), cfg.get("gamma", 0.1), staircase=True)
   elif name == "step":
     boundaries = {int(m * steps_per_epoch) - warmup: cfg.get("gamma", 0.1) for m in cfg.get("milestones", ())}
     main = optax.piecewise_constant_schedule(lr, boundaries)

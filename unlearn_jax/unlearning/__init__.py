@@ -92,4 +92,4 @@ def get_method(name: str) -> Callable:
 
 
 # Method modules, imported for their registrations (keep at the bottom).
-from unlearn_jax.unlearning import boundary, fisher, influence, laf, methods, ssd, teachers  # noqa: E402,F401  pylint: disable=g-import-not-at-top
+from unlearn_jax.unlearning import boundary, dmm, fisher, influence, laf, methods, ssd, teachers  # noqa: E402,F401  pylint: disable=g-import-not-at-top

@@ -1,0 +1,22 @@
+r"""DMM (Datamodel Matching): fine-tune the Original towards its own logits minus the forget set's attributed
+effect, predicted by datamodels fitted on a population of models trained on random α-subsets.
+
+Before the method's clock starts, the run trains ``method.num_models`` α-subset models (``alpha`` of the training
+rows each, the Original's training settings; `unlearn_jax.population`) and caches their logits on the training
+rows under ``workdir/cache`` (once per Original: other forget sets and seeds of the method reuse it); its time is
+printed apart. DMM then fits the datamodels of every logit of the matching rows (forget ∪ 3×|forget| retain rows),
+predicts Retrain's logits and fine-tunes with the squared error (`unlearn_jax.unlearning.dmm`).
+
+Command (2-core CPU, digits, MLP, 10% random forget):
+
+  python -m experiments.main --config=configs/dmm.py --workdir=workdir/dmm
+
+On MNIST-1D: ``--config=configs/dmm.py --config.dataset.name=mnist1d``; the tuned benchmark row and the reading
+against the paper are in benchmarks/RESULTS.md.
+"""
+from unlearn_jax import config as config_lib
+from unlearn_jax.unlearning import dmm as _dmm  # noqa: F401  pylint: disable=unused-import  (registers it)
+
+
+def get_config(arg: str | None = None):
+  return config_lib.method_experiment("dmm", arg, digits=dict(lr=2e-3, epochs=10, batch_size=64))

@@ -1,0 +1,82 @@
+"""The outputs of a population of α-subset models: what datamodels regress on, cached with Orbax.
+
+A population of M models, member m trained on the training rows ``masks[m]`` (e.g. by
+``unlearn_jax.population.fit(..., masks=population.subset_masks(n, M, alpha, key))``), is summarised for
+attribution by its masks and every member's logits on the rows of interest (the training rows, in training-set
+order). `population_logits` computes the logits of all members in one vmapped program; `save_outputs` /
+`load_outputs` keep them in a directory through `unlearn_jax.checkpoint` (the only Orbax module), so an
+attribution is computed once per training set and reused.
+
+Example:
+    >>> logits = population_logits(model, params, state, train.x)       # [M, n, C]
+    >>> save_outputs(directory, SubsetOutputs(masks, logits), {'alpha': 0.5})
+    >>> outputs, meta = load_outputs(directory)
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from unlearn_jax import checkpoint
+from unlearn_jax.model import Model
+
+
+class SubsetOutputs(NamedTuple):
+  """``masks`` [M, n] bool (row i in member m's training subset) and ``logits`` [M, n_rows, C] float32."""
+  masks: Any
+  logits: Any
+
+
+@functools.partial(jax.jit, static_argnames=("model", "batch_size"))
+def _logits(model: Model, params, state, x, *, batch_size: int):
+  n = jax.tree.leaves(x)[0].shape[0]
+  nb = -(-n // batch_size)
+  pad = nb * batch_size - n
+  xp = jax.tree.map(lambda a: jnp.concatenate([a, jnp.repeat(a[:1], pad, 0)]) if pad else a, x)
+  xb = jax.tree.map(lambda a: a.reshape((nb, batch_size) + a.shape[1:]), xp)
+
+  def one(p, s):
+    out = jax.lax.map(lambda b: model.apply(p, s, b, train=False)[0].astype(jnp.float32), xb)
+    return out.reshape((nb * batch_size,) + out.shape[2:])[:n]
+
+  return jax.vmap(one)(params, state)
+
+
+def population_logits(model: Model, params, state, x, *, batch_size: int = 1024) -> jax.Array:
+  """Logits [M, n, C] of every member of a population (leaves with a leading model axis) on rows ``x``, in eval
+  mode, ``batch_size`` rows at a time."""
+  if int(batch_size) < 1:
+    raise ValueError(f"batch_size={batch_size}: must be >= 1")
+  n = jax.tree.leaves(x)[0].shape[0]
+  return _logits(model, params, state, x, batch_size=min(int(batch_size), n))
+
+
+def check_outputs(outputs: SubsetOutputs) -> None:
+  """ValueError naming the field if ``masks`` is not [M, n] or ``logits`` not [M, n_rows, C] with the same M."""
+  m = np.shape(outputs.masks)
+  lg = np.shape(outputs.logits)
+  if len(m) != 2 or m[0] < 1:
+    raise ValueError(f"masks: shape {m}; expected [num_models, num_train]")
+  if len(lg) != 3 or lg[0] != m[0]:
+    raise ValueError(f"logits: shape {lg} does not fit masks of shape {m} (need [{m[0]}, rows, classes])")
+
+
+def save_outputs(directory, outputs: SubsetOutputs, metadata: dict | None = None) -> None:
+  """Writes ``outputs`` (and JSON ``metadata``) as one checkpoint in ``directory``."""
+  check_outputs(outputs)
+  checkpoint.save(directory, {"masks": jnp.asarray(outputs.masks, bool),
+                              "logits": jnp.asarray(outputs.logits, jnp.float32)}, {}, metadata)
+
+
+def load_outputs(directory) -> tuple[SubsetOutputs, dict]:
+  """``(SubsetOutputs, metadata)`` from `save_outputs`' ``directory``; ValueError naming it if there is none."""
+  found = checkpoint.restore_stored(directory)
+  if found is None or set(found[0]) != {"masks", "logits"}:
+    raise ValueError(f"attribution {directory}: no subset-model outputs there (see "
+                     "unlearn_jax.attribution.subsets.save_outputs)")
+  tree, _, meta = found
+  return SubsetOutputs(tree["masks"], tree["logits"]), meta
