@@ -402,7 +402,7 @@ def run_unlearning(config, workdir: str | os.PathLike) -> dict:
                    input_seconds=dict(exp.input_seconds))
   print(table)
   for method_name, secs in exp.input_seconds.items():
-    print(f"{method_name}: its inputs (cached per Original) took {secs:.1f} s, not counted in its run time")
+    print(f"{method_name}: building its run inputs took {secs:.1f} s (cached; not in its run time)")
   if reference is not None and name in results:
     print(verdict(results, name))
   return {"results": results, "table": table, "restored": restored,
