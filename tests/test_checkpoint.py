@@ -179,3 +179,57 @@ def test_epoch_checkpoints_min_seconds_and_bad_arguments(tmp_path, monkeypatch):
   for kwargs in ({"every": -1}, {"min_seconds": -1.0}, {"keep": 0}):
     with pytest.raises(ValueError, match=next(iter(kwargs))):
       checkpoint.EpochCheckpoints(tmp_path / "p", **kwargs)
+
+
+def flip_one_byte(directory) -> list[str]:
+  """Flips one bit in the middle of each array data file (``.../d/<hash>``) under ``directory`` (a checkpoint or
+  one step); which of them Orbax reads depends on its size, so each gets one."""
+  files = [os.path.join(d, f) for d, _, names in os.walk(directory) for f in names if os.path.basename(d) == "d"]
+  assert files, directory
+  for path in files:
+    data = bytearray(open(path, "rb").read())
+    data[len(data) // 2] ^= 0x10
+    with open(path, "wb") as f:
+      f.write(bytes(data))
+  return files
+
+
+def test_digest_finds_a_flipped_bit_that_orbax_reads_without_complaint(tmp_path):
+  params = {"w": np.arange(600.0, dtype=np.float32).reshape(20, 30), "b": jnp.ones(3, jnp.bfloat16)}
+  checkpoint.save(tmp_path / "ck", params, STATE, {"seconds": 1.5})
+  saved = checkpoint.digest({"params": params, "state": STATE})
+  assert [name for name, _ in saved] == ["params/b", "params/w", "state/batch_stats/bn/mean",
+                                         "state/batch_stats/bn/var"]
+  # the digest is SHA-256 over dtype, shape and bytes, computed independently here
+  import hashlib  # pylint: disable=g-import-not-at-top
+  want = hashlib.sha256(b"float32(20, 30)" + params["w"].tobytes()).hexdigest()
+  assert saved[1][1] == want
+  p, s, meta = checkpoint.restore(tmp_path / "ck", (params, STATE))
+  assert meta == {"seconds": 1.5} and p["b"].dtype == jnp.bfloat16  # the digest is not handed back
+  flip_one_byte(tmp_path / "ck")
+  with pytest.raises(checkpoint.CorruptCheckpointError, match=f"checkpoint {tmp_path / 'ck'}: "):
+    checkpoint.restore(tmp_path / "ck", (params, STATE))
+  # the JSON document is covered too
+  checkpoint.save(tmp_path / "j", params, STATE, {"seconds": 1.5})
+  meta_file = tmp_path / "j" / "0" / "meta" / "metadata"
+  text = open(meta_file).read()
+  assert '"seconds": 1.5' in text
+  open(meta_file, "w").write(text.replace('"seconds": 1.5', '"seconds": 2.5'))
+  with pytest.raises(checkpoint.CorruptCheckpointError, match="JSON metadata does not match"):
+    checkpoint.restore(tmp_path / "j", (params, STATE))
+
+
+def test_corrupt_newest_progress_step_resumes_from_the_older_one(tmp_path, caplog):
+  tree = {"w": jnp.arange(400.0).reshape(20, 20)}
+  with checkpoint.EpochCheckpoints(tmp_path / "p", keep=2) as ck:
+    for epoch in (1, 2):
+      ck.save(epoch, jax.tree.map(lambda x: x + epoch, tree), {"epoch": epoch, "epochs": 5})
+  flip_one_byte(tmp_path / "p" / "2")
+  with checkpoint.EpochCheckpoints(tmp_path / "p", keep=2) as ck:
+    epoch, restored, _ = ck.latest(tree, 5)
+    assert epoch == 1
+    assert_tree_equal(restored, jax.tree.map(lambda x: x + 1, tree))
+    ck.save(2, tree, {"epoch": 2, "epochs": 5})  # a fresh directory
+  warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+  assert len(warnings) == 1 and str(tmp_path / "p") in warnings[0] and "resuming after epoch 1" in warnings[0]
+  assert sorted(os.listdir(tmp_path / "p")) == ["2"] and len(list(tmp_path.glob("p.corrupt-*"))) == 1

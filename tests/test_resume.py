@@ -188,3 +188,41 @@ def test_run_killed_during_retrain_resumes_to_the_same_results(tmp_path):
     for key, value in want[row].items():
       if key != "RTE":  # wall time
         assert got[row][key] == pytest.approx(value, abs=1e-6), (row, key)
+
+
+def test_a_flipped_byte_in_a_cached_and_a_progress_checkpoint_warns_once_each_and_rebuilds(tmp_path, monkeypatch,
+                                                                                           caplog):
+  from tests.test_checkpoint import flip_one_byte  # pylint: disable=g-import-not-at-top
+  from unlearn_jax import run  # pylint: disable=g-import-not-at-top
+  config = config_lib.method_experiment("retrain")
+  config.model.hidden = (16,)
+  for section in (config.train, config.retrain):
+    section.update(epochs=2, checkpoint_every=1, checkpoint_min_seconds=0.0)
+  exp = run.setup(config)
+  work = tmp_path / "work"
+  clean = [run.original(exp, work)[:2], run.retrain(exp, tmp_path / "clean")[:2]]
+  (cache,) = work.glob("cache/original-*")
+  flip_one_byte(cache)
+  save = checkpoint.EpochCheckpoints.save
+
+  def save_and_die(self, epoch, tree, metadata):  # Retrain killed right after its first progress checkpoint
+    save(self, epoch, tree, metadata)
+    raise Killed(epoch)
+
+  monkeypatch.setattr(checkpoint.EpochCheckpoints, "save", save_and_die)
+  with pytest.raises(Killed):
+    run.retrain(exp, work)
+  monkeypatch.undo()
+  (progress,) = work.glob("cache/retrain-*/progress")
+  flip_one_byte(progress / "1")
+
+  caplog.clear()
+  run.check_caches(exp, work)  # corrupt is not a mismatch: the run goes on
+  got = [run.original(exp, work), run.retrain(exp, work)]
+  warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+  assert len(warnings) == 2, warnings
+  assert warnings[0].startswith(f"checkpoint {cache}") and "building it again" in warnings[0]
+  assert warnings[1].startswith(f"checkpoint {progress}") and "training from epoch 0" in warnings[1]
+  assert not got[0][3] and not got[1][3]  # rebuilt, not restored
+  for (params, state, *_), want in zip(got, clean):
+    assert_trees_equal((params, state), want)

@@ -9,18 +9,23 @@ Two kinds of checkpoint live here:
   ``k``: ``params``, ``state``, ``opt_state`` and JSON ``{epoch, epochs, history, seconds}``. They are written
   every ``every`` epochs (and at most once per ``min_seconds``) into a ``progress`` directory next to the final
   checkpoint and removed once the final one exists. Because the per-epoch PRNG keys are
-  ``jax.random.split(rng, epochs)`` and the restored arrays are bit-exact copies, training resumed after
+  ``jax.random.fold_in(rng, epoch)`` and the restored arrays are bit-exact copies, training resumed after
   epoch ``k`` reproduces an uninterrupted run exactly on a deterministic backend (CPU).
 
 Atomicity: Orbax writes each step into a temporary directory and renames it when complete, so a save that is
 killed half-way leaves nothing that `restore` accepts, and an older step stays valid until the newer one is
 committed. Saves are synchronous: the training loop donates its buffers to the next epoch right after a save.
 
-Corruption: a checkpoint whose metadata or arrays cannot be read (a truncated or overwritten file) raises
-`CorruptCheckpointError`, a ValueError naming the directory. `cached` then moves it aside to
+Integrity: every save stores, in its JSON document, a SHA-256 digest of each array (its bytes, dtype and shape)
+and of the JSON metadata (`digest`); every restore recomputes it, so a flipped bit that Orbax/TensorStore reads
+without complaint (it checks no sums of uncompressed chunks) is found as surely as a truncated file. A
+checkpoint whose metadata or arrays cannot be read, or do not match their digest, raises
+`CorruptCheckpointError`, a ValueError naming the directory (and the leaf). `cached` then moves it aside to
 ``<directory>.corrupt-<UTC time>`` with a one-line warning and builds the model again (nothing is deleted, and the
-new checkpoint is committed atomically as any other); a corrupt progress step is moved aside the same way and
-training starts from epoch 0.
+new checkpoint is committed atomically as any other); for progress checkpoints the newest step that passes is
+resumed from (the older ones a ``keep > 1`` manager kept), the directory is moved aside the same way, and with no
+good step training starts from epoch 0. A checkpoint saved without a digest (by an older version, or with arrays
+spread over several processes, which one process cannot hash) is restored unchecked.
 
 Compatibility: before any array is read, the stored tree (names, shapes, dtypes, from Orbax's metadata) is
 compared with the expected one; the first difference raises a `ValueError` naming the directory and the leaf
@@ -42,6 +47,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import time
 from typing import Any, Callable
 
@@ -79,12 +85,58 @@ def _manager(directory: str | os.PathLike, *, keep: int = 1, create: bool = True
   return ocp.CheckpointManager(os.path.abspath(os.fspath(directory)), options=options, item_handlers=handlers)
 
 
+# The key of the JSON document under which `_save_step` stores `digest` (removed again by every restore).
+DIGEST_KEY = "_sha256"
+
+
+def _json_digest(metadata: dict) -> str:
+  return hashlib.sha256(json.dumps(metadata, sort_keys=True).encode()).hexdigest()
+
+
+def digest(tree: Pytree) -> list[list[str]] | None:
+  """``[[leaf path, SHA-256 hex], ...]`` in leaf order, each over a leaf's dtype, shape and bytes; None when a leaf
+  is an array that this process cannot read whole (spread over several processes)."""
+  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+  if any(isinstance(x, jax.Array) and not x.is_fully_addressable for _, x in leaves):
+    return None
+  out = []
+  for (path, _), x in zip(leaves, jax.device_get([x for _, x in leaves])):
+    x = np.ascontiguousarray(x)
+    h = hashlib.sha256(f"{np.dtype(x.dtype)}{x.shape}".encode())
+    h.update(x.reshape(-1).view(np.uint8).data if x.size else b"")
+    out.append([_path_name(path), h.hexdigest()])
+  return out
+
+
 def _save_step(mngr: ocp.CheckpointManager, step: int, tree: Pytree, metadata: dict | None) -> None:
   if step in mngr.all_steps():  # overwrite: a re-run replaces the previous checkpoint
     mngr.delete(step)
-  mngr.save(step, args=ocp.args.Composite(model=ocp.args.StandardSave(tree),
-                                          meta=ocp.args.JsonSave(_canonical(metadata or {}))), force=True)
+  meta = _canonical(metadata or {})
+  meta[DIGEST_KEY] = {"arrays": digest(tree), "meta": _json_digest(meta)}
+  mngr.save(step, args=ocp.args.Composite(model=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(meta)),
+            force=True)
   mngr.wait_until_finished()
+
+
+def _verify(directory, tree: Pytree, meta: dict) -> dict:
+  """``meta`` without its digest; CorruptCheckpointError naming ``directory`` and the first leaf (or the JSON
+  document) whose digest differs from the stored one."""
+  stored = meta.pop(DIGEST_KEY, None)
+  if not isinstance(stored, dict):  # saved without a digest: nothing to check
+    return meta
+  if stored.get("meta") != _json_digest(meta):
+    raise CorruptCheckpointError(f"checkpoint {directory}: its JSON metadata does not match its SHA-256 digest "
+                                 "(changed after it was written)")
+  want = stored.get("arrays")
+  have = digest(tree) if want is not None else None
+  if have is not None:
+    if len(have) != len(want):
+      raise CorruptCheckpointError(f"checkpoint {directory}: {len(have)} arrays, its digest lists {len(want)}")
+    for (name, h), (_, w) in zip(have, want):
+      if h != w:
+        raise CorruptCheckpointError(f"checkpoint {directory}: {name} does not match its SHA-256 digest (the "
+                                     "data changed after it was written)")
+  return meta
 
 
 def save(directory, params: Pytree, state: Pytree, metadata: dict | None = None) -> None:
@@ -146,13 +198,36 @@ def _first_line(error: BaseException) -> str:
   """``Type: first line`` of the innermost error of ``error``'s chain (TensorStore wraps the useful one)."""
   while error.__cause__ is not None or error.__context__ is not None:
     error = error.__cause__ or error.__context__
-  return f"{type(error).__name__}: " + (str(error).strip().splitlines() or [""])[0]
+  line = (str(error).strip().splitlines() or [""])[0].split(" [tensorstore_spec=")[0]  # not TensorStore's spec
+  return f"{type(error).__name__}: " + (line if len(line) <= 400 else line[:400] + "...")
+
+
+def _closed_loop_noise(unraisable) -> bool:
+  return unraisable.exc_type is RuntimeError and str(unraisable.exc_value) == "Event loop is closed"
+
+
+def _quiet_closed_loops() -> None:
+  """Drops the ``RuntimeError: Event loop is closed`` tracebacks that TensorStore reads still in flight print
+  (through `sys.unraisablehook`, from their threads, possibly after the restore has returned) once a failed
+  read made Orbax close its event loop; any other unraisable exception reaches the previous hook. Installed
+  once, when a corrupt checkpoint is found, so that it reads as the one-line warning it is."""
+  previous = sys.unraisablehook
+  if getattr(previous, "_drops_closed_loops", False):
+    return
+
+  def hook(unraisable):
+    if not _closed_loop_noise(unraisable):
+      previous(unraisable)
+
+  hook._drops_closed_loops = True  # pylint: disable=protected-access
+  sys.unraisablehook = hook
 
 
 def _check_step(directory, mngr: ocp.CheckpointManager, step: int, expected: Pytree) -> None:
   try:
     stored = mngr.item_metadata(step)["model"]
   except (ValueError, KeyError, TypeError, OSError) as e:
+    _quiet_closed_loops()
     raise CorruptCheckpointError(f"checkpoint {directory}: cannot read its metadata ({_first_line(e)})") from e
   if stored is None:
     raise CorruptCheckpointError(f"checkpoint {directory}: holds no model arrays (not written by "
@@ -166,13 +241,15 @@ def _restore_step(directory, mngr: ocp.CheckpointManager, step: int, expected: P
     out = mngr.restore(step, args=ocp.args.Composite(model=ocp.args.StandardRestore(_abstract(expected)),
                                                      meta=ocp.args.JsonRestore()))
   except Exception as e:  # pylint: disable=broad-except  (the tree matched: TensorStore / JSON cannot read it)
+    _quiet_closed_loops()
     raise CorruptCheckpointError(f"checkpoint {directory}: cannot read it ({_first_line(e)})") from e
-  return out.model, dict(out.meta or {})
+  return out.model, _verify(directory, out.model, dict(out.meta or {}))
 
 
-def move_aside(directory, error: BaseException | None = None) -> str:
-  """Renames ``directory`` to ``<directory>.corrupt-<UTC time>`` (process 0) with a one-line warning; returns
-  the new path. Used for a corrupt cache, so that it is rebuilt while its files stay for inspection."""
+def move_aside(directory, error: BaseException | None = None, then: str = "building it again") -> str:
+  """Renames ``directory`` to ``<directory>.corrupt-<UTC time>`` (process 0) with a one-line warning (``<error>;
+  moved it to <path> and <then>``); returns the new path. Used for a corrupt cache, so that it is rebuilt while
+  its files stay for inspection."""
   directory = os.path.abspath(os.fspath(directory))
   target = f"{directory}.corrupt-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
   if jax.process_index() == 0 and os.path.isdir(directory):
@@ -181,8 +258,8 @@ def move_aside(directory, error: BaseException | None = None) -> str:
       n += 1
     target = target if n == 1 else f"{target}-{n}"
     os.rename(directory, target)
-  logging.warning("%s; moved it to %s and building it again", str(error).splitlines()[0] if error else
-                  f"checkpoint {directory} is corrupt", target)
+  logging.warning("%s; moved it to %s and %s", str(error).splitlines()[0] if error else
+                  f"checkpoint {directory} is corrupt", target, then)
   return target
 
 
@@ -236,6 +313,7 @@ def restore_stored(directory) -> tuple[Pytree, Pytree, dict] | None:
     try:
       stored = mngr.item_metadata(step)["model"]
     except (ValueError, KeyError, TypeError, OSError) as e:
+      _quiet_closed_loops()
       raise CorruptCheckpointError(f"checkpoint {directory}: cannot read its metadata ({_first_line(e)})") from e
     stored = dict(getattr(stored, "tree", stored) or {})
     like = {k: jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), np.dtype(m.dtype)), stored.get(k) or {})
@@ -329,7 +407,11 @@ class EpochCheckpoints:
       _check_step(self.directory, self._mngr, step, like)
 
   def latest(self, like: Pytree, epochs: int) -> tuple[int, Pytree, dict] | None:
-    """Restores the newest step as ``(epoch, tree, metadata)``, or None if there is none.
+    """Restores the newest good step as ``(epoch, tree, metadata)``, or None if there is none.
+
+    A corrupt step (unreadable, or not matching its digest) is skipped for the next older one; if there was one,
+    the directory is moved aside (`move_aside`, one warning naming it and the epoch resumed from) and later
+    saves start a fresh one.
 
     Args:
       like: the training tree (e.g. ``(params, state, opt_state)``) with array or `jax.ShapeDtypeStruct`
@@ -339,15 +421,20 @@ class EpochCheckpoints:
     Raises:
       ValueError: naming the directory, if the stored tree or epoch count does not match.
     """
-    step = self.latest_epoch()
-    if step is None:
-      return None
-    try:
-      tree, meta = _restore_step(self.directory, self._mngr, step, like)
-    except CorruptCheckpointError as e:
+    mngr = self._manager(create=False)
+    found, corrupt = None, None
+    for step in sorted(mngr.all_steps() if mngr is not None else (), reverse=True):
+      try:
+        found = (step, *_restore_step(self.directory, mngr, step, like))
+        break
+      except CorruptCheckpointError as e:
+        corrupt = corrupt or e
+    if corrupt is not None:
       self.close()
-      move_aside(self.directory, e)
+      move_aside(self.directory, corrupt, f"resuming after epoch {found[0]}" if found else "training from epoch 0")
+    if found is None:
       return None
+    step, tree, meta = found
     if meta.get("epochs") != epochs or meta.get("epoch") != step:
       raise ValueError(f"checkpoint {self.directory}: step {step} belongs to a run of {meta.get('epochs')} "
                        f"epochs, this one has {epochs}")

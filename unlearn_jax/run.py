@@ -58,7 +58,7 @@ from unlearn_jax import unlearning
 from unlearn_jax.unlearning import fisher
 
 # Bump when a change to training code makes cached Original/Retrain checkpoints stale.
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: per-epoch keys fold_in(rng, epoch) instead of split(rng, epochs)
 
 
 @dataclasses.dataclass

@@ -256,27 +256,28 @@ def mean_summary(losses, metrics, epoch: int) -> dict[str, float]:
   return {"loss": float(np.mean(losses)), **{k: float(np.mean(v)) for k, v in metrics.items()}}
 
 
-def epoch_keys(rng: jax.Array, epochs: int) -> jax.Array:
-  """``jax.random.split(rng, epochs)``; for a ``(N,)`` array of per-model keys, ``(epochs, N)`` keys whose column
-  ``i`` is ``jax.random.split(rng[i], epochs)``."""
+def epoch_key(rng: jax.Array, epoch: int) -> jax.Array:
+  """The key of epoch ``epoch``: ``jax.random.fold_in(rng, epoch)``, made when the epoch starts, so nothing is
+  allocated in proportion to the number of epochs; for a ``(N,)`` array of per-model keys, ``(N,)`` keys whose
+  entry ``i`` is ``fold_in(rng[i], epoch)``."""
   if jnp.ndim(rng) == 0 or not jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key):
-    return jax.random.split(rng, epochs)
-  return jax.vmap(lambda k: jax.random.split(k, epochs), out_axes=1)(rng)
+    return jax.random.fold_in(rng, epoch)
+  return jax.vmap(lambda k: jax.random.fold_in(k, epoch))(rng)
 
 
 def run_epochs(epoch_fn, tx, params, state, data: tuple, epochs: int, *, rng, mesh=None, log=None,
                checkpoints=None, desc: str = "train", summarize: Callable | None = None):
   """Runs ``epoch_fn`` for ``epochs`` epochs with one host sync per epoch; see `fit`.
 
-  Epoch ``e`` always uses key ``jax.random.split(rng, epochs)[e]`` (`epoch_keys`; a ``(N,)`` array of
-  per-model keys gives each model its own, as `unlearn_jax.population` does). ``summarize(losses, metrics,
-  epoch) -> {name: float}`` turns an epoch's host-side outputs into its history entries (default
+  Epoch ``e`` always uses key ``jax.random.fold_in(rng, e)`` (`epoch_key`: nothing is allocated in proportion
+  to ``epochs``; a ``(N,)`` array of per-model keys gives each model its own, as `unlearn_jax.population` does).
+  ``summarize(losses, metrics, epoch) -> {name: float}`` turns an epoch's host-side outputs into its history entries (default
   `mean_summary`; it raises on a non-finite loss). With ``checkpoints`` (an object with
   ``latest(like, epochs) -> (epoch, tree, metadata) | None``, ``due(epoch, epochs) -> bool`` and
   ``save(epoch, tree, metadata)``, e.g. `unlearn_jax.checkpoint.EpochCheckpoints`; ``tree`` is
   ``{'params', 'state', 'opt_state'}``), the newest saved one replaces the initial one, restored onto the
   same shardings, and training continues with the next epoch's key, so the result equals that of an
-  uninterrupted run.
+  uninterrupted run. A non-finite loss after resuming names the checkpoint directory resumed from.
   """
   if mesh is not None:
     params = sharding_lib.place(params, mesh)  # FSDP-sharded where the mesh has an fsdp axis, else replicated
@@ -294,14 +295,21 @@ def run_epochs(epoch_fn, tx, params, state, data: tuple, epochs: int, *, rng, me
     history, seconds_before = {k: list(v) for k, v in meta["history"].items()}, float(meta["seconds"])
     if log is not None:
       log(f"resumed after epoch {first}/{epochs}")
-  keys = epoch_keys(rng, epochs)
   start = time.perf_counter()
   with sharding_lib.use_mesh(mesh):
     bar = progress(range(first, epochs), desc=desc, total=epochs, initial=first, unit="epoch")
     for epoch in bar:
-      params, state, opt_state, losses, metrics = epoch_fn(params, state, opt_state, *data, keys[epoch])
+      params, state, opt_state, losses, metrics = epoch_fn(params, state, opt_state, *data,
+                                                           epoch_key(rng, epoch))
       losses, metrics = jax.device_get((losses, metrics))  # the one host sync of the epoch
-      for k, v in (summarize or mean_summary)(losses, metrics, epoch).items():
+      try:
+        summary = (summarize or mean_summary)(losses, metrics, epoch)
+      except FloatingPointError as e:
+        if found is None:
+          raise
+        raise FloatingPointError(f"{e} (training resumed after epoch {first} from "
+                                 f"{getattr(checkpoints, 'directory', 'a progress checkpoint')})") from None
+      for k, v in summary.items():
         history.setdefault(k, []).append(v)
       bar.set_postfix(loss=history["loss"][-1], refresh=False)
       if log is not None:

@@ -54,7 +54,7 @@ from unlearn_jax.unlearning import generation
 
 Pytree = Any
 EXPERIMENT = "diffusion"
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: train.run_epochs keys epochs with fold_in
 DATASETS = ("digits", "cifar10")
 COMPARED = ("salun", "rl", "ga", "esd")
 ROW_NAMES = {"salun": "SalUn", "rl": "RL", "ga": "GA", "esd": "ESD"}
