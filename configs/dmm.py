@@ -5,7 +5,7 @@ Before the method's clock starts, the run trains ``method.num_models`` α-subset
 rows each, the Original's training settings; `unlearn_jax.population`) and caches their logits on the training
 rows under ``workdir/cache`` (once per Original: other forget sets and seeds of the method reuse it); its time is
 printed apart. DMM then fits the datamodels of every logit of the matching rows (forget ∪ 3×|forget| retain rows),
-predicts Retrain's logits and fine-tunes with the squared error (`unlearn_jax.unlearning.dmm`).
+predicts Retrain's logits and fine-tunes with the squared error (`unlearn_jax.unlearning._dmm`).
 
 Command (2-core CPU, digits, MLP, 10% random forget):
 
@@ -15,7 +15,7 @@ On MNIST-1D: ``--config=configs/dmm.py --config.dataset.name=mnist1d``; the tune
 against the paper are in benchmarks/RESULTS.md.
 """
 from unlearn_jax import config as config_lib
-from unlearn_jax.unlearning import dmm as _dmm  # noqa: F401  pylint: disable=unused-import  (registers it)
+from unlearn_jax.unlearning import _dmm  # noqa: F401  pylint: disable=unused-import  (registers it)
 
 
 def get_config(arg: str | None = None):

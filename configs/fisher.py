@@ -23,7 +23,7 @@ The method takes 3-4 s here once compiled (7 s with compilation). The result dep
 alpha gives UA 0.7-5.6 across seeds.
 """
 from unlearn_jax import config as config_lib
-from unlearn_jax.unlearning import fisher as _fisher  # noqa: F401  pylint: disable=unused-import  (registers fisher)
+from unlearn_jax.unlearning import _fisher  # noqa: F401  pylint: disable=unused-import  (registers fisher)
 
 
 def get_config(arg: str | None = None):

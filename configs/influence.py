@@ -25,7 +25,7 @@ mean |difference| to Retrain over the four):
 ``alpha · v``). The method takes 8-15 s here, the Gram matrix of 1,000 × 85k gradients dominating.
 """
 from unlearn_jax import config as config_lib
-from unlearn_jax.unlearning import influence as _influence  # noqa: F401  pylint: disable=unused-import
+from unlearn_jax.unlearning import _influence  # noqa: F401  pylint: disable=unused-import
 
 
 def get_config(arg: str | None = None):

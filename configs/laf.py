@@ -24,7 +24,7 @@ leave the Original unchanged: UA 0); ``cifar10`` is the reference's CIFAR-10 Res
 raised (2e-3 / 4e-3) because the forget set has 144 rows instead of thousands.
 """
 from unlearn_jax import config as config_lib
-from unlearn_jax.unlearning import laf  # noqa: F401  registers 'laf' (until unlearning/__init__ imports it)
+from unlearn_jax.unlearning import _laf  # noqa: F401  registers 'laf' (until unlearning/__init__ imports it)
 
 
 def get_config(arg: str | None = None):

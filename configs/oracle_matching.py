@@ -1,7 +1,7 @@
 r"""Oracle matching: fine-tune the Original towards the Retrain model's logits (DMM's upper bound).
 
 The matching set is the forget rows and a random sample of 3× as many retain rows; the loss is the mean squared
-error between the logits and Retrain's (`unlearn_jax.unlearning.dmm`). The run fills ``method.oracle_dirs`` with
+error between the logits and Retrain's (`unlearn_jax.unlearning._dmm`). The run fills ``method.oracle_dirs`` with
 its own (cached) Retrain before the method's clock starts. Defaults are the authors' code's: Adam, lr 5e-4,
 5 epochs, batch 512, learning rate × 0.95 per epoch.
 
@@ -13,7 +13,7 @@ It needs Retrain, so it is a reference point, not an unlearning method one could
 forget set is tiny (144 rows): the digits options below run 10 epochs at lr 2e-3 with batches of 64.
 """
 from unlearn_jax import config as config_lib
-from unlearn_jax.unlearning import dmm as _dmm  # noqa: F401  pylint: disable=unused-import  (registers it)
+from unlearn_jax.unlearning import _dmm  # noqa: F401  pylint: disable=unused-import  (registers it)
 
 
 def get_config(arg: str | None = None):

@@ -21,10 +21,10 @@ mean |difference| to Retrain over the four):
   lfssd, alpha=1.5        8.6±4.6 /  92.5±4.6 / 89.5±4.5 / 13.2±4.0   gap 8.1
 SSD takes 3-5 s here (mostly compilation). The selection is all-or-nothing in alpha and varies from seed to seed;
 per example the ratio I_forget / I_full cannot exceed n / n_forget = 10 for this 10% forget set (see
-`unlearn_jax.unlearning.ssd`), so the reference defaults sit at the edge; the reference evaluates 0.2%-5% forget sets.
+`unlearn_jax.unlearning._ssd`), so the reference defaults sit at the edge; the reference evaluates 0.2%-5% forget sets.
 """
 from unlearn_jax import config as config_lib
-from unlearn_jax.unlearning import ssd as _ssd  # noqa: F401  pylint: disable=unused-import  (registers ssd, lfssd)
+from unlearn_jax.unlearning import _ssd  # noqa: F401  pylint: disable=unused-import  (registers ssd, lfssd)
 
 
 def get_config(arg: str | None = None):

@@ -5,6 +5,7 @@ import jax
 import numpy as np
 
 from unlearn_jax import model as model_lib
+from unlearn_jax import unlearning
 from unlearn_jax.data import load_dataset, make_unlearning_splits
 from unlearn_jax.models import get_model
 
@@ -20,8 +21,10 @@ def digits_setup():
 
 def check_method_contract(method, model, params, state, splits, config):
   """The standard signature runs, keeps tree structure, shapes and dtypes, moves the weights and is
-  deterministic in ``rng``; BatchNorm-free ``state`` comes back unchanged."""
-  a, sa = method(model, params, state, splits.forget, splits.retain, config=config, rng=jax.random.key(1))
+  deterministic in ``rng``; BatchNorm-free ``state`` comes back unchanged. The first call passes every registered
+  default as a keyword (``config`` overriding some), the second ``config=``: both give the same weights."""
+  options = {**unlearning.DEFAULTS[method.__name__], **config}
+  a, sa = method(model, params, state, splits.forget, splits.retain, rng=jax.random.key(1), **options)
   b, _ = method(model, params, state, splits.forget, splits.retain, config=config, rng=jax.random.key(1))
   assert jax.tree.structure(a) == jax.tree.structure(params)
   for x, y, p in zip(jax.tree.leaves(a), jax.tree.leaves(b), jax.tree.leaves(params)):

@@ -11,7 +11,7 @@ from unlearn_jax import train
 from unlearn_jax import unlearning
 from unlearn_jax.attribution import subsets
 from unlearn_jax.data.split import Split
-from unlearn_jax.unlearning import dmm
+from unlearn_jax.unlearning import _dmm as dmm
 from tests import method_checks
 
 
@@ -38,8 +38,9 @@ def trained_pair():
 def test_oracle_matching_with_exact_retrain_outputs_moves_the_forget_set_to_retrain():
   model, original, retrain, splits = trained_pair()
   config = dict(lr=3e-3, epochs=6, batch_size=64)
-  params, state = unlearning.REGISTRY["oracle_matching"](model, *original, splits.forget, splits.retain,
-                                                         config=config, rng=jax.random.key(0), oracles=[retrain])
+  # every registered default as a keyword (config overriding some)
+  params, state = unlearning.oracle_matching(model, *original, splits.forget, splits.retain, rng=jax.random.key(0),
+                                             oracles=[retrain], **{**unlearning.DEFAULTS["oracle_matching"], **config})
   logits = lambda p: model.apply(*p, splits.forget.x, train=False)[0]
   ref = logits(retrain)
   before, after = kl_per_example(ref, logits(original)), kl_per_example(ref, logits((params, state)))

@@ -14,7 +14,7 @@ from unlearn_jax import train
 from unlearn_jax import unlearning
 from unlearn_jax.data import load_dataset, make_unlearning_splits
 from unlearn_jax.models import get_model
-from unlearn_jax.unlearning import laf
+from unlearn_jax.unlearning import _laf as laf
 
 
 def np_vae_forward(p, e, eps, sigmoid=True):
@@ -139,7 +139,9 @@ def run_laf(rng=0, forget=None, retain=None, **overrides):
 def test_laf_registered_keeps_structure_head_and_state():
   model, params, state, forget, retain = digits_setup()
   assert "laf" in unlearning.names()
-  out, out_state = run_laf()
+  # every registered default as a keyword, FAST overriding some (run_laf passes ``config=``)
+  out, out_state = unlearning.laf(model, params, state, forget, retain, rng=jax.random.key(0),
+                                  **{**unlearning.DEFAULTS["laf"], **FAST})
   chex.assert_trees_all_equal_structs(out, params)
   chex.assert_trees_all_equal_shapes_and_dtypes(out, params)
   assert out_state == state

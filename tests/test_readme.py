@@ -39,3 +39,21 @@ def test_every_listed_lm_method_has_an_objective_and_a_config():
   assert names == set(language.METHODS), names ^ set(language.METHODS)
   for name in names:
     assert os.path.exists(os.path.join(ROOT, "configs", f"lm_{name}.py")), name
+
+
+def test_use_it_in_your_own_jax_code_runs_and_forgets():
+  """The README's own-NNX-network example: SalUn and SSD (keyword options) forget the class and keep the others,
+  TIES merges two fine-tunes and `nnx.update` puts the result back into the network."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  block = README.split("## Use it in your own JAX code", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+  ns = {}
+  exec(compile(block, "README.md", "exec"), ns)  # pylint: disable=exec-used
+  scores = ns["scores"]
+  assert scores["original"][0] > 0.95
+  for name in ("salun", "ssd"):
+    assert scores[name][0] < 0.1 and scores[name][1] > 0.75, (name, scores[name])
+  for a, b in zip(jax.tree.leaves(nnx.state(ns["net"], nnx.Param)), jax.tree.leaves(ns["merged"])):
+    np.testing.assert_array_equal(a, b)
+  assert ns["merged_acc"] > 0.8

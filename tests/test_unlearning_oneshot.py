@@ -19,9 +19,9 @@ from unlearn_jax import models
 from unlearn_jax import train
 from unlearn_jax import unlearning
 from unlearn_jax.data.split import Split
-from unlearn_jax.unlearning import fisher
-from unlearn_jax.unlearning import influence
-from unlearn_jax.unlearning import ssd
+from unlearn_jax.unlearning import _fisher as fisher
+from unlearn_jax.unlearning import _influence as influence
+from unlearn_jax.unlearning import _ssd as ssd
 
 sigmoid = lambda z: 1.0 / (1.0 + np.exp(-z))
 
@@ -328,7 +328,7 @@ def test_mnemonic_forget_removes_a_class_learned_with_codes(digits):
   # The standard-signature wrapper regenerates the codes from their seed and forgets the forget set's classes.
   zero = data.make_unlearning_splits(ds, kind="class", classes=[0], seed=0)
   cfg = dict(lambda1=1e-2, lambda2=10.0, code_seed=7)
-  same, _ = fisher.mnemonic_unlearn(model, params, state, zero.forget, zero.retain, config=cfg, rng=None)
+  same, _ = unlearning.fisher_mnemonic(model, params, state, zero.forget, zero.retain, rng=None, **cfg)  # keywords
   chex.assert_trees_all_equal(same, out)
   with pytest.raises(ValueError, match="whole classes"):
     fisher.mnemonic_unlearn(model, params, state, splits.forget, splits.retain, config=cfg, rng=None)
@@ -405,7 +405,9 @@ def test_registered_method_signature_shapes_and_determinism(digits, name, cfg):
   _, splits, model, params, state, _ = digits
   method = unlearning.get_method(name)
   run = functools.partial(method, model, params, state, splits.forget, splits.retain, config=cfg)
-  out, new_state = run(rng=jax.random.key(0))
+  # every registered default as a keyword (cfg overriding some); ``again`` passes ``config=``: the same weights
+  out, new_state = method(model, params, state, splits.forget, splits.retain, rng=jax.random.key(0),
+                          **{**unlearning.DEFAULTS[name], **cfg})
   chex.assert_trees_all_equal_structs(out, params)
   chex.assert_trees_all_equal_shapes_and_dtypes(out, params)
   chex.assert_tree_all_finite(out)

@@ -55,7 +55,7 @@ from unlearn_jax import models
 from unlearn_jax import sharding
 from unlearn_jax import train
 from unlearn_jax import unlearning
-from unlearn_jax.unlearning import fisher
+from unlearn_jax.unlearning import _fisher as fisher
 
 # Bump when a change to training code makes cached Original/Retrain checkpoints stale.
 CACHE_VERSION = 2  # 2: per-epoch keys fold_in(rng, epoch) instead of split(rng, epochs)

@@ -2,7 +2,7 @@
 
 `trak` scores training rows by projected per-example gradients ensembled over models; `datamodels` regresses
 each target's output on the subset indicators of models trained on α-subsets; `lds` judges either on held-out
-subset models. DMM unlearning (`unlearn_jax.unlearning.dmm`) is built on them.
+subset models. DMM unlearning (`unlearn_jax.unlearning.dmm`, in `unlearn_jax.unlearning._dmm`) is built on them.
 """
 from unlearn_jax.attribution.datamodels import Datamodels, fit_datamodels, predict, removal_effect
 from unlearn_jax.attribution.lds import lds, spearman_per_target

@@ -32,3 +32,28 @@ from unlearn_jax.evaluation.plots import plot_barrier
 from unlearn_jax.evaluation.plots import plot_method_bars
 from unlearn_jax.evaluation.plots import plot_tradeoff
 from unlearn_jax.evaluation.plots import write_plots
+
+__all__ = [
+    "accuracy",
+    "aggregate_seeds",
+    "atomic_write",
+    "avg_gap",
+    "evaluate_unlearning",
+    "format_table",
+    "GAP_KEYS",
+    "HEADLINE_FEATURE",
+    "kl_to_reference",
+    "mia_efficacy",
+    "mia_efficacy_from_logits",
+    "MIA_FEATURES",
+    "mia_features",
+    "plot_barrier",
+    "plot_gaps",
+    "plot_method_bars",
+    "plot_tradeoff",
+    "predict",
+    "svc_mia",
+    "unlearning_accuracies",
+    "write_plots",
+    "write_results",
+]

@@ -80,4 +80,5 @@ def get_model(name: str, num_classes: int, *, dtype: Any = jnp.float32, **kwargs
   return cls(num_classes=num_classes, dtype=dtype, **fixed, **kwargs)
 
 
-__all__ = ["MODELS", "get_model", "MLP", "CNN", "CNN1D", "BasicBlock", "ResNet18", "ResNet20", "VGG", "VGG_CONFIGS"]
+__all__ = ["MODELS", "get_model", "MLP", "CNN", "CNN1D", "BasicBlock", "ResNet18", "ResNet20", "VGG", "VGG_CONFIGS",
+           "GPT", "GPTConfig", "gpt", "gpt_config", "hf", "language_model"]

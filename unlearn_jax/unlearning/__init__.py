@@ -1,12 +1,23 @@
-"""Unlearning methods: each is ``method(model, params, state, forget, retain, *, config, rng) -> (params, state)``.
+"""Unlearning methods: ``method(model, params, state, forget, retain, *, rng, **options) -> (params, state)``.
+
+Every registered method is an attribute of this package, called with keyword options (each listed, with its type
+and default, in the method's docstring); ``config=`` (a ConfigDict or dict of the same options, as the runner
+passes ``config.method``) is accepted too, and keywords override it::
+
+    >>> from unlearn_jax import unlearning
+    >>> params, state = unlearning.salun(model, params, state, forget, retain, rng=jax.random.key(0),
+    ...                                  lr=0.013, epochs=10, fraction=0.5)
 
 ``original`` (no unlearning) and ``retrain`` (train from scratch on the retain set, the gold standard) are the
 two baselines that `unlearn_jax.run` computes for every experiment; they need no function here. Every other
-method registers itself with `register` and reads its options from ``config`` (a ConfigDict or dict) through
-`options`, which fills documented defaults and rejects unknown keys.
+method registers itself with `register` (which gives it the keyword signature and the options section of its
+docstring) and reads its options through `options`, which fills documented defaults and rejects unknown keys.
+Building blocks: `loop` (the one iterative driver), `objectives`, `saliency`, `methods` (plans), `teachers`.
 """
 from __future__ import annotations
 
+import inspect
+import sys
 from typing import Any, Callable
 
 import ml_collections
@@ -19,16 +30,85 @@ DEFAULTS: dict[str, dict] = {}
 
 
 def register(name: str, **defaults) -> Callable[[Callable], Callable]:
-  """Decorator adding a method function to `REGISTRY` under ``name``, with its default options."""
+  """Decorator adding a method to `REGISTRY` under ``name``, with its default options.
+
+  ``fn(model, params, state, forget, retain, *, config, rng)`` becomes the public method (`keyword_method`):
+  callable with keyword options, its docstring listing them, and an attribute ``unlearn_jax.unlearning.<name>``
+  (so a module defining a method must not be named like it).
+  """
 
   def wrap(fn):
     if name in REGISTRY or name in BASELINES:
       raise ValueError(f"unlearning method {name!r} is registered twice")
-    REGISTRY[name] = fn
+    method = keyword_method(name, fn, defaults, options_fn=lambda config: options(config, name))
+    REGISTRY[name] = method
     DEFAULTS[name] = defaults
-    return fn
+    setattr(sys.modules[__name__], name, method)
+    return method
 
   return wrap
+
+
+def _type_name(value) -> str:
+  return "Any" if value is None else type(value).__name__
+
+
+def _section(doc: str, title: str) -> str | None:
+  """The ``title:`` section of a Google-style docstring (header to the next blank-line-separated header)."""
+  lines, out = inspect.cleandoc(doc or "").splitlines(), []
+  for line in lines:
+    if out and line and not line.startswith(" "):
+      break
+    if out or line.strip() == f"{title}:":
+      out.append(line)
+  return "\n".join(out).rstrip() or None
+
+
+def keyword_method(name: str, fn: Callable, defaults: dict, *, options_fn: Callable | None = None,
+                   first: str = "model", where: str = "unlearn_jax.unlearning") -> Callable:
+  """``fn(first, params, state, forget, retain, *, config, rng)`` as a function that also takes keyword options.
+
+  The result is ``method(first, params, state, forget, retain, *, rng, config=None, **options)``: ``options``
+  (each a key of ``defaults``) update ``config``; an unknown one raises ValueError naming it, before any work
+  (``options_fn(config)``, when given, runs first and checks the values). Keyword-only parameters of ``fn``
+  besides ``config`` and ``rng`` (inputs that are not options) pass through. Its ``__signature__`` and docstring list
+  every option with its type and default; the ``References:`` of ``fn``'s module are added when ``fn``'s own
+  docstring has none.
+  """
+
+  kw = inspect.Parameter.KEYWORD_ONLY
+  # keyword inputs of fn's own that are not options (arrays, models: DMM's subset_outputs, oracle matching's oracles)
+  inputs = [p for p in inspect.signature(fn).parameters.values() if p.kind is kw and p.name not in ("config", "rng")]
+
+  def method(model, params, state, forget, retain, *, rng, config=None, **kwargs):
+    given = {p.name: kwargs.pop(p.name) for p in inputs if p.name in kwargs}
+    unknown = sorted(set(kwargs) - set(defaults))
+    if unknown:
+      raise ValueError(f"{name}(): unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(defaults))}")
+    if kwargs:
+      config = {**(dict(config.items()) if config is not None else {}), **kwargs}
+    if options_fn is not None:
+      options_fn(config)
+    return fn(model, params, state, forget, retain, config=config, rng=rng, **given)
+
+  method.__signature__ = inspect.Signature(
+      [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in (first, "params", "state", "forget",
+                                                                            "retain")]
+      + [inspect.Parameter("rng", kw), inspect.Parameter("config", kw, default=None), *inputs]
+      + [inspect.Parameter(k, kw, default=v, annotation=_type_name(v)) for k, v in defaults.items()])
+  doc = inspect.cleandoc(fn.__doc__ or name)
+  listed = "\n".join(f"  {k} ({_type_name(v)}): default ``{v!r}``." for k, v in defaults.items())
+  example = ", ".join(f"{k}={v!r}" for k, v in list(defaults.items())[:3])
+  parts = [doc, f"Options (keywords, or the same keys in ``config``; unknown ones raise ValueError):\n{listed}"]
+  references = _section(sys.modules[fn.__module__].__doc__, "References") if "References:" not in doc else None
+  if references:
+    parts.append(references)
+  if "Example:" not in doc:
+    parts.append(f"Example:\n    >>> params, state = {where}.{name}({first}, params, state, forget, retain,\n"
+                 f"    ...     rng=jax.random.key(0), {example})")
+  method.__name__ = method.__qualname__ = name
+  method.__module__, method.__doc__, method.__wrapped__ = fn.__module__, "\n\n".join(parts), fn
+  return method
 
 
 # name -> (coef, prepare) of the one-shot methods with one scalar coefficient (SSD's ``alpha``, Fisher's noise
@@ -48,7 +128,7 @@ def one_shot(name: str, coef: str, **defaults) -> Callable[[Callable], Callable]
       opts = options(config, name)
       return prepare(model, params, state, forget, retain, opts, rng)(opts[coef])
 
-    method.__name__, method.__doc__ = prepare.__name__, prepare.__doc__
+    method.__doc__, method.__module__ = prepare.__doc__, prepare.__module__
     return register(name, **defaults)(method)
 
   return wrap
@@ -91,5 +171,18 @@ def get_method(name: str) -> Callable:
   return REGISTRY[name]
 
 
-# Method modules, imported for their registrations (keep at the bottom).
-from unlearn_jax.unlearning import boundary, dmm, fisher, influence, laf, methods, ssd, teachers  # noqa: E402,F401  pylint: disable=g-import-not-at-top
+# Method modules, imported for their registrations (keep at the bottom). Each registered method is an attribute
+# of this package (set by `register`); `__getattr__` finds one registered later by a module imported elsewhere.
+from unlearn_jax.unlearning import _dmm, _fisher, _influence, _laf, _ssd, boundary, methods, teachers  # noqa: E402,F401  pylint: disable=g-import-not-at-top
+from unlearn_jax.unlearning import loop, objectives, saliency  # noqa: E402,F401  pylint: disable=g-import-not-at-top
+
+
+def __getattr__(name: str):
+  if name in REGISTRY:
+    return REGISTRY[name]
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["BASELINES", "DEFAULTS", "ONE_SHOT", "REGISTRY", "get_method", "keyword_method", "loop", "method_config",
+           "methods", "names", "objectives", "one_shot", "options", "register", "saliency", "teachers",
+           *sorted(REGISTRY)]

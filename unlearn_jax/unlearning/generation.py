@@ -58,7 +58,7 @@ import optax
 from unlearn_jax import diffusion as diffusion_lib
 from unlearn_jax import train as train_lib
 from unlearn_jax.data import split as split_lib
-from unlearn_jax.unlearning import loop, objectives, options, saliency
+from unlearn_jax.unlearning import keyword_method, loop, objectives, options, saliency
 
 Pytree = Any
 # name -> method function, and name -> default options (the classification REGISTRY stays untouched).
@@ -72,14 +72,17 @@ LOOP_DEFAULTS = dict(optimizer="adam", lr=1e-4, weight_decay=0.0, schedule="cons
 
 
 def register_generation(name: str, **defaults) -> Callable[[Callable], Callable]:
-  """Decorator adding a generation-unlearning method to `GENERATION_METHODS` with its default options."""
+  """Decorator adding a generation-unlearning method to `GENERATION_METHODS` with its default options; the method
+  takes keyword options too (`unlearn_jax.unlearning.keyword_method`)."""
 
   def wrap(fn):
     if name in GENERATION_METHODS:
       raise ValueError(f"generation unlearning method {name!r} is registered twice")
-    GENERATION_METHODS[name] = fn
+    method = keyword_method(name, fn, defaults, options_fn=lambda config: generation_options(config, name),
+                            first="dm", where="unlearn_jax.unlearning.generation")
+    GENERATION_METHODS[name] = method
     GENERATION_DEFAULTS[name] = defaults
-    return fn
+    return method
 
   return wrap
 

@@ -32,8 +32,8 @@ References:
   Kurmanji et al., "Towards Unbounded Machine Unlearning" (SCRUB, NegGrad+), NeurIPS 2023.
 
 Example:
-    >>> params, state = REGISTRY['salun'](model, params, state, forget, retain,
-    ...                                   config={'lr': 0.013, 'epochs': 10}, rng=jax.random.key(0))
+    >>> params, state = unlearn_jax.unlearning.salun(model, params, state, forget, retain,
+    ...                                              rng=jax.random.key(0), lr=0.013, epochs=10)
 """
 from __future__ import annotations
 

@@ -51,7 +51,7 @@ from jax.flatten_util import ravel_pytree
 
 from unlearn_jax import sharding
 from unlearn_jax.data import split as split_lib
-from unlearn_jax.unlearning import fisher as fisher_lib
+from unlearn_jax.unlearning import _fisher as fisher_lib
 from unlearn_jax.unlearning import one_shot
 
 Pytree = Any

@@ -64,8 +64,8 @@ References:
   ``VUnlearning.classifier_unlearning``, ``hyperparameter.md``).
 
 Example:
-    >>> params, state = REGISTRY['laf'](model, params, state, forget, retain,
-    ...                                 config={'epochs': 20, 'temp': 5.0}, rng=jax.random.key(0))
+    >>> params, state = unlearn_jax.unlearning.laf(model, params, state, forget, retain,
+    ...                                            rng=jax.random.key(0), epochs=20, temp=5.0)
 """
 from __future__ import annotations
 

@@ -54,7 +54,7 @@ import jax.numpy as jnp
 import optax
 
 from unlearn_jax.data import split as split_lib
-from unlearn_jax.unlearning import fisher as fisher_lib
+from unlearn_jax.unlearning import _fisher as fisher_lib
 from unlearn_jax.unlearning import one_shot
 
 Pytree = Any

@@ -1,0 +1,48 @@
+"""The public API: namespaces with curated ``__all__``, and every registered method called with keyword options."""
+import inspect
+
+import jax
+import pytest
+
+import unlearn_jax
+from unlearn_jax import unlearning
+from unlearn_jax.unlearning import generation
+
+
+def test_namespaces_and_all():
+  for name in ("unlearning", "merging", "evaluation", "data", "models"):
+    module = getattr(unlearn_jax, name)
+    assert module.__all__ and name in unlearn_jax.__all__
+    for public in module.__all__:
+      assert not public.startswith("_") and hasattr(module, public), (name, public)
+  assert {"salun", "ssd", "ties"} <= set(unlearn_jax.unlearning.__all__) | set(unlearn_jax.merging.__all__)
+
+
+@pytest.mark.parametrize("registry,defaults", [(unlearning.REGISTRY, unlearning.DEFAULTS),
+                                               (generation.GENERATION_METHODS, generation.GENERATION_DEFAULTS)])
+def test_every_method_lists_its_options_in_signature_and_docstring(registry, defaults):
+  for name, method in registry.items():
+    if registry is unlearning.REGISTRY:
+      assert getattr(unlearning, name) is method and name in unlearning.__all__, name
+    params = inspect.signature(method).parameters
+    assert list(params)[5:7] == ["rng", "config"], name
+    for key, value in defaults[name].items():
+      assert params[key].kind is inspect.Parameter.KEYWORD_ONLY and params[key].default == value, (name, key)
+      assert f"  {key} ({'Any' if value is None else type(value).__name__}): default ``{value!r}``." in method.__doc__
+    assert "Example:" in method.__doc__ and "References:" in method.__doc__, name
+
+
+def test_every_registered_method_is_called_with_its_defaults_as_keywords():
+  """The method contract tests pass every registered default as a keyword (a few sizes overridden) and compare
+  with ``config=``; each registered method must be in one of their lists."""
+  from tests import test_unlearning, test_unlearning_oneshot, test_unlearning_teachers  # pylint: disable=g-import-not-at-top
+  # with keywords too: test_laf (laf), test_unlearning_oneshot (fisher_mnemonic), test_dmm (dmm, oracle_matching)
+  checked = {*test_unlearning.ITERATIVE, *test_unlearning_teachers.METHODS, "laf", "fisher_mnemonic", "dmm",
+             "oracle_matching",
+             *(name for name, _ in test_unlearning_oneshot.METHOD_CONFIGS)}
+  assert set(unlearning.REGISTRY) <= checked, set(unlearning.REGISTRY) - checked
+
+
+def test_unknown_keyword_option_fails_before_any_work():
+  with pytest.raises(ValueError, match=r"salun\(\): unknown option\(s\) learning_rate; known: "):
+    unlearning.salun(None, None, None, None, None, rng=jax.random.key(0), learning_rate=0.1)
