@@ -1,4 +1,5 @@
-"""LM unlearning objectives (GA, GradDiff, NPO, SimNPO, IdkDPO, RMU, SAE) against independent NumPy formulas.
+"""LM unlearning objectives (GA, GradDiff, NPO, SimNPO, IdkDPO, AltPO, RMU, SAE, UNDIAL, CE-U, WGA, SatImp, PDU,
+FLAT, WAGLE) against independent NumPy formulas.
 
 The stand-in LM is a per-token residual MLP: ``h_0 = E[ids]``, ``h_{k+1} = h_k + tanh(h_k W_k + b_k)``, logits
 ``h_L H`` (a bigram model, since position ``t`` sees only token ``t``), so every value is recomputed in NumPy.
@@ -8,6 +9,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import chex
 import optax
 import pytest
 
@@ -19,6 +21,8 @@ from unlearn_jax.unlearning import language as lmu
 from unlearn_jax.unlearning.language import objectives as obj
 from unlearn_jax.unlearning.language import rmu
 from unlearn_jax.unlearning.language import sae as sae_lib
+from unlearn_jax.unlearning.language import tokenwise as tok
+from unlearn_jax.unlearning.language import wagle as wagle_lib
 
 V, D, L, T = 16, 6, 2, 10
 PAD, BOS, EOS, SEP = 0, 1, 2, 3
@@ -109,6 +113,8 @@ def qa_rows(n, seed, answer_tokens, question_tokens=range(5, 16)):
     fields["entity_mask"][i, 1:1 + rng.integers(1, len(q) + 1)] = 1.0
   x = {"input_ids": jnp.asarray(ids), "idk_input_ids": jnp.asarray(idk), **{k: jnp.asarray(v) for k, v in
                                                                               fields.items()}}
+  # AltPO's alternate answers: another row's IdK-slot answer (no extra draws, so the rows above are unchanged)
+  x["alt_input_ids"], x["alt_loss_mask"] = jnp.roll(x["idk_input_ids"], 1, 0), jnp.roll(x["idk_loss_mask"], 1, 0)
   return Split(x, jnp.zeros((n,), jnp.int32), jnp.arange(n))
 
 
@@ -190,6 +196,170 @@ def test_idk_dpo_prefers_idk_over_true_answer():
   want = -(2 / beta) * np.mean(log_sigmoid(beta * ((win - win_ref) - (lose - lose_ref))))
   got, _ = term_value(obj.idk_dpo(LM, beta=beta), cur, {obj.REFERENCE: ref}, x)
   np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
+def test_altpo_prefers_alternate_answer():
+  ref, cur, x = setup()
+  lose, _ = np_seq(cur, x["input_ids"], x["loss_mask"])
+  lose_ref, _ = np_seq(ref, x["input_ids"], x["loss_mask"])
+  win, _ = np_seq(cur, x["alt_input_ids"], x["alt_loss_mask"])
+  win_ref, _ = np_seq(ref, x["alt_input_ids"], x["alt_loss_mask"])
+  beta = 0.3
+  want = -(2 / beta) * np.mean(log_sigmoid(beta * ((win - win_ref) - (lose - lose_ref))))
+  got, m = term_value(obj.idk_dpo(LM, beta=beta, win="alt"), cur, {obj.REFERENCE: ref}, x)
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+  np.testing.assert_allclose(float(m["alt_logp"]), win.mean(), rtol=1e-5)
+
+
+# ---- token-level objectives (UNDIAL, CE-U, WGA, SatImp, PDU, FLAT) -------------------------------------------
+def np_full_logits(p, ids):
+  return np_hidden(p, ids, L) @ np_(p)["head"]
+
+
+def np_softmax(z):
+  e = np.exp(z - z.max(-1, keepdims=True))
+  return e / e.sum(-1, keepdims=True)
+
+
+def np_shifted(p, x, ids="input_ids", mask="loss_mask"):
+  """(log-softmax [B,T-1,V], labels, mask [B,T-1], logits [B,T-1,V]) of the shifted batch."""
+  z = np_full_logits(p, x[ids])[:, :-1]
+  return np_log_softmax(z), np.asarray(x[ids])[:, 1:], np.asarray(x[mask], np.float64)[:, 1:], z
+
+
+def picked(a, labels):
+  return np.take_along_axis(a, labels[..., None], -1)[..., 0]
+
+
+def test_undial_distils_reference_with_true_logit_lowered():
+  ref, cur, x = setup()
+  lz, labels, m, _ = np_shifted(cur, x)
+  zr = np_full_logits(ref, x["input_ids"])[:, :-1]
+  beta = 3.0
+  adjusted = zr.copy()
+  for b in range(labels.shape[0]):
+    for t in range(labels.shape[1]):
+      adjusted[b, t, labels[b, t]] -= beta * m[b, t]  # only answer positions are adjusted
+  ce = -(np_softmax(adjusted) * lz).sum(-1)
+  real = (labels != PAD).astype(np.float64)
+  got, _ = term_value(tok.undial(LM, beta=beta, gamma=0.5), cur, {obj.REFERENCE: ref}, x)
+  np.testing.assert_allclose(got, 0.5 * (ce * real).sum() / real.sum(), rtol=1e-5)
+  got_t, _ = term_value(tok.undial(LM, beta=beta, positions="targets"), cur, {obj.REFERENCE: ref}, x)
+  np.testing.assert_allclose(got_t, (ce * m).sum() / m.sum(), rtol=1e-5)
+  with pytest.raises(ValueError, match="method.positions"):
+    tok.undial(LM, positions="all")
+
+
+def test_ceu_is_cross_entropy_to_own_distribution_without_true_token():
+  _, cur, x = setup()
+  lz, labels, _, z = np_shifted(cur, x)
+  full = np.asarray(x["loss_mask"], np.float64)
+  keep = (full * (np.cumsum(full, -1) > 1))[:, 1:]  # the first answer token of each row is skipped
+  target = z.copy()
+  np.put_along_axis(target, labels[..., None], -np.inf, -1)
+  ce = -(np_softmax(target) * lz).sum(-1)
+  got, m = term_value(tok.ceu(LM, ignore_first_n=1), cur, {}, x)
+  np.testing.assert_allclose(got, (ce * keep).sum() / keep.sum(), rtol=1e-5)
+  every = full[:, 1:]
+  got0, _ = term_value(tok.ceu(LM, ignore_first_n=0), cur, {}, x)
+  np.testing.assert_allclose(got0, (ce * every).sum() / every.sum(), rtol=1e-5)
+  assert abs(got - got0) > 1e-4
+
+
+def test_wga_and_satimp_weight_the_ascent_by_detached_probabilities():
+  _, cur, x = setup()
+  lz, labels, m, _ = np_shifted(cur, x)
+  lp = picked(lz, labels)
+  p, ce = np.exp(lp), -lp
+  got, _ = term_value(tok.weighted_ascent(LM, 2.0), cur, {}, x)
+  np.testing.assert_allclose(got, -(p ** 2 * ce * m).sum() / m.sum(), rtol=1e-5)
+  got, _ = term_value(tok.weighted_ascent(LM, 5.0, 1.0, gamma=0.1, name="satimp"), cur, {}, x)
+  np.testing.assert_allclose(got, -0.1 * (p ** 5 * (1 - p) * ce * m).sum() / m.sum(), rtol=1e-5)
+  # The weights are constants for the gradient: at β = 0 WGA's gradient is GA's.
+  grad = lambda term: jax.grad(lambda q: term(q, teachers.carry({}, {}), (x, None), jax.random.key(0),
+                                              jnp.int32(0))[0])(cur)
+  chex.assert_trees_all_close(grad(tok.weighted_ascent(LM, 0.0)), grad(obj.gradient_ascent(LM)), rtol=1e-5,
+                              atol=1e-7)
+
+
+def test_pdu_margin_term_and_dual_ascent():
+  _, cur, x = setup()
+  z = np_full_logits(cur, x["input_ids"])
+  m = np.asarray(x["loss_mask"], np.float64)  # unshifted, as the reference indexes the logits
+  margin = (z.max(-1) - z.mean(-1)) ** 2
+  got, _ = term_value(tok.pdu_forget(LM, gamma=2.0), cur, {}, x)
+  np.testing.assert_allclose(got, 2.0 * (margin * m).sum() / m.sum(), rtol=1e-5)
+  nll = np_nll(cur, x["input_ids"], x["loss_mask"])
+  term = tok.pdu_retain(LM, "nll", eps=0.5, dual_step=0.7, warmup_epochs=2)
+  state = teachers.carry(tok.init_dual(3.0), {})
+  for epoch, want_lam in ((0, 3.0), (2, max(0.0, 3.0 + 0.7 * (nll - 0.5)))):
+    loss, (new, metrics) = term(cur, state, (x, None), jax.random.key(0), jnp.int32(epoch))
+    np.testing.assert_allclose(float(loss), 3.0 * (nll - 0.5), rtol=1e-5)  # the step uses λ before its update
+    np.testing.assert_allclose(float(new["model"][tok.DUAL]), want_lam, rtol=1e-5)
+  _, (new, _) = term(cur, teachers.carry(tok.init_dual(0.1), {}), (x, None), jax.random.key(0), jnp.int32(5))
+  big_eps = tok.pdu_retain(LM, "nll", eps=nll + 10.0)
+  _, (low, _) = big_eps(cur, teachers.carry(tok.init_dual(0.1), {}), (x, None), jax.random.key(0), jnp.int32(0))
+  assert float(low["model"][tok.DUAL]) == 0.0  # projected onto λ >= 0
+
+
+# FLAT's divergences written out: (activation a, conjugate c) with loss −a(P_idk) + c(P_forget).
+NP_FLAT = {
+    "kl": (lambda v: v, lambda v: np.exp(v - 1)),
+    "reverse_kl": (lambda v: -np.exp(v), lambda v: -1 - v),
+    "jeffrey": (lambda v: v, lambda v: v + v * v / 4 + v ** 3 / 16),
+    "squared_hellinger": (lambda v: 1 - np.exp(v), lambda v: (1 - np.exp(v)) * np.exp(-v)),
+    "pearson": (lambda v: v, lambda v: v * v / 4 + v),
+    "neyman": (lambda v: 1 - np.exp(v), lambda v: 2 - 2 * np.sqrt(1 - v)),
+    "jensen_shannon": (lambda v: np.log(2) - np.log1p(np.exp(-v)), lambda v: v + np.log1p(np.exp(-v)) - np.log(2)),
+    "total_variation": (lambda v: np.tanh(v) / 2, lambda v: np.tanh(v) / 2),
+}
+
+
+def test_flat_f_divergence_of_mean_probabilities():
+  _, cur, x = setup()
+  lf, yf, mf, _ = np_shifted(cur, x)
+  lg, yg, mg, _ = np_shifted(cur, x, "idk_input_ids", "idk_loss_mask")
+  pf, pg = np.exp(picked(lf, yf)) * mf, np.exp(picked(lg, yg)) * mg
+  positions = (pf.sum() / pf.size, pg.sum() / pg.size)  # the reference: every shifted position counts
+  targets = (pf.sum() / mf.sum(), pg.sum() / mg.sum())
+  assert set(NP_FLAT) == set(tok.FLAT_DIVERGENCES)
+  for name, (a, c) in NP_FLAT.items():
+    got, _ = term_value(tok.flat(LM, name), cur, {}, x)
+    np.testing.assert_allclose(got, -a(positions[1]) + c(positions[0]), rtol=1e-5, atol=1e-6, err_msg=name)
+  got, m = term_value(tok.flat(LM, "kl", mean="targets"), cur, {}, x)
+  np.testing.assert_allclose(got, -targets[1] + np.exp(targets[0] - 1), rtol=1e-5)
+  with pytest.raises(ValueError, match="method.divergence"):
+    tok.flat(LM, "hellinger")
+
+
+# ---- WAGLE -------------------------------------------------------------------------------------------------------
+def test_wagle_attribution_and_row_gradients():
+  ref, cur, x = setup()
+  # Σ_rows ∇ NLL_row, against one gradient per row (no chunking), with a chunk that wraps around.
+  one = jax.jit(jax.grad(lambda q, ids, mask: language.mean_nll(LM.logits(q, ids), ids, mask)))
+  rows = [one(cur, x["input_ids"][i:i + 1], x["loss_mask"][i:i + 1]) for i in range(6)]
+  want = jax.tree.map(lambda *g: sum(g), *rows)
+  chex.assert_trees_all_close(wagle_lib.row_nll_gradient(LM, cur, x, chunk=4), want, rtol=1e-4, atol=1e-6)
+  rng = np.random.default_rng(0)
+  theta, gf, gr = (rng.normal(size=(5, 3)) for _ in range(3))
+  gr[0, 0] = 0.0
+  got = np.asarray(wagle_lib.attribution(jnp.asarray(theta), jnp.asarray(gf), jnp.asarray(gr), mu=0.01))
+  inv = np.divide(1.0, gr, out=np.zeros_like(gr), where=gr != 0)
+  np.testing.assert_allclose(got, np.abs(gf * (theta - 1.01 * inv)), rtol=1e-5)
+  got = np.asarray(wagle_lib.attribution(jnp.asarray(theta), jnp.asarray(gf), jnp.asarray(gr), hessian="constant",
+                                         gamma=4.0, mu=0.0))
+  np.testing.assert_allclose(got, np.abs(gf * (theta - gr / 4.0)), rtol=1e-5)
+
+
+def test_wagle_updates_only_attributed_weights():
+  params, forget, retain = trained_original()
+  opts = {"lr": 0.01, "epochs": 1, "batch_size": 8, "weight_decay": 0.0, "warmup_epochs": 0.0, "fraction": 0.3,
+          "base": "graddiff"}
+  out, _ = lmu.unlearn_lm("wagle", LM, params, forget, retain, options=opts, rng=jax.random.key(0))
+  moved = jax.tree.map(lambda a, b: np.asarray(a) != np.asarray(b), params, out)
+  total = sum(m.size for m in jax.tree.leaves(moved))
+  count = sum(int(m.sum()) for m in jax.tree.leaves(moved))
+  assert 0 < count <= int(0.3 * total), (count, total)
 
 
 # ---- RMU ---------------------------------------------------------------------------------------------------------
@@ -343,6 +513,8 @@ def test_every_method_runs_and_logs_the_right_split(name):
   nll_r = np_nll(params, retain.x["input_ids"], retain.x["loss_mask"])
   if name == "ga":
     np.testing.assert_allclose(hist["forget_loss"][0], -nll_f, rtol=1e-4)
+  elif name in lmu.FORGET_ONLY:
+    np.testing.assert_allclose(hist["forget_nll"][0], nll_f, rtol=1e-4)
   elif name != "rmu":  # forget anchored (the loop walks the forget split, cycles retain); keys name the terms
     np.testing.assert_allclose(hist["joint_retain_nll"][0], nll_r, rtol=1e-4)
     if name != "sae":

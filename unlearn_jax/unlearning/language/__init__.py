@@ -1,7 +1,8 @@
-"""Language-model unlearning: GA, GradDiff, NPO, SimNPO, IdkDPO, RMU and SAE-latent, run by the one loop.
+"""Language-model unlearning: GA, GradDiff, NPO, SimNPO, IdkDPO, AltPO, RMU, SAE-latent, UNDIAL, CE-U, SatImp,
+WGA, PDU, FLAT and WAGLE, run by the one loop.
 
 `unlearn_lm` looks a method up in `METHODS` (its default options), builds its `unlearn_jax.unlearning.loop`
-objective (`objectives`, `rmu`, `sae`), an ``optax.adamw`` optimiser with a linear-warmup schedule, and runs
+objective (`objectives`, `tokenwise`, `rmu`, `sae`; WAGLE adds a `wagle` mask), an ``optax.adamw`` optimiser with a linear-warmup schedule, and runs
 `loop.unlearn_loop` with the ``'joint'`` schedule: each step takes one forget and one retain batch and descends
 on ``forget term + retain term``. Frozen pytrees (the reference model, RMU's control vector, the SAE probe) ride
 in the loop state (`unlearn_jax.unlearning.teachers.carry`).
@@ -19,6 +20,15 @@ lr 1e-5, weight decay 0.01, 10 epochs, effective batch 32 (8 × 4 accumulation),
 decay (HF's default scheduler); GradDiff/NPO/IdkDPO ``γ = α = 1``, NPO/IdkDPO ``β = 0.1``, SimNPO ``β = 4.5,
 δ = 0, γ = 0.125``; RMU as in its WMDP experiment (lr 5e-5, constant, no weight decay, ``c = 2``). These are
 starting points for 1B-parameter models; the tiny-GPT configs override lr and epochs.
+
+The newer methods take their defaults from the same place (``configs/trainer/<NAME>.yaml``, and where that leaves
+a value open, the method's ``community/methods/<NAME>/run.sh`` for TOFU): UNDIAL lr 1e-4, ``β = 10``, ``α = 0``
+(no retain term, as its yaml); CE-U forget-only, ``ignore_first_n = 1``; SatImp 5 epochs, ``β₁ = 5, β₂ = 1``,
+``γ = 0.1, α = 1`` (the yaml; the class's own defaults are ``γ = 1, α = 0.1``); WGA 5 epochs, ``β = 1``; PDU
+``ε = 0.3`` (the yaml leaves it required; TOFU's run.sh), dual step 1, 5 dual warm-up epochs, ``λ₀ = α = 1``;
+AltPO = DPO (``β = 0.1``) on alternate answers for 2 epochs (its run.sh); FLAT (its own repository's
+``config/forget.yaml``): forget-only, 5 epochs, batch 64, Total-Variation; WAGLE (`wagle`): NPO with a 95 % mask,
+5 epochs, weight decay 0.1.
 
 References:
   open-unlearning (github.com/locuslab/open-unlearning): ``src/trainer/unlearn/*.py``, ``src/data/unlearn.py``,
@@ -48,6 +58,9 @@ from unlearn_jax.unlearning.language import lora
 from unlearn_jax.unlearning.language import objectives
 from unlearn_jax.unlearning.language import rmu
 from unlearn_jax.unlearning.language import sae
+from unlearn_jax.unlearning.language import tokenwise
+from unlearn_jax.unlearning.language import wagle
+from unlearn_jax.unlearning import saliency
 from unlearn_jax.unlearning.language.objectives import REFERENCE
 from unlearn_jax.unlearning.language.sae import SAEProbe, fit_probe, sae_separation
 
@@ -70,9 +83,25 @@ METHODS: dict[str, dict] = {
                 steering_coeff=2.0, layer=None, params_regex=".*"),
     "sae": dict(COMMON, **_GRADDIFF, layer=None, sae_expansion=4, sae_l1=1e-2, sae_steps=1000, sae_lr=1e-3,
                 sae_batch_size=1024),
+    "altpo": dict(COMMON, epochs=2, **_GRADDIFF, beta=0.1),
+    "undial": dict(COMMON, lr=1e-4, **{**_GRADDIFF, "alpha": 0.0}, beta=10.0, positions="real"),
+    "ceu": dict(COMMON, gamma=1.0, ignore_first_n=1),
+    "satimp": dict(COMMON, epochs=5, **{**_GRADDIFF, "gamma": 0.1}, beta1=5.0, beta2=1.0),
+    "wga": dict(COMMON, epochs=5, **_GRADDIFF, beta=1.0),
+    "pdu": dict(COMMON, **_GRADDIFF, retain_eps=0.3, primal_dual=True, dual_step=1.0, dual_warmup_epochs=5),
+    "flat": dict(COMMON, epochs=5, batch_size=64, gamma=1.0, divergence="total_variation", flat_mean="positions"),
+    "wagle": dict(COMMON, epochs=5, weight_decay=0.1, **_GRADDIFF, base="npo", beta=0.1, fraction=0.95,
+                  hessian="squared_gradient", wagle_gamma=1.0, mu=1e-3),
 }
 # Batch fields each method's forget term reads beyond input_ids / loss_mask.
-FORGET_FIELDS = {"idkdpo": ("idk_input_ids", "idk_loss_mask"), "sae": ("entity_mask",)}
+FORGET_FIELDS = {"idkdpo": ("idk_input_ids", "idk_loss_mask"), "sae": ("entity_mask",),
+                 "altpo": ("alt_input_ids", "alt_loss_mask"), "flat": ("idk_input_ids", "idk_loss_mask")}
+# Methods with no retain term (the loop walks the forget set alone).
+FORGET_ONLY = ("ga", "ceu", "flat")
+WAGLE_BASES = ("npo", "graddiff")
+# Options naming a choice -> the choices.
+_CHOICES = {"positions": tokenwise.UNDIAL_POSITIONS, "divergence": tuple(tokenwise.FLAT_DIVERGENCES),
+            "flat_mean": tokenwise.FLAT_MEANS, "hessian": wagle.HESSIANS, "base": WAGLE_BASES}
 
 
 def method_config(name: str, options: dict | None = None) -> ml_collections.ConfigDict:
@@ -93,7 +122,16 @@ def method_config(name: str, options: dict | None = None) -> ml_collections.Conf
     raise ValueError(f"method.retain_loss={opts.retain_loss!r}: choose one of {objectives.RETAIN_LOSSES}")
   if "beta" in opts and opts.beta <= 0:
     raise ValueError(f"method.beta={opts.beta}: must be > 0")
+  for key, choices in _CHOICES.items():
+    if key in opts and opts[key] not in choices:
+      raise ValueError(f"method.{key}={opts[key]!r}: choose one of {choices}")
+  if "fraction" in opts and not 0 < opts.fraction <= 1:
+    raise ValueError(f"method.fraction={opts.fraction}: must be in (0, 1]")
+  if "ignore_first_n" in opts and int(opts.ignore_first_n) < 0:
+    raise ValueError(f"method.ignore_first_n={opts.ignore_first_n}: must be >= 0")
   lora.check_options(rank=opts.lora_rank, alpha=opts.lora_alpha, targets=opts.lora_targets)  # shapes: lora.check
+  if name == "wagle" and int(opts.lora_rank):
+    raise ValueError(f"method.lora_rank={opts.lora_rank}: WAGLE masks weights of the full model; use lora_rank=0")
   return opts
 
 
@@ -135,8 +173,10 @@ def build(name: str, lm: language.LanguageModel, params: Pytree, opts, *, forget
   frozen: dict = {}
   mask = None
   retain_loss = opts.get("retain_loss", "nll")
-  if name in ("npo", "idkdpo") or retain_loss == "kl" or name == "rmu":
+  if (name in ("npo", "idkdpo", "altpo", "undial", "rmu") or retain_loss == "kl"
+      or (name == "wagle" and opts.base == "npo")):
     frozen[REFERENCE] = params
+  retain_term = lambda: objectives.retain_term(lm, retain_loss, opts.alpha)
   if name == "ga":
     objective = loop.Objective(forget=objectives.gradient_ascent(lm))
   elif name == "rmu":
@@ -150,14 +190,33 @@ def build(name: str, lm: language.LanguageModel, params: Pytree, opts, *, forget
       probe = fit_sae_probe(lm, params, opts, forget=forget, retain=retain, holdout=holdout, rng=rng)
     frozen[sae.PROBE] = probe
     objective = sae.sae_objective(lm, gamma=opts.gamma, alpha=opts.alpha, retain_loss=retain_loss)
+  elif name == "ceu":
+    objective = loop.Objective(forget=tokenwise.ceu(lm, int(opts.ignore_first_n), opts.gamma))
+  elif name == "flat":
+    objective = loop.Objective(forget=tokenwise.flat(lm, opts.divergence, opts.flat_mean, opts.gamma))
+  elif name == "pdu":
+    objective = loop.Objective(forget=tokenwise.pdu_forget(lm, opts.gamma),
+                               retain=tokenwise.pdu_retain(lm, retain_loss, eps=opts.retain_eps,
+                                                           dual_step=opts.dual_step,
+                                                           warmup_epochs=int(opts.dual_warmup_epochs),
+                                                           primal_dual=bool(opts.primal_dual)))
   else:
+    base = opts.base if name == "wagle" else name
     forget_term = {
         "graddiff": lambda: objectives.gradient_ascent(lm, opts.gamma),
         "npo": lambda: objectives.npo(lm, opts.beta, opts.gamma),
         "simnpo": lambda: objectives.simnpo(lm, opts.beta, opts.delta, opts.gamma),
         "idkdpo": lambda: objectives.idk_dpo(lm, opts.beta, opts.gamma),
-    }[name]()
-    objective = loop.Objective(forget=forget_term, retain=objectives.retain_term(lm, retain_loss, opts.alpha))
+        "altpo": lambda: objectives.idk_dpo(lm, opts.beta, opts.gamma, win="alt"),
+        "undial": lambda: tokenwise.undial(lm, opts.beta, opts.gamma, opts.positions),
+        "satimp": lambda: tokenwise.weighted_ascent(lm, opts.beta1, opts.beta2, opts.gamma, "satimp"),
+        "wga": lambda: tokenwise.weighted_ascent(lm, opts.beta, 0.0, opts.gamma, "wga"),
+    }[base]()
+    objective = loop.Objective(forget=forget_term, retain=retain_term())
+    if name == "wagle":
+      scores = wagle.wagle_scores(lm, params, forget.x, retain.x, hessian=opts.hessian, gamma=opts.wagle_gamma,
+                                  mu=opts.mu)
+      mask = saliency.saliency_mask(scores, fraction=opts.fraction)
   return objective, frozen, mask
 
 
@@ -167,11 +226,13 @@ def unlearn_lm(name: str, lm: language.LanguageModel, params: Pytree, forget: sp
   """Runs LM unlearning method ``name`` from ``params`` (the Original); returns ``(params, history)``.
 
   Args:
-    name: a key of `METHODS`: 'ga', 'graddiff', 'npo', 'simnpo', 'idkdpo', 'rmu', 'sae'.
+    name: a key of `METHODS`: 'ga', 'graddiff', 'npo', 'simnpo', 'idkdpo', 'altpo', 'rmu', 'sae', 'undial',
+      'ceu', 'satimp', 'wga', 'pdu', 'flat', 'wagle'.
     lm: the model (`unlearn_jax.language.LanguageModel`); RMU and SAE need ``lm.hidden``.
     params: the Original's parameters (not modified).
     forget, retain: splits whose ``x`` is the batch dict (``input_ids``, ``loss_mask``; IdkDPO also
-      ``idk_input_ids``/``idk_loss_mask``, SAE ``entity_mask``).
+      ``idk_input_ids``/``idk_loss_mask`` (and FLAT), AltPO ``alt_input_ids``/``alt_loss_mask``, SAE
+      ``entity_mask``).
     options: overrides of the method's `METHODS` defaults (a dict or ConfigDict; ``name`` is ignored).
     rng: PRNG key (shuffling, the RMU control vector, the SAE).
     holdout: the unknown-entity split (with ``entity_mask``), needed by 'sae' unless ``sae_probe`` is given.
@@ -189,7 +250,7 @@ def unlearn_lm(name: str, lm: language.LanguageModel, params: Pytree, forget: sp
   """
   opts = method_config(name, options)
   _check_fields("forget", forget, ("input_ids", "loss_mask") + FORGET_FIELDS.get(name, ()))
-  if name != "ga":
+  if name not in FORGET_ONLY:
     if retain is None:
       raise ValueError(f"{name}: needs a retain split")
     _check_fields("retain", retain, ("input_ids", "loss_mask"))
@@ -209,9 +270,11 @@ def unlearn_lm(name: str, lm: language.LanguageModel, params: Pytree, forget: sp
   steps = walked.num_batches(min(bs, walked.size))
   tx = optax.adamw(train_lib.make_schedule(opts, steps), b1=opts.b1, b2=opts.b2, eps=opts.eps,
                    weight_decay=opts.weight_decay)
-  trained, _, history = loop.unlearn_loop(None, trainable, teachers.carry({}, frozen), forget, retain,
+  state = tokenwise.init_dual(opts.alpha) if name == "pdu" else {}
+  trained, _, history = loop.unlearn_loop(None, trainable, teachers.carry(state, frozen), forget, retain,
                                           objective=objective, tx=tx, epochs=int(opts.epochs), batch_size=bs,
-                                          rng=loop_rng, schedule="joint", anchor=opts.anchor, mask=mask, desc=name)
+                                          rng=loop_rng, schedule="joint", anchor=opts.anchor, mask=mask,
+                                          mask_mode="gradient" if name == "wagle" else "freeze", desc=name)
   history.update(trainable_params=model_lib.num_params(trainable),
                  opt_state_bytes=sharding.bytes_per_device(jax.eval_shape(tx.init, trainable)))
   params = lora.merge(params, trained, opts.lora_alpha / rank) if rank else trained
@@ -219,4 +282,4 @@ def unlearn_lm(name: str, lm: language.LanguageModel, params: Pytree, forget: sp
 
 
 __all__ = ["METHODS", "SAEProbe", "build", "fit_probe", "fit_sae_probe", "lora", "method_config", "objectives",
-           "rmu", "sae", "sae_separation", "unlearn_lm"]
+           "rmu", "sae", "sae_separation", "tokenwise", "unlearn_lm", "wagle"]

@@ -20,7 +20,8 @@ tokens) and ``NLL`` the token-mean negative log-likelihood over a batch (`mean_n
 * SimNPO: no reference; forget ``= −(2/β)·γ·mean_b logσ(β·(−logπθ(y|x)/n − δ))``, i.e. the reward is the
   length-normalised log-prob and the margin ``δ`` is subtracted from the normalised NLL *inside* the sigmoid
   (``−β·logπ/n − β·δ``); ``γ`` scales the forget term (the reference's ``npo_coeff``), ``α`` the retain term.
-* IdkDPO: DPO with the "I don't know" answer preferred and the true answer rejected, forget
+* IdkDPO (and AltPO, the same loss with a plausible alternate answer in place of "I don't know"): DPO with the
+  "I don't know" answer preferred and the true answer rejected, forget
   ``= −(2/β)·γ·mean_b logσ(β·((logπθ(idk) − logπref(idk)) − (logπθ(y) − logπref(y))))`` (open-unlearning's
   ``DPO`` trainer keeps the ``2/β`` scale of NPO).
 
@@ -35,6 +36,8 @@ References:
   Unlearning", COLM 2024 (NPO).
   Fan, Liu, Lin, Jia, Zhang, Mei and Liu, "Simplicity Prevails: Rethinking Negative Preference Optimization for
   LLM Unlearning", 2024 (SimNPO; github.com/OPTML-Group/Unlearn-Simple).
+  Mekala et al., "Alternate Preference Optimization for Unlearning Factual Knowledge in Large Language Models",
+  COLING 2025 (AltPO; open-unlearning ``community/methods/AltPO``: its ``DPO`` trainer on alternate answers).
   Rafailov et al., "Direct Preference Optimization", NeurIPS 2023; Maini et al., "TOFU: A Task of Fictitious
   Unlearning for LLMs", 2024 (the IdkDPO baseline).
 
@@ -197,17 +200,21 @@ def simnpo(lm: language.LanguageModel, beta: float = 4.5, delta: float = 0.0, ga
   return lm_term(fn)
 
 
-def idk_dpo(lm: language.LanguageModel, beta: float = 0.1, gamma: float = 1.0) -> loop.Term:
-  """IdkDPO forget term: DPO preferring ``idk_input_ids``/``idk_loss_mask`` over the true answer."""
+def idk_dpo(lm: language.LanguageModel, beta: float = 0.1, gamma: float = 1.0, win: str = "idk") -> loop.Term:
+  """IdkDPO forget term: DPO preferring ``<win>_input_ids``/``<win>_loss_mask`` over the true answer.
+
+  ``win='idk'``: the "I don't know" answers (IdkDPO); ``win='alt'``: plausible alternate answers (AltPO).
+  """
+  win_ids, win_mask = f"{win}_input_ids", f"{win}_loss_mask"
 
   def fn(params, frozen_dict, x):
     ref = frozen(frozen_dict, REFERENCE)
     lose, count = _seq_logprob(lm, params, x)
     lose_ref, _ = _seq_logprob(lm, ref, x)
-    win, _ = _seq_logprob(lm, params, x, "idk_input_ids", "idk_loss_mask")
-    win_ref, _ = _seq_logprob(lm, ref, x, "idk_input_ids", "idk_loss_mask")
-    loss = dpo_loss(win - win_ref, lose - lose_ref, beta)
-    return gamma * loss, {"dpo": loss, "logp": jnp.mean(lose), "idk_logp": jnp.mean(win),
+    won, _ = _seq_logprob(lm, params, x, win_ids, win_mask)
+    won_ref, _ = _seq_logprob(lm, ref, x, win_ids, win_mask)
+    loss = dpo_loss(won - won_ref, lose - lose_ref, beta)
+    return gamma * loss, {"dpo": loss, "logp": jnp.mean(lose), f"{win}_logp": jnp.mean(won),
                           "nll": -jnp.sum(lose) / jnp.maximum(jnp.sum(count), 1.0)}
 
   return lm_term(fn)
