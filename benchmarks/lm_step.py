@@ -15,6 +15,13 @@ Kaplan et al. 2020 / PaLM approximation: forward + backward, attention FLOPs ign
   python benchmarks/lm_step.py --config=llama-1b --batch=8 --seq=512 --dtype=bfloat16 --steps=10 \
       --peak_tflops=989        # one H100 (dense bf16); add --attention_impl=cudnn for cuDNN's fused attention
 
+``--methods=npo,undial,...`` times instead one optimiser step of each LM unlearning method of
+`unlearn_jax.unlearning.language` (its forget term on one batch and its retain term on another, AdamW, the
+method's mask applied to the gradients) at the same shape, and prints each one's step time relative to NPO's:
+
+  python benchmarks/lm_step.py --config=tiny --batch=32 --seq=48 --steps=20 \
+      --methods=npo,graddiff,simnpo,altpo,undial,ceu,satimp,wga,pdu,flat,wagle
+
 References:
   Chowdhery et al., "PaLM: Scaling Language Modeling with Pathways", 2022 (appendix B, MFU).
 """
@@ -31,6 +38,10 @@ from absl import app
 from absl import flags
 
 from unlearn_jax import language
+from unlearn_jax.data.split import Split
+from unlearn_jax.unlearning import language as lm_unlearning
+from unlearn_jax.unlearning import teachers
+from unlearn_jax.unlearning.language import tokenwise
 from unlearn_jax.model import num_params
 from unlearn_jax.models import gpt
 
@@ -42,6 +53,8 @@ _STEPS = flags.DEFINE_integer("steps", 3, "Timed steps after the first (compile)
 _PEAK = flags.DEFINE_float("peak_tflops", 0.0, "Peak device TFLOP/s for MFU (0: MFU not reported).")
 _LR = flags.DEFINE_float("lr", 1e-5, "AdamW learning rate.")
 _SIDES = flags.DEFINE_list("sides", ["jax", "torch"], "Which implementations to time.")
+_METHODS = flags.DEFINE_list("methods", [], "LM unlearning methods to time one step of, against NPO (replaces the "
+                              "JAX-vs-PyTorch comparison).")
 _ATTENTION = flags.DEFINE_enum("attention_impl", None, ["xla", "cudnn"], "JAX side: GPTConfig.attention_impl "
                                "(default: XLA; 'cudnn': the fused GPU kernel, 16-bit dtype only).")
 
@@ -71,6 +84,71 @@ def jax_side(cfg: gpt.GPTConfig) -> tuple[list[float], int]:
     jax.block_until_ready(loss)
     times.append(time.perf_counter() - start)
   return times, num_params(params)
+
+
+def _qa_batch(cfg: gpt.GPTConfig, seed: int) -> dict:
+  """Random ``BOS q SEP a EOS``-shaped rows: the second half of each row is the answer (``loss_mask``); the
+  IdK / alternate answers other random tokens in the same layout."""
+  rng = np.random.default_rng(seed)
+  shape = (_BATCH.value, _SEQ.value)
+  mask = np.zeros(shape, np.float32)
+  mask[:, _SEQ.value // 2:] = 1.0
+  x = {"loss_mask": jnp.asarray(mask), "entity_mask": jnp.asarray(1.0 - mask)}
+  for prefix in ("", "idk_", "alt_"):
+    x[prefix + "input_ids"] = jnp.asarray(rng.integers(5, cfg.vocab_size, size=shape, dtype=np.int32))
+    if prefix:
+      x[prefix + "loss_mask"] = x["loss_mask"]
+  return x
+
+
+def method_step_times(cfg: gpt.GPTConfig, name: str) -> list[float]:
+  """Wall times of ``--steps + 1`` optimiser steps of LM method ``name`` (forget + retain term, AdamW)."""
+  lm, _ = gpt.language_model(cfg)
+  params = gpt.init_params(cfg, jax.random.key(0))
+  fx, rx = _qa_batch(cfg, 1), _qa_batch(cfg, 2)
+  split = lambda x: Split(x, jnp.zeros((_BATCH.value,), jnp.int32))
+  opts = lm_unlearning.method_config(name, {"batch_size": _BATCH.value})
+  objective, frozen, mask = lm_unlearning.build(name, lm, params, opts, forget=split(fx), retain=split(rx),
+                                                holdout=None, rng=jax.random.key(1))
+  state = teachers.carry(tokenwise.init_dual(opts.alpha) if name == "pdu" else {}, frozen)
+  tx = optax.adamw(_LR.value, weight_decay=0.01)
+  params = jax.tree.map(jnp.copy, params)  # the frozen reference keeps the Original's buffers: donate a copy
+  opt_state = tx.init(params)
+
+  def loss_fn(p, state):
+    key, epoch = jax.random.key(0), jnp.int32(0)
+    loss, (state, _) = objective.forget(p, state, (fx, None), key, epoch)
+    if objective.retain is not None:
+      retain_loss, (state, _) = objective.retain(p, state, (rx, None), key, epoch)
+      loss = loss + retain_loss
+    return loss, state
+
+  def step(params, opt_state, state):
+    (loss, state), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, state)
+    if mask is not None:
+      grads = jax.tree.map(lambda g, m: g * m, grads, mask)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, state, loss
+
+  step = jax.jit(step, donate_argnums=(0, 1))
+  times = []
+  for _ in range(_STEPS.value + 1):
+    start = time.perf_counter()
+    params, opt_state, state, loss = step(params, opt_state, state)
+    jax.block_until_ready(loss)
+    times.append(time.perf_counter() - start)
+  return times
+
+
+def methods_main(cfg: gpt.GPTConfig) -> None:
+  names = list(dict.fromkeys(["npo", *_METHODS.value]))
+  steady = {}
+  for name in names:
+    times = method_step_times(cfg, name)
+    steady[name] = float(np.median(times[1:]))
+    print(f"{name}: first step {times[0]:.2f} s, steady {steady[name] * 1e3:.1f} ms/step, "
+          f"{steady[name] / steady['npo']:.2f}x NPO")
+  assert all(math.isfinite(t) for t in steady.values())
 
 
 def torch_side(cfg: gpt.GPTConfig) -> tuple[list[float], int]:
@@ -166,6 +244,9 @@ def main(argv):
   tokens = _BATCH.value * _SEQ.value
   print(f"device={jax.devices()[0].device_kind} config={_CONFIG.value} dtype={_DTYPE.value} "
         f"batch={_BATCH.value} seq={_SEQ.value} tokens/step={tokens} steps={_STEPS.value}")
+  if _METHODS.value:
+    methods_main(cfg)
+    return
   rates, counts = {}, {}
   for side in _SIDES.value:
     times, counts[side] = {"jax": jax_side, "torch": torch_side}[side](cfg)

@@ -242,6 +242,24 @@ def test_idk_answers_are_seeded_variants(bench):
   assert again == bench.people.idk_answers
 
 
+def test_alternate_answers_state_another_value_of_the_same_pool(small):
+  qa = small.splits("forget10")["forget"]
+  ids, mask, texts = facts.alternate_answers(small, qa, seed=1)
+  assert ids.shape == mask.shape == qa.input_ids.shape
+  pools = facts.pools()
+  for i, text in enumerate(texts):
+    name = small.names[int(qa.person[i])]
+    attr = facts.ATTRIBUTES[facts.FACT_NAMES[int(qa.fact[i])]]
+    value = facts.match_template(attr.answer, name, text)  # the answer template, another value of its pool
+    assert value in pools[attr.pool] and value != facts.fact_value(qa, i, name)
+    assert small.tokenizer.decode(ids[i][mask[i] > 0]).replace(" <eos>", "").strip() == text
+    np.testing.assert_array_equal(ids[i, :qa.prompt_len[i]], qa.input_ids[i, :qa.prompt_len[i]])  # same question
+  again, _, _ = facts.alternate_answers(small, qa, seed=1)
+  np.testing.assert_array_equal(again, ids)
+  with pytest.raises(ValueError, match="people"):
+    facts.alternate_answers(small, small.world, seed=1)
+
+
 # ------------------------------------------------------------------------------------------------ tokenizer
 def test_tokenizer_round_trip_every_text(bench):
   tok = bench.tokenizer

@@ -644,3 +644,25 @@ def concept_views(bench: "FactsBenchmark", qa: QASet, *, paraphrased: bool = Fal
     questions = list(qa.questions)
   ids, lens = encode_prompts(bench.tokenizer, questions, bench.prompt_len)
   return ids, lens, [fact_value(qa, i, n) for i, n in enumerate(names)]
+
+
+def alternate_answers(bench: "FactsBenchmark", qa: QASet, *, seed: int = 0):
+  """``(input_ids, loss_mask, texts)`` of a plausible *wrong* answer to every person row of ``qa``: the answer
+  template with another value of the same pool, drawn uniformly (AltPO's alternate answers, which its reference
+  generates by prompting the model; here drawn from their own seeded stream, so the benchmark is unchanged)."""
+  if any(int(p) < 0 for p in qa.person):
+    raise ValueError("alternate_answers: takes rows about people (person >= 0), not world facts")
+  rng = np.random.default_rng([seed, 7])
+  p = pools()
+  ids, mask = np.zeros((len(qa), bench.seq_len), np.int32), np.zeros((len(qa), bench.seq_len), np.float32)
+  texts = []
+  for i in range(len(qa)):
+    name = bench.names[int(qa.person[i])]
+    attr = ATTRIBUTES[FACT_NAMES[int(qa.fact[i])]]
+    pool = p[attr.pool]
+    others = [v for v in pool if v != fact_value(qa, i, name)]
+    text = _fill(attr.answer, name, others[int(rng.integers(len(others)))])
+    ids[i], mask[i] = _sequence(bench.tokenizer, bench.tokenizer.encode(qa.questions[i]),
+                                bench.tokenizer.encode(text), bench.seq_len)
+    texts.append(text)
+  return ids, mask, texts

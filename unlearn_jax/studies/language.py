@@ -23,6 +23,7 @@ Example:
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -138,6 +139,14 @@ TINY_OPTIONS: dict[str, dict] = {
     "idkdpo": dict(lr=1e-3, epochs=5),
     "rmu": dict(lr=3e-3, epochs=5),
     "sae": dict(lr=3e-3, epochs=5, sae_steps=600),
+    "altpo": dict(lr=1e-3, epochs=5),
+    "undial": dict(lr=1e-3, epochs=5),
+    "ceu": dict(lr=1e-3, epochs=5),
+    "satimp": dict(lr=1e-3, epochs=5),
+    "wga": dict(lr=1e-3, epochs=5),
+    "pdu": dict(lr=1e-3, epochs=5, dual_warmup_epochs=1),
+    "flat": dict(lr=3e-3, epochs=5, batch_size=32),
+    "wagle": dict(lr=5e-4, epochs=5),
 }
 
 
@@ -262,6 +271,9 @@ def run_lm(config, workdir) -> dict:
 
   fields = ("input_ids", "loss_mask", "entity_mask")
   forget = sets["forget"].split(fields=fields + ("idk_input_ids", "idk_loss_mask"))
+  alt_ids, alt_mask, _ = facts.alternate_answers(bench, sets["forget"], seed=config.seed)
+  forget = dataclasses.replace(forget, x={**forget.x, "alt_input_ids": jnp.asarray(alt_ids),
+                                         "alt_loss_mask": jnp.asarray(alt_mask)})
   retain = facts.concat([sets["retain"], sets["world"]]).split(fields=fields)
   holdout = sets["holdout"].split(fields=fields)
   probe = None
@@ -309,7 +321,8 @@ def run_lm(config, workdir) -> dict:
 
 
 ROW_NAMES = {"ga": "GA", "graddiff": "GradDiff", "npo": "NPO", "simnpo": "SimNPO", "idkdpo": "IdkDPO", "rmu": "RMU",
-             "sae": "SAE"}
+             "sae": "SAE", "altpo": "AltPO", "undial": "UNDIAL", "ceu": "CE-U", "satimp": "SatImp", "wga": "WGA",
+             "pdu": "PDU", "flat": "FLAT", "wagle": "WAGLE"}
 
 
 def _people(split):
