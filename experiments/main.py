@@ -22,7 +22,8 @@ Output: only the result table (and short progress bars on a terminal). Library I
 ``--verbosity=0`` (or ``-v 0``) shows them, ``--verbosity=1`` adds debug logs.
 
 Errors: a bad config value, an unknown key or a bad config path prints one line (``error: config.forget.fraction=
-1.5: must be in (0, 1)``) and exits with status 2 before any work; other errors show their traceback.
+1.5: must be in (0, 1)``) and exits with status 2 before any work, as does a config file that fails to import
+(``error: --config=x.py, line 3: SyntaxError: ...``) or a stray argument; other errors show their traceback.
 
 Switching method: ``--config.method.name=X`` on a method config runs ``configs/X.py`` (same ``:arg``) instead, so X
 starts from its own defaults and ``--config.method.<X option>=v`` works (a method without a config file starts from
@@ -96,6 +97,27 @@ def load_config_file(path: str, arg: str | None = None):
   return module.get_config(arg) if arg is not None else module.get_config()
 
 
+def check_config_file(path: str, arg: str | None = None) -> None:
+  """Loads the config file ``path`` once; if it fails to import or its ``get_config`` raises, exits via `fail`
+  with one line: the file, the line in it and the error (a ValueError naming ``config...`` as it is)."""
+  try:
+    load_config_file(path, arg)
+  except SystemExit:
+    raise
+  except Exception as e:  # pylint: disable=broad-except  (whatever the user's file raises)
+    if isinstance(e, ValueError) and str(e).startswith("config"):
+      fail(e)
+    line = e.lineno if isinstance(e, SyntaxError) else None
+    if line is None:
+      tb = e.__traceback__
+      while tb is not None:
+        if os.path.abspath(tb.tb_frame.f_code.co_filename) == os.path.abspath(path):
+          line = tb.tb_lineno
+        tb = tb.tb_next
+    message = e.msg if isinstance(e, SyntaxError) else str(e)
+    fail(f"--config={path}" + (f", line {line}" if line else "") + f": {type(e).__name__}: {message}")
+
+
 def switch_method(argv: list[str]) -> list[str]:
   """``argv`` with ``--config=configs/A.py[:arg]`` replaced by ``configs/X.py[:arg]`` when it also holds
   ``--config.method.name=X`` for another method X, so X starts from its own config file's defaults.
@@ -113,6 +135,8 @@ def switch_method(argv: list[str]) -> list[str]:
   from unlearn_jax import unlearning  # pylint: disable=g-import-not-at-top
   if name not in unlearning.names():
     fail(f"config.method.name={name!r}: unknown method; choose one of {', '.join(unlearning.names())}")
+  if os.path.isfile(path):
+    check_config_file(path, arg)
   config = load_config_file(path, arg)
   method = config.get("method")
   if config.get("experiment", "unlearning") != "unlearning" or method is None or method.get("name") == name:
@@ -179,6 +203,8 @@ def parse_flags(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) ->
   found = _config_arg(argv)
   if found is not None and not os.path.isfile(found[1]):
     fail(f"--config={found[1]}: no such config file (see configs/*.py)")
+  if found is not None:
+    check_config_file(*found[1:])
   try:
     return flag_values(argv)
   except (AttributeError, KeyError) as e:  # an override of a key the locked config lacks
@@ -231,7 +257,7 @@ def cli(argv: list[str] | None = None) -> None:
 
   def main(rest):
     if len(rest) > 1:
-      raise app.UsageError(f"unexpected arguments: {rest[1:]}")
+      fail(f"unexpected argument {rest[1]!r}: give options as --config.<key>=<value> or --workdir=<dir>")
     execute(config.value, workdir.value, flags.FLAGS["config"].config_filename)
 
   app.run(main, argv=argv, flags_parser=parser)

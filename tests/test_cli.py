@@ -285,3 +285,79 @@ def test_entry_point_config_error_exits_2_with_one_line(tmp_path):
   out = _entry_point("--config=configs/retrain.py", f"--workdir={tmp_path / 'w'}", "--config.train.epochs=-1")
   assert out.returncode == 2 and out.stderr == "error: config.train.epochs=-1: must be at least 1\n", out.stderr
   assert not (tmp_path / "w").exists()
+
+
+# Every bad value of issue 23, by config file: (config file, overrides, the key the one-line error names).
+BAD_VALUES = [
+    ("configs/salun.py", ("--config.method.fraction=1.5",), "method.fraction"),
+    ("configs/salun.py", ("--config.train.lr=inf",), "train.lr"),
+    ("configs/salun.py", ("--config.retrain.lr=1e400",), "retrain.lr"),
+    ("configs/salun.py", ("--config.method.lr=inf",), "method.lr"),
+    ("configs/salun.py", ("--config.train.momentum=nan",), "train.momentum"),
+    ("configs/salun.py", ("--config.train.epochs=1000000000",), "train.epochs"),
+    ("configs/salun.py", ("--config.method.epochs=1000000000",), "method.epochs"),
+    ("configs/salun.py", ("--config.forget.kind=class", "--config.forget.classes=99,"), "forget.classes"),
+    ("configs/salun.py", ("--config.forget.kind=class", "--config.forget.classes=10,"), "forget.classes"),
+    ("configs/salun.py", ("--config.forget.kind=class", "--config.forget.classes=-1,"), "forget.classes"),
+    ("configs/salun.py", ("--config.forget.kind=class", "--config.forget.classes=(0,1,2,3,4,5,6,7,8,9)"),
+     "forget.classes"),
+    ("configs/salun.py", ("--config.forget.kind=subclass", "--config.forget.classes=1,"), "forget.kind"),
+    ("configs/salun.py", ("--config.forget.classes=3,",), "forget.classes"),
+    ("configs/salun.py", ("--config.forget.class_fraction=1.5",), "forget.class_fraction"),
+    ("configs/salun.py", ("--config.forget.class_fraction=0.5",), "forget.class_fraction"),
+    ("configs/salun.py", ("--config.seed=-1",), "seed"),
+    ("configs/salun.py", ("--config.seed=4294967296",), "seed"),
+    ("configs/salun.py", ("--config.model.name=resnet20", "--config.model.width=0"), "model.width"),
+    ("configs/salun.py", ("--config.model.hidden=0,",), "model.hidden"),
+    ("configs/salun.py", ("--config.dataset.test_fraction=0.999",), "dataset.test_fraction"),
+    ("configs/salun.py", ("--config.mesh.data=3",), "mesh.data"),
+    ("configs/salun.py", ("--config.dataset.name=synthetic", "--config.dataset.noise=-1"), "dataset.noise"),
+    ("configs/salun.py", ("--config.dataset.name=synthetic", "--config.dataset.image_shape=(32,32)"),
+     "dataset.image_shape"),
+    ("configs/merge_ties.py", ("--config.merge.finetune.lr=inf",), "merge.finetune.lr"),
+    ("configs/salun_diffusion.py", ("--config.methods.salun.fraction=2.0",), "methods.salun.fraction"),
+    ("configs/lm_ga.py", ("--config.eval.max_new_tokens=1000",), "eval.max_new_tokens"),
+    ("configs/lm_ga.py", ("--config.model.d_model=65",), "model.d_model"),
+    ("configs/lm_ga.py", ("--config.model.num_heads=0",), "model.num_heads"),
+    ("configs/lm_ga.py", ("--config.data.num_people=0",), "data.num_people"),
+    ("configs/lm_ga.py", ("--config.data.facts_per_person=-1",), "data.facts_per_person"),
+    ("configs/lm_ga.py", ("--config.methods.ga.lr=inf",), "methods.ga.lr"),
+]
+
+
+@pytest.mark.parametrize("path,overrides,key", BAD_VALUES, ids=[f"{p[8:-3]}:{k}" for p, _, k in BAD_VALUES])
+def test_every_bad_value_is_one_line_naming_the_key_before_any_work(path, overrides, key, tmp_path, capsys,
+                                                                     monkeypatch):
+  from unlearn_jax import train  # pylint: disable=g-import-not-at-top
+  from unlearn_jax.unlearning import loop  # pylint: disable=g-import-not-at-top
+
+  def no_training(*args, **kwargs):
+    raise AssertionError("training started")
+
+  monkeypatch.setattr(train, "run_epochs", no_training)
+  monkeypatch.setattr(loop, "unlearn_loop", no_training)
+  workdir = tmp_path / "w"
+  workdir.mkdir()
+  (workdir / "mine.txt").write_text("kept")
+  line = error_line(capsys, lambda: cli.execute(parse(f"--config={path}", *overrides), str(workdir), path))
+  assert line.startswith(f"error: config.{key}="), line
+  assert sorted(os.listdir(workdir)) == ["mine.txt"]
+
+
+def test_a_config_file_that_fails_to_import_is_one_line_with_its_line(tmp_path, capsys):
+  broken = tmp_path / "broken.py"
+  broken.write_text("def get_config(:\n  pass\n")
+  assert error_line(capsys, parse, f"--config={broken}") == \
+      f"error: --config={broken}, line 1: SyntaxError: invalid syntax"
+  broken.write_text("import math\n\n\ndef get_config():\n  return 1 / 0\n")
+  assert error_line(capsys, parse, f"--config={broken}") == \
+      f"error: --config={broken}, line 5: ZeroDivisionError: division by zero"
+  assert error_line(capsys, parse, f"--config={broken}", "--config.method.name=ga").startswith(
+      f"error: --config={broken}, line 5")
+
+
+def test_entry_point_stray_argument_exits_2_with_one_line(tmp_path):
+  out = _entry_point("--config=configs/retrain.py", f"--workdir={tmp_path / 'w'}", "stray")
+  assert out.returncode == 2 and out.stderr.count("\n") == 1 and "unexpected argument 'stray'" in out.stderr, \
+      out.stderr
+  assert not (tmp_path / "w").exists()

@@ -33,6 +33,7 @@ Fields:
 """
 from __future__ import annotations
 
+import math
 import os
 
 import ml_collections
@@ -47,6 +48,13 @@ RUN_CONTROL_KEYS = ("checkpoint_every", "checkpoint_min_seconds", "from_checkpoi
 # Unlearning methods whose ``method.batch_size`` batches the retain set only (see `batch_warnings`).
 RETAIN_BATCHED = ("ft", "l1_sparse", "scrub")
 TORCH_SUFFIXES = (".pt", ".pth", ".tar", ".bin", ".safetensors")
+# Epoch counts above this are refused (``epochs=1e9`` is a typo, not a plan: it would run for years).
+MAX_EPOCHS = 100_000
+# Seeds are unsigned 32-bit: NumPy's generators and `jax.random.key` take [0, 2**32).
+SEED_RANGE = (0, 2 ** 32)
+# Classes of the datasets with a fixed label set (synthetic: ``dataset.num_classes``; cifar100: 100 fine or 20
+# coarse).
+NUM_CLASSES = {"digits": 10, "mnist1d": 10, "cifar10": 10, "svhn_cropped": 10, "mnist": 10, "fashion_mnist": 10}
 
 
 def train_config(**overrides) -> ml_collections.ConfigDict:
@@ -151,15 +159,137 @@ def require(ok: bool, key: str, value, why: str):
     raise ValueError(f"config.{key}={value!r}: {why}")
 
 
+def _is_int(value) -> bool:
+  return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+  return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_finite(config, path: str = "") -> None:
+  """Every float of ``config`` (recursively, in tuples too) is finite: ``lr=inf`` or ``1e400`` (which parses as
+  inf) is refused wherever it is, naming the key. No config field means "no limit" by infinity."""
+  items = config.items() if hasattr(config, "items") else enumerate(config)
+  for key, value in items:
+    name = f"{path}.{key}" if path and hasattr(config, "items") else (str(key) if not path else path)
+    if isinstance(value, (ml_collections.ConfigDict, dict)):
+      check_finite(value, name)
+    elif isinstance(value, (tuple, list)):
+      for item in value:
+        require(not isinstance(item, float) or math.isfinite(item), name, tuple(value), "must be finite")
+        if isinstance(item, (tuple, list, dict)):
+          check_finite(item, name)
+    elif isinstance(value, float):
+      require(math.isfinite(value), name, value, "must be finite")
+
+
+def check_common(config) -> None:
+  """What every pipeline's config shares: every float finite (`check_finite`), ``seed`` in [0, 2**32), and a
+  ``mesh`` section (if any) that fits the devices (`unlearn_jax.sharding.check_mesh_config`)."""
+  check_finite(config)
+  seed = config.get("seed", 0)
+  require(_is_int(seed) and SEED_RANGE[0] <= seed < SEED_RANGE[1], "seed", seed, "must be an integer in [0, 2**32)")
+  if isinstance(config.get("mesh"), ml_collections.ConfigDict):
+    from unlearn_jax import sharding  # pylint: disable=g-import-not-at-top
+    sharding.check_mesh_config(config.mesh)
+
+
+def check_epochs(value, key: str, low: int = 1) -> None:
+  """An epoch count: an integer in ``[low, MAX_EPOCHS]``."""
+  require(_is_int(value) and low <= value <= MAX_EPOCHS, key, value,
+          f"must be an integer in [{low}, {MAX_EPOCHS}]")
+
+
 def check_optimizer_section(t: ml_collections.ConfigDict, path: str) -> None:
   """The optimiser and schedule fields every training section has (`train_config`), named ``config.<path>.<key>``
-  when bad."""
+  when bad: every float finite, ``lr > 0``, ``epochs`` in [1, `MAX_EPOCHS`], ``warmup_epochs`` in [0, epochs],
+  ``batch_size >= 1``."""
   from unlearn_jax import train  # pylint: disable=g-import-not-at-top
+  check_finite(t, path)
   require(t.optimizer in train.OPTIMIZERS, f"{path}.optimizer", t.optimizer, f"choose one of {train.OPTIMIZERS}")
   require(t.schedule in train.SCHEDULES, f"{path}.schedule", t.schedule, f"choose one of {train.SCHEDULES}")
-  require(t.lr > 0, f"{path}.lr", t.lr, "must be positive")
-  require(t.epochs >= 1, f"{path}.epochs", t.epochs, "must be at least 1")
-  require(t.batch_size >= 1, f"{path}.batch_size", t.batch_size, "must be at least 1")
+  require(_is_number(t.lr) and t.lr > 0, f"{path}.lr", t.lr, "must be positive")
+  require(not _is_int(t.epochs) or t.epochs >= 1, f"{path}.epochs", t.epochs, "must be at least 1")
+  check_epochs(t.epochs, f"{path}.epochs")
+  warmup = t.get("warmup_epochs", 0)
+  require(_is_number(warmup) and 0 <= warmup <= t.epochs, f"{path}.warmup_epochs", warmup,
+          f"must be in [0, epochs={t.epochs}]")
+  require(_is_int(t.batch_size) and t.batch_size >= 1, f"{path}.batch_size", t.batch_size, "must be at least 1")
+
+
+def num_classes(d: ml_collections.ConfigDict) -> int:
+  """The number of classes of ``config.dataset`` (``d``), known before the data is loaded."""
+  if d.name == "synthetic":
+    return int(d.num_classes)
+  if d.name == "cifar100":
+    return 100 if d.get("label", "fine") == "fine" else 20
+  return NUM_CLASSES[d.name]
+
+
+def check_dataset(d: ml_collections.ConfigDict) -> None:
+  """``config.dataset``: name, test fraction, the synthetic generator's fields, augmentation."""
+  require(d.name in DATASETS, "dataset.name", d.name, f"unknown dataset; choose one of {DATASETS}")
+  # both splits keep at least 1% of the data, so a stratified split has every class on either side
+  require(_is_number(d.test_fraction) and 0.01 <= d.test_fraction <= 0.99, "dataset.test_fraction",
+          d.test_fraction, "must be in [0.01, 0.99]")
+  require(isinstance(d.num_samples, int) and d.num_samples >= 20 and d.num_samples % 10 == 0, "dataset.num_samples",
+          d.num_samples, "must be a multiple of 10 of at least 20")
+  require(d.augment in ("none", "cifar"), "dataset.augment", d.augment, "choose 'none' or 'cifar'")
+  require(d.get("label", "fine") in ("fine", "coarse"), "dataset.label", d.get("label"), "choose 'fine' or 'coarse'")
+  if d.name == "synthetic":
+    shape = tuple(d.image_shape)
+    require(len(shape) == 3 and all(_is_int(n) and n >= 1 for n in shape), "dataset.image_shape", shape,
+            "must be (height, width, channels) of positive integers")
+    require(_is_int(d.num_classes) and d.num_classes >= 2, "dataset.num_classes", d.num_classes,
+            "must be an integer >= 2")
+    for key in ("num_train", "num_test"):
+      require(_is_int(d[key]) and d[key] >= d.num_classes, f"dataset.{key}", d[key],
+              f"must be an integer >= num_classes={d.num_classes}")
+    require(_is_number(d.noise) and d.noise >= 0, "dataset.noise", d.noise, "must be >= 0")
+
+
+def check_forget(f: ml_collections.ConfigDict, d: ml_collections.ConfigDict) -> None:
+  """``config.forget`` against the dataset: the kind's own fields only, classes in range, one class left."""
+  require(f.kind in FORGET_KINDS, "forget.kind", f.kind, f"choose one of {FORGET_KINDS}")
+  if f.kind in ("random", "worst_case"):
+    require(f.fraction is not None and _is_number(f.fraction) and 0 < f.fraction < 1, "forget.fraction", f.fraction,
+            "must be in (0, 1)")
+    require(len(f.classes) == 0, "forget.classes", tuple(f.classes),
+            f"not used by kind {f.kind!r} (it forgets a fraction of all rows); set forget.kind='class'")
+    require(f.class_fraction is None, "forget.class_fraction", f.class_fraction,
+            f"not used by kind {f.kind!r}; use forget.fraction")
+    if f.kind == "worst_case":
+      require(_is_int(f.worst_case_steps) and f.worst_case_steps >= 1, "forget.worst_case_steps",
+              f.worst_case_steps, "must be an integer >= 1")
+      require(_is_number(f.worst_case_lr) and f.worst_case_lr > 0, "forget.worst_case_lr", f.worst_case_lr,
+              "must be positive")
+    return
+  if f.class_fraction is not None:
+    require(_is_number(f.class_fraction) and 0 < f.class_fraction < 1, "forget.class_fraction", f.class_fraction,
+            "must be in (0, 1)")
+  classes = tuple(f.classes)
+  require(len(classes) > 0, "forget.classes", classes, f"needs at least one class for kind {f.kind!r}")
+  if f.kind == "subclass":
+    require(d.name == "cifar100" and d.get("label") == "coarse", "forget.kind", f.kind,
+            f"needs fine labels under coarse ones: dataset.name='cifar100' with dataset.label='coarse' (dataset "
+            f"{d.name!r} has none)")
+    n = 100
+  else:
+    n = num_classes(d)
+  require(all(_is_int(c) and 0 <= c < n for c in classes), "forget.classes", classes,
+          f"class ids must be integers in [0, {n}) for dataset {d.name!r}")
+  require(len(set(classes)) < n, "forget.classes", classes,
+          f"forgets all {n} classes; leave at least one to retain")
+
+
+def check_model(m: ml_collections.ConfigDict) -> None:
+  from unlearn_jax import models  # pylint: disable=g-import-not-at-top
+  require(m.name in models.MODELS, "model.name", m.name, f"unknown model; choose one of {models.MODELS}")
+  require(m.dtype in DTYPES, "model.dtype", m.dtype, f"choose one of {DTYPES}")
+  require(_is_int(m.width) and m.width >= 1, "model.width", m.width, "must be an integer >= 1")
+  hidden = tuple(m.hidden)
+  require(all(_is_int(n) and n >= 1 for n in hidden), "model.hidden", hidden, "layer sizes must be integers >= 1")
 
 
 def _check_source(key: str, path) -> None:
@@ -182,7 +312,7 @@ def validate(config: ml_collections.ConfigDict, extra_sections=()) -> ml_collect
   ``method`` and the ``extra_sections`` a study pipeline owns are free-form here: the method or the pipeline
   checks them.
   """
-  from unlearn_jax import models, unlearning  # pylint: disable=g-import-not-at-top
+  from unlearn_jax import unlearning  # pylint: disable=g-import-not-at-top
 
   base = base_config()
   method = config.get("method")
@@ -194,23 +324,10 @@ def validate(config: ml_collections.ConfigDict, extra_sections=()) -> ml_collect
            f"unknown method; choose one of {unlearning.names()}")
   for section in base.keys():
     require(section in config, section, None, "missing section")
-  d = config.dataset
-  require(d.name in DATASETS, "dataset.name", d.name, f"unknown dataset; choose one of {DATASETS}")
-  require(0 < d.test_fraction < 1, "dataset.test_fraction", d.test_fraction, "must be in (0, 1)")
-  require(isinstance(d.num_samples, int) and d.num_samples >= 20 and d.num_samples % 10 == 0, "dataset.num_samples",
-          d.num_samples, "must be a multiple of 10 of at least 20")
-  require(d.augment in ("none", "cifar"), "dataset.augment", d.augment, "choose 'none' or 'cifar'")
-  f = config.forget
-  require(f.kind in FORGET_KINDS, "forget.kind", f.kind, f"choose one of {FORGET_KINDS}")
-  if f.kind in ("random", "worst_case"):
-    require(f.fraction is not None and 0 < f.fraction < 1, "forget.fraction", f.fraction, "must be in (0, 1)")
-  elif f.class_fraction is not None:
-    require(0 < f.class_fraction < 1, "forget.class_fraction", f.class_fraction, "must be in (0, 1)")
-  if f.kind in ("class", "subclass"):
-    require(len(f.classes) > 0, "forget.classes", f.classes, f"needs at least one class for kind {f.kind!r}")
-  m = config.model
-  require(m.name in models.MODELS, "model.name", m.name, f"unknown model; choose one of {models.MODELS}")
-  require(m.dtype in DTYPES, "model.dtype", m.dtype, f"choose one of {DTYPES}")
+  check_common(config)
+  check_dataset(config.dataset)
+  check_forget(config.forget, config.dataset)
+  check_model(config.model)
   for section in ("train", "retrain"):
     t = config[section]
     check_optimizer_section(t, section)
@@ -227,15 +344,8 @@ def validate(config: ml_collections.ConfigDict, extra_sections=()) -> ml_collect
 
 def check_method_section(method: ml_collections.ConfigDict) -> None:
   """``config.method``'s options against the method's registered ones (`unlearn_jax.unlearning.options`), and
-  the generic values every method shares, so a bad one fails before Original and Retrain are trained:
-
-  * ``lr`` and every ``*_lr`` / ``lr_*`` rate: > 0;
-  * ``epochs``: an integer >= 1 (0 iterations is the Original: use ``method.name=original``); every other
-    ``*_epochs`` (``warmup_epochs``, LAF's ``classifier_epochs``...): an integer >= 0;
-  * ``batch_size`` and every ``*_batch_size``: an integer >= 1. A batch larger than the split it batches is
-    not refused: it is capped to the split with one warning (`batch_warnings`), as the reference code's
-    DataLoader yields one short batch.
-  """
+  the generic values every method shares (`check_options`), so a bad one fails before Original and Retrain are
+  trained."""
   from unlearn_jax import unlearning  # pylint: disable=g-import-not-at-top
   if method.name in unlearning.BASELINES:
     return
@@ -243,16 +353,41 @@ def check_method_section(method: ml_collections.ConfigDict) -> None:
     opts = unlearning.options(method, method.name)
   except ValueError as e:
     raise ValueError(f"config.method: {e}") from e
+  check_options(opts, "method")
+
+
+def check_options(opts, path: str) -> None:
+  """The rules shared by every method's options, recognised by name (``opts`` is a mapping; bad ones are named
+  ``config.<path>.<key>``); used for ``config.method`` and the studies' ``methods.<name>`` sections:
+
+  * every float finite;
+  * ``lr`` and every ``*_lr`` / ``lr_*`` rate: > 0;
+  * ``epochs``: an integer in [1, `MAX_EPOCHS`] (0 iterations is the Original: use ``method.name=original``);
+    every other ``*_epochs`` (LAF's ``classifier_epochs``...): an integer in [0, `MAX_EPOCHS`]; ``warmup_epochs``:
+    a number in that range;
+  * ``batch_size`` and every ``*_batch_size``: an integer >= 1. A batch larger than the split it batches is
+    not refused: it is capped to the split with one warning (`batch_warnings`), as the reference code's
+    DataLoader yields one short batch;
+  * ``fraction`` and every ``*_fraction`` (SalUn's saliency mask, Bad Teacher's retain share): in (0, 1];
+  * ``temperature`` / ``temp``: > 0.
+  """
+  check_finite(opts, path)
   for key, value in opts.items():
-    path = f"method.{key}"
+    name = f"{path}.{key}"
     if key == "lr" or key.endswith("_lr") or key.startswith("lr_"):
-      require(isinstance(value, (int, float)) and value > 0, path, value, "must be positive")
+      require(_is_number(value) and value > 0, name, value, "must be positive")
     elif key == "epochs":
-      require(isinstance(value, int) and value >= 1, path, value, "must be an integer >= 1")
+      check_epochs(value, name)
+    elif key == "warmup_epochs":  # may be a fraction of an epoch
+      require(_is_number(value) and 0 <= value <= MAX_EPOCHS, name, value, f"must be in [0, {MAX_EPOCHS}]")
     elif key.endswith("_epochs"):
-      require(isinstance(value, int) and value >= 0, path, value, "must be an integer >= 0")
+      check_epochs(value, name, low=0)
     elif key == "batch_size" or key.endswith("_batch_size"):
-      require(isinstance(value, int) and value >= 1, path, value, "must be an integer >= 1")
+      require(_is_int(value) and value >= 1, name, value, "must be an integer >= 1")
+    elif key == "fraction" or key.endswith("_fraction"):
+      require(_is_number(value) and 0 < value <= 1, name, value, "must be in (0, 1]")
+    elif key in ("temperature", "temp"):
+      require(_is_number(value) and value > 0, name, value, "must be positive")
 
 
 def batch_warnings(config: ml_collections.ConfigDict, *, train: int, retain: int, forget: int) -> list[str]:

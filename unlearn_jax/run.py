@@ -114,8 +114,14 @@ def setup(config, extra_sections=()) -> Experiment:
   # A worst-case forget set needs the Original: a random one stands in until `choose_worst_case` replaces it.
   kind = "random" if f.kind == "worst_case" else f.kind
   fraction = f.fraction if kind == "random" else f.class_fraction
-  splits = data.make_unlearning_splits(dataset, kind=kind, fraction=fraction,
-                                       classes=tuple(f.classes) or None, seed=config.seed)
+  try:
+    splits = data.make_unlearning_splits(dataset, kind=kind, fraction=fraction,
+                                         classes=tuple(f.classes) or None, seed=config.seed)
+  except ValueError as e:
+    raise ValueError(f"config.forget={f.to_dict()!r}: {e}") from e
+  for role, split in (("forget", splits.forget), ("retain", splits.retain)):
+    config_lib.require(split.size > 0, "forget", f.to_dict(), f"leaves the {role} set of the "
+                       f"{dataset.train.size} training rows empty")
   for line in config_lib.batch_warnings(config, train=dataset.train.size, retain=splits.retain.size,
                                         forget=splits.forget.size):
     logging.warning("%s", line)

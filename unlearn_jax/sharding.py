@@ -60,7 +60,14 @@ def make_mesh(data: int = -1, fsdp: int = 1, devices: Sequence[jax.Device] | Non
     ValueError: if the axis sizes do not multiply to the number of devices.
   """
   devices = list(devices) if devices is not None else jax.devices()
-  n = len(devices)
+  sizes = mesh_sizes(data, fsdp, len(devices))
+  return jax.make_mesh((sizes[DATA], sizes[FSDP]), (DATA, FSDP),
+                       axis_types=(AxisType.Explicit, AxisType.Explicit), devices=devices)
+
+
+def mesh_sizes(data: int, fsdp: int, n: int) -> dict[str, int]:
+  """``{'data': ..., 'fsdp': ...}`` for ``n`` devices (``-1``: the remaining ones); ValueError if they do not
+  fit."""
   sizes = {DATA: data, FSDP: fsdp}
   unknown = [k for k, v in sizes.items() if v == -1]
   if len(unknown) > 1:
@@ -74,8 +81,23 @@ def make_mesh(data: int = -1, fsdp: int = 1, devices: Sequence[jax.Device] | Non
     sizes[unknown[0]] = n // known
   if math.prod(sizes.values()) != n:
     raise ValueError(f"mesh: axis sizes {sizes} do not multiply to the {n} available devices")
-  return jax.make_mesh((sizes[DATA], sizes[FSDP]), (DATA, FSDP),
-                       axis_types=(AxisType.Explicit, AxisType.Explicit), devices=devices)
+  return sizes
+
+
+def check_mesh_config(config) -> None:
+  """Before any work: ``config.mesh``'s ``data``/``fsdp`` fit the local devices (skipped with ``multihost``,
+  whose devices are known only after `jax.distributed.initialize`); ValueError ``config.mesh.<axis>=<size>:
+  ...`` otherwise."""
+  if config.get("multihost", False):
+    return
+  data, fsdp = config.get("data", -1), config.get("fsdp", 1)
+  key, value = ("data", data) if data != -1 else ("fsdp", fsdp)
+  try:
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (data, fsdp)):
+      raise ValueError("mesh: axis sizes must be integers (-1: the remaining devices)")
+    mesh_sizes(data, fsdp, jax.device_count())
+  except ValueError as e:
+    raise ValueError(f"config.mesh.{key}={value!r}: {str(e).removeprefix('mesh: ')}") from e
 
 
 def mesh_from_config(config) -> jax.sharding.Mesh:

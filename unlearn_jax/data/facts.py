@@ -274,6 +274,12 @@ def _template_lengths() -> tuple[int, int]:
   return 8 * math.ceil(seq / 8), prompt
 
 
+def prompt_width() -> int:
+  """Tokens of the widest ``BOS question SEP`` prompt (the width of every ``prompt_ids``): greedy answers of
+  ``max_new_tokens`` fit a model of ``max_len >= prompt_width() + max_new_tokens``."""
+  return _template_lengths()[1]
+
+
 # ------------------------------------------------------------------------------------------------ QA sets
 @dataclasses.dataclass(frozen=True, eq=False)
 class QASet:

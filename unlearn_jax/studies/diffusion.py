@@ -160,9 +160,10 @@ def validate_diffusion(config) -> ml_collections.ConfigDict:
   for section in ("dataset", "forget", "diffusion", "unet", "train", "retrain", "classifier", "sampling", "methods",
                   "eval"):
     require(section in config, section, None, "missing section")
+  config_lib.check_common(config)
   d = config.dataset
   require(d.name in DATASETS, "dataset.name", d.name, f"choose one of {DATASETS}")
-  require(0 < d.test_fraction < 1, "dataset.test_fraction", d.test_fraction, "must be in (0, 1)")
+  require(0.01 <= d.test_fraction <= 0.99, "dataset.test_fraction", d.test_fraction, "must be in [0.01, 0.99]")
   num_classes = 10
   classes = tuple(config.forget.classes)
   require(len(classes) > 0 and all(0 <= int(k) < num_classes for k in classes), "forget.classes", classes,
@@ -200,6 +201,7 @@ def validate_diffusion(config) -> ml_collections.ConfigDict:
       generation.method_config(name, config.methods[name])
     except ValueError as e:
       raise ValueError(f"config.methods.{name}: {e}") from e
+    config_lib.check_options(config.methods[name], f"methods.{name}")
   e = config.eval
   require(e.samples_per_class >= 2, "eval.samples_per_class", e.samples_per_class, "must be at least 2")
   require(1 <= e.grid_per_class <= e.samples_per_class, "eval.grid_per_class", e.grid_per_class,

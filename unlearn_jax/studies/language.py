@@ -156,9 +156,22 @@ def validate_lm(config) -> ml_collections.ConfigDict:
   config_lib.check_keys(config, lm_config("npo"))  # every method's options are in the reference too
   for section in ("data", "model", "train", "retrain", "eval", "mesh"):
     require(section in config, section, None, "missing section")
-  require(config.data.forget in facts.FOLDS, "data.forget", config.data.forget, f"choose one of {facts.FOLDS}")
+  config_lib.check_common(config)
+  d = config.data
+  require(d.forget in facts.FOLDS, "data.forget", d.forget, f"choose one of {facts.FOLDS}")
+  for key, low, high in (("num_people", 2, None), ("num_holdout", 0, None),
+                         ("facts_per_person", 1, len(facts.PERSON_ATTRIBUTES)), ("num_world", 0, None),
+                         ("num_perturbed", 1, None)):
+    require(isinstance(d[key], int) and low <= d[key] <= (high or d[key]), f"data.{key}", d[key],
+            f"must be an integer in [{low}, {high}]" if high else f"must be an integer >= {low}")
   require(config.model.preset in gpt.PRESETS, "model.preset", config.model.preset,
           f"choose one of {sorted(gpt.PRESETS)}")
+  m, preset = config.model, gpt.PRESETS[config.model.preset]
+  sizes = {k: (m[k] if m[k] is not None else preset[k]) for k in ("num_layers", "d_model", "num_heads", "d_ff")}
+  for key, value in sizes.items():
+    require(isinstance(value, int) and value >= 1, f"model.{key}", value, "must be an integer >= 1")
+  require(sizes["d_model"] % sizes["num_heads"] == 0, "model.d_model", sizes["d_model"],
+          f"must be a multiple of num_heads={sizes['num_heads']}")
   require(config.model.dtype in config_lib.DTYPES, "model.dtype", config.model.dtype,
           f"choose one of {config_lib.DTYPES}")
   hf_path = config.model.hf_checkpoint
@@ -174,8 +187,13 @@ def validate_lm(config) -> ml_collections.ConfigDict:
       lm_unlearning.method_config(name, config.methods[name])
     except ValueError as e:
       raise ValueError(f"config.methods.{name}: {e}") from e
+    config_lib.check_options(config.methods[name], f"methods.{name}")
   require(config.eval.batch_size >= 1, "eval.batch_size", config.eval.batch_size, "must be at least 1")
   require(config.eval.max_new_tokens >= 1, "eval.max_new_tokens", config.eval.max_new_tokens, "must be >= 1")
+  if not m.hf_checkpoint:  # a checkpoint's own max_len is checked when it is read
+    room = preset.get("max_len", gpt.GPTConfig.max_len) - facts.prompt_width()
+    require(config.eval.max_new_tokens <= room, "eval.max_new_tokens", config.eval.max_new_tokens,
+            f"the benchmark's prompts leave room for at most {room} new tokens in the model's max_len")
   return config
 
 
