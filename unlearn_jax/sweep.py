@@ -15,6 +15,13 @@ all of them train together, on the same batches and random labels, in one jitted
 coefficient is the method's main option (``Plan.coef``: NegGrad+'s ``beta``, l1-sparse's ``alpha``, SalUn's mask
 ``fraction``); a coefficient that only changes a mask (SalUn) gets one precomputed mask per grid point.
 
+Every sweep also takes a population (``population=True``; `unlearn_jax.population`): ``params``/``state`` then
+carry a leading model axis ``N``, ``rng`` is one key per member (or one key, split into ``N``), and the grid runs
+for every member: point ``g * N + i`` is setting ``g`` applied to member ``i`` with key ``i``, still one program
+per phase (Plans: `loop.unlearn_grid` with ``stacked=True``; one-shot methods: statistics and update vmapped over
+the members). `unlearn_population` runs a method at its own options over a population that way, or member by member
+for the methods with no vectorised form, and says which.
+
 Grid point ``g`` computes what the method computes alone with ``lr = settings[g]['lr']`` and
 ``<coef> = settings[g][<coef>]`` and the same ``rng`` (checked to 1e-5 in ``tests/test_sweep.py``), so the
 best point of a sweep can be rerun, or reported over other seeds, with the method itself.
@@ -26,11 +33,13 @@ Example:
 """
 from __future__ import annotations
 
+import time
 from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
 
+from unlearn_jax import population as population_lib
 from unlearn_jax import train as train_lib
 from unlearn_jax import unlearning
 from unlearn_jax.unlearning import loop, methods
@@ -72,8 +81,23 @@ def grid_settings(lrs: Sequence[float], coef: str | None, coefs: Sequence[float]
   return [{"lr": float(lr), coef: float(c)} for c in coefs for lr in lrs]
 
 
+def _members(params, state, rng, population: bool):
+  """``(N, first member's (params, state), per-member keys)`` of a population; ``(None, (params, state), rng)``
+  otherwise."""
+  if not population:
+    return None, (params, state), rng
+  n = population_lib.check_size(population_lib.size_of(params))
+  first = (population_lib.member(params, 0), population_lib.member(state, 0))
+  return n, first, population_lib.keys(rng, n)
+
+
+def _over_members(settings: list[dict], n: int | None) -> list[dict]:
+  """The settings of a population sweep, setting-major: ``[{**s, 'member': i} for s in settings for i in ...]``."""
+  return settings if n is None else [{**s, "member": i} for s in settings for i in range(n)]
+
+
 def sweep_method(name: str, model, params, state, forget, retain, *, options=None, lrs: Sequence[float],
-                 coefs: Sequence[float] | None = None, rng: jax.Array):
+                 coefs: Sequence[float] | None = None, rng: jax.Array, population: bool = False):
   """Runs method ``name`` at every ``(lr, coefficient)`` of the grid as one vmapped unlearning loop.
 
   Args:
@@ -83,11 +107,14 @@ def sweep_method(name: str, model, params, state, forget, retain, *, options=Non
       replaced by the grid's values.
     lrs: learning rates.
     coefs: values of the method's coefficient (``methods.PLANS[name]``'s ``Plan.coef``); None: the option's value.
-    rng: the key every grid point uses (the one the method would get).
+    rng: the key every grid point uses (the one the method would get); with ``population``, one per member.
+    population: ``params``/``state`` carry a leading model axis (see the module docstring); a mask (SalUn) is
+      computed for each member from its own parameters.
 
   Returns:
-    ``(params, state, settings, history)``: ``params``/``state`` with a leading axis over the grid points, the
-    list of their settings, and the loop history (``history['finite']``: which points stayed finite).
+    ``(params, state, settings, history)``: ``params``/``state`` with a leading axis over the grid points (times
+    the members), the list of their settings (with ``'member'``), and the loop history (``history['finite']``:
+    which points stayed finite).
 
   Raises:
     ValueError: for a method without a plan, an unknown option, or an empty or non-positive grid.
@@ -95,7 +122,8 @@ def sweep_method(name: str, model, params, state, forget, retain, *, options=Non
   if name not in methods.PLANS:
     raise ValueError(f"sweep: method {name!r} cannot be vectorised; choose one of {sweepable()}")
   opts = unlearning.options(options, name)
-  plan = methods.PLANS[name](model, params, state, forget, retain, opts)
+  n, first, rng = _members(params, state, rng, population)
+  plan = methods.PLANS[name](model, *first, forget, retain, opts)
   assert plan.coef == methods.COEFS[name], (name, plan.coef)
   if plan.coef is not None and coefs is None:
     coefs = (opts[plan.coef],)
@@ -105,8 +133,21 @@ def sweep_method(name: str, model, params, state, forget, retain, *, options=Non
     hypers["coef"] = jnp.asarray([s[plan.coef] for s in settings], jnp.float32)
   masks = None
   if plan.mask is not None:  # one mask per distinct coefficient, repeated over the learning rates
-    per_coef = {c: plan.mask(c) for c in dict.fromkeys(s[plan.coef] for s in settings)}
-    masks = jax.tree.map(lambda *m: jnp.stack(m), *[per_coef[s[plan.coef]] for s in settings])
+    distinct = tuple(dict.fromkeys(s[plan.coef] for s in settings))
+    if n is None:
+      per_coef = {c: plan.mask(c) for c in distinct}
+    else:  # each member's own mask, from its own parameters: (N, ...) leaves
+      member_masks = lambda ps: (lambda pl: {c: pl.mask(c) for c in distinct})(
+          methods.PLANS[name](model, *ps, forget, retain, opts))
+      # lax.map, not vmap: one compiled program, each member's saliency and top-k exactly as alone (a vmapped
+      # `sharding.top_k_mask` over 2 members also crashes XLA:CPU's LLVM backend at optimisation level 1)
+      per_coef = jax.jit(lambda ps: jax.lax.map(member_masks, ps))((params, state))
+    masks = jax.tree.map(lambda *m: jnp.concatenate(m) if n else jnp.stack(m),
+                         *[per_coef[s[plan.coef]] for s in settings])
+  if n is not None:  # point g * N + i: setting g on member i
+    hypers = jax.tree.map(lambda a: jnp.repeat(a, n, axis=0), hypers)
+    params, state = jax.tree.map(lambda a: jnp.concatenate([a] * len(settings)), (params, state))
+    rng = jnp.concatenate([rng] * len(settings))
   kw = methods.loop_kwargs(plan, opts, forget, retain)
   steps = kw.pop("steps")
 
@@ -116,8 +157,8 @@ def sweep_method(name: str, model, params, state, forget, retain, *, options=Non
 
   out_params, out_state, history = loop.unlearn_grid(params, state, kw.pop("forget"), kw.pop("retain"), make=make,
                                                      hypers=hypers, masks=masks, rng=rng, desc=f"sweep {name}",
-                                                     **kw)
-  return out_params, out_state, settings, history
+                                                     stacked=n is not None, **kw)
+  return out_params, out_state, _over_members(settings, n), history
 
 
 def grid_point(tree: Pytree, g: int) -> Pytree:
@@ -126,12 +167,13 @@ def grid_point(tree: Pytree, g: int) -> Pytree:
 
 
 def sweep_one_shot(name: str, model, params, state, forget, retain, *, options=None, coefs: Sequence[float],
-                   rng: jax.Array):
+                   rng: jax.Array, population: bool = False):
   """A one-shot method of `unlearn_jax.unlearning.ONE_SHOT` at every value of its coefficient, vmapped.
 
   The statistics the method needs are computed once with ``options`` (and ``rng``); the update is
   ``jax.vmap``-ped over ``coefs``, so point ``g`` equals the method run alone with ``<coef> = coefs[g]`` and the
-  same ``rng``.
+  same ``rng``. With ``population``, the statistics and the update are vmapped over the members too (one program;
+  member ``i`` with key ``i``).
 
   Returns:
     ``(params, state, settings, history)`` as `sweep_method` (``settings[g] = {<coef>: coefs[g]}``).
@@ -144,10 +186,16 @@ def sweep_one_shot(name: str, model, params, state, forget, retain, *, options=N
   for c in coefs:
     if not c >= 0:
       raise ValueError(f"sweep: {coef}={c!r} must be >= 0")
-  apply = prepare(model, params, state, forget, retain, unlearning.options(options, name), rng)
-  out_params, out_state = jax.jit(jax.vmap(apply))(jnp.asarray(coefs, jnp.float32))
-  finite = _finite(out_params)
-  return out_params, out_state, [{coef: float(c)} for c in coefs], {"finite": finite}
+  opts = unlearning.options(options, name)
+  n, _, rng = _members(params, state, rng, population)
+  grid = lambda p, s, k: jax.vmap(prepare(model, p, s, forget, retain, opts, k))(jnp.asarray(coefs, jnp.float32))
+  if n is None:  # the statistics eagerly, the update vmapped over the coefficients
+    apply = prepare(model, params, state, forget, retain, opts, rng)
+    out_params, out_state = jax.jit(jax.vmap(apply))(jnp.asarray(coefs, jnp.float32))
+  else:  # (N, G, ...) -> (G * N, ...), setting-major
+    out = jax.jit(jax.vmap(grid))(params, state, rng)
+    out_params, out_state = jax.tree.map(lambda a: jnp.swapaxes(a, 0, 1).reshape((-1,) + a.shape[2:]), out)
+  return out_params, out_state, _over_members([{coef: float(c)} for c in coefs], n), {"finite": _finite(out_params)}
 
 
 # The option a sequential sweep varies for methods whose learning rate is not called ``lr`` (LAF: the
@@ -161,8 +209,9 @@ def lr_key(name: str) -> str:
 
 
 def sweep_sequential(name: str, model, params, state, forget, retain, *, options=None, lrs: Sequence[float],
-                     rng: jax.Array):
-  """Any registered method at each learning rate (option `lr_key`) in turn, for methods with no vectorised form.
+                     rng: jax.Array, population: bool = False):
+  """Any registered method at each learning rate (option `lr_key`) in turn, for methods with no vectorised form
+  (with ``population``: for each member in turn, member ``i`` with key ``i``).
 
   Returns:
     ``(params, state, settings, history)`` as `sweep_method`, the runs stacked on a leading axis.
@@ -172,22 +221,35 @@ def sweep_sequential(name: str, model, params, state, forget, retain, *, options
   if key not in opts:
     raise ValueError(f"sweep: method {name!r} has no learning rate {key!r} to sweep")
   settings = [{key: s["lr"]} for s in grid_settings(lrs, None, None)]
+  n, _, rng = _members(params, state, rng, population)
+  configs = [{**opts.to_dict(), **s} for s in settings]
+  out_params, out_state = _one_by_one(name, model, params, state, forget, retain, configs, rng, n)
+  return out_params, out_state, _over_members(settings, n), {"finite": _finite(out_params)}
+
+
+def _one_by_one(name: str, model, params, state, forget, retain, configs: list[dict], rng, n: int | None):
+  """The method at each config in turn (and, for a population of ``n``, on each member ``i`` with key
+  ``rng[i]``), stacked setting-major."""
   method = unlearning.get_method(name)
-  runs = [method(model, params, state, forget, retain, config={**opts.to_dict(), **s}, rng=rng) for s in settings]
-  out_params, out_state = jax.tree.map(lambda *a: jnp.stack(a), *runs)
-  return out_params, out_state, settings, {"finite": _finite(out_params)}
+  if n is None:
+    runs = [method(model, params, state, forget, retain, config=c, rng=rng) for c in configs]
+  else:
+    runs = [method(model, population_lib.member(params, i), population_lib.member(state, i), forget, retain,
+                   config=c, rng=rng[i]) for c in configs for i in range(n)]
+  return jax.tree.map(lambda *a: jnp.stack(a), *runs)
 
 
 def sweep(name: str, model, params, state, forget, retain, *, options=None, lrs: Sequence[float] = (),
-          coefs: Sequence[float] | None = None, rng: jax.Array):
+          coefs: Sequence[float] | None = None, rng: jax.Array, population: bool = False):
   """Runs method ``name`` over its grid the fastest way it allows (see `kind`): learning rates ``lrs`` (and
-  ``coefs``) for a Plan, ``coefs`` for a one-shot method (``lrs`` must be empty), ``lrs`` for the others.
+  ``coefs``) for a Plan, ``coefs`` for a one-shot method (``lrs`` must be empty), ``lrs`` for the others; over
+  every member of a population with ``population`` (see the module docstring).
 
   Returns:
     ``(params, state, settings, history)`` as `sweep_method`.
   """
   how = kind(name)
-  kw = dict(options=options, rng=rng)
+  kw = dict(options=options, rng=rng, population=population)
   if how == "vmapped":
     return sweep_method(name, model, params, state, forget, retain, lrs=lrs, coefs=coefs, **kw)
   if how == "one_shot":
@@ -197,6 +259,37 @@ def sweep(name: str, model, params, state, forget, retain, *, options=None, lrs:
   if coefs:
     raise ValueError(f"sweep: {name!r} runs sequentially over learning rates only (coefs given)")
   return sweep_sequential(name, model, params, state, forget, retain, lrs=lrs, **kw)
+
+
+def unlearn_population(name: str, model, params, state, forget, retain, *, options=None, rng: jax.Array):
+  """Method ``name`` at its options (``options``, else its defaults) on every member of a population.
+
+  Plans and one-shot methods run over the model axis as one program (`sweep` with ``population=True`` and a
+  one-point grid); the others run member by member. Member ``i`` gets key ``i`` of `population.keys` ``(rng, N)``
+  and computes what the method computes alone on ``member(params, i)`` with that key.
+
+  Returns:
+    ``(params, state, info)``: the unlearned population (leading axis ``N``), and ``info`` with ``how``
+    (``'vmapped'``, ``'one_shot'`` or ``'member_by_member'``), ``finite`` (``(N,)`` bools) and ``seconds``.
+  """
+  how = kind(name)
+  opts = unlearning.options(options, name)
+  start = time.perf_counter()
+  if how == "vmapped":
+    coef = methods.COEFS[name]
+    grid = dict(lrs=(opts.lr,), coefs=None if coef is None else (opts[coef],))
+  elif how == "one_shot":
+    grid = dict(coefs=(opts[coefficient(name)],))
+  else:
+    how = "member_by_member"
+    n, _, keys = _members(params, state, rng, True)
+    out_params, out_state = _one_by_one(name, model, params, state, forget, retain, [opts.to_dict()], keys, n)
+    history = {"finite": _finite(out_params)}
+  if how != "member_by_member":
+    out_params, out_state, _, history = sweep(name, model, params, state, forget, retain, options=opts, rng=rng,
+                                              population=True, **grid)
+  jax.block_until_ready(out_params)
+  return out_params, out_state, {"how": how, "finite": history["finite"], "seconds": time.perf_counter() - start}
 
 
 def _finite(tree: Pytree) -> jax.Array:

@@ -24,7 +24,9 @@ in [0, 1] for a soft mask, e.g. from `saliency`) acts in one of two ways (``mask
 
 `unlearn_grid` runs the same loop for a whole grid of hyperparameters at once: every phase is ``jax.vmap``-ped
 over the grid points (learning rate, a method coefficient, a mask each), so the grid is one compiled program and
-each grid point follows exactly the computation it would alone (same batches, same random labels).
+each grid point follows exactly the computation it would alone (same batches, same random labels). The points
+may also start from different models with keys of their own (``stacked=True``, ``rng`` of shape ``(G,)``): a
+population of Originals (`unlearn_jax.population`) is unlearned by the same program.
 
 On a mesh (``mesh=`` or the one set by ``jax.set_mesh`` around the call) the parameters are placed by sharding
 rules (`unlearn_jax.sharding.place`; FSDP-sharded where large enough), and the optimiser state, the mask and the
@@ -129,11 +131,12 @@ def _batch_mesh(mesh, *batch_sizes: int):
   return mesh
 
 
-def _phase_fn(make, role: str, *, batch_size: int, augment, mesh, grid: bool):
+def _phase_fn(make, role: str, *, batch_size: int, augment, mesh, grid: bool, keyed: bool = False):
   """Jitted epoch phase scanning the ``role`` term of ``make(hyper)`` over the shuffled batches of one split.
 
   ``make(hyper) -> (objective, tx)``; with ``grid`` the phase is vmapped over the leading axis of params, state,
-  optimiser state and ``hyper``, with the data, the key and the epoch shared.
+  optimiser state and ``hyper``, with the data and the epoch shared, and the key too unless ``keyed`` (one per
+  grid point).
   """
   mesh = _batch_mesh(mesh, batch_size)
 
@@ -145,12 +148,12 @@ def _phase_fn(make, role: str, *, batch_size: int, augment, mesh, grid: bool):
     return _scan(term_step(term, tx, augment), params, state, opt_state, ((xb, yb),), step_rng, epoch)
 
   if grid:
-    phase = jax.vmap(phase, in_axes=(0, 0, 0, None, None, None, None, 0))
+    phase = jax.vmap(phase, in_axes=(0, 0, 0, None, None, 0 if keyed else None, None, 0))
   return jax.jit(phase, donate_argnums=(0, 1, 2))
 
 
 def _joint_fn(make, *, batch_size: int, forget_batch_size: int, augment, mesh, anchor: str = "retain",
-              grid: bool = False):
+              grid: bool = False, keyed: bool = False):
   """Jitted epoch of joint steps: one batch of each split per step; the ``anchor`` split is walked once, the other
   cycled."""
   mesh = _batch_mesh(mesh, batch_size, forget_batch_size)
@@ -178,7 +181,7 @@ def _joint_fn(make, *, batch_size: int, forget_batch_size: int, augment, mesh, a
     return _scan(term_step(loss_fn, tx, augment), params, state, opt_state, (fb, rb), step_rng, epoch)
 
   if grid:
-    epoch_fn = jax.vmap(epoch_fn, in_axes=(0, 0, 0, None, None, None, None, None, None, 0))
+    epoch_fn = jax.vmap(epoch_fn, in_axes=(0, 0, 0, None, None, None, None, 0 if keyed else None, None, 0))
   return jax.jit(epoch_fn, donate_argnums=(0, 1, 2))
 
 
@@ -274,16 +277,20 @@ def unlearn_grid(params, state, forget: split_lib.Split | None, retain: split_li
                  epochs: int, batch_size: int, rng: jax.Array, schedule: str = "sequential",
                  forget_epochs: int | None = None, forget_batch_size: int | None = None,
                  masks: Pytree | None = None, mask_mode: str = "freeze", augment=None,
-                 log: Callable[[str], None] | None = None, desc: str = "sweep", anchor: str = "retain"):
+                 log: Callable[[str], None] | None = None, desc: str = "sweep", anchor: str = "retain",
+                 stacked: bool = False):
   """`unlearn_loop` for ``G`` hyperparameter settings at once, as one vmapped, jitted program per phase.
 
   Every grid point starts from the same ``(params, state)`` and sees the same batches and the same randomness
   (``rng`` is shared), so grid point ``g`` computes what `unlearn_loop` computes with ``make(hypers[g])`` alone.
+  With ``stacked``, ``params`` and ``state`` already have the leading axis ``G`` (point ``g`` starts from its own
+  model, e.g. a population member), and ``rng`` may be ``(G,)`` keys, one per point: point ``g`` then computes
+  what `unlearn_loop` computes from ``params[g]`` with ``rng[g]``.
   A grid point whose loss stops being finite (a learning rate too large) does not stop the others: its
   ``history['finite'][g]`` is False and its parameters are whatever they became.
 
   Args:
-    params, state: the common starting point; not modified.
+    params, state: the common starting point (with ``stacked``: one per point); not modified.
     forget, retain: as in `unlearn_loop`.
     make: ``make(hyper) -> (objective, tx)`` for one grid point's slice of ``hypers`` (its leaves are traced
       scalars, e.g. a learning rate or a loss weight); which terms are None must not depend on ``hyper``.
@@ -311,16 +318,27 @@ def unlearn_grid(params, state, forget: split_lib.Split | None, retain: split_li
     return objective, masked_optimizer(tx, mask, mask_mode)
 
   hm = (hypers, masks)
-  tile = lambda t: jax.tree.map(lambda a: jnp.repeat(jnp.asarray(a)[None], size, axis=0), t)
-  params, state = tile(params), tile(state)
+  if stacked:
+    for path, leaf in jax.tree_util.tree_flatten_with_path((params, state))[0]:
+      if leaf.shape[:1] != (size,):
+        raise ValueError(f"unlearn_grid: stacked {jax.tree_util.keystr(path)} has leading shape {leaf.shape[:1]}, "
+                         f"expected ({size},) (one model per grid point)")
+    params, state = jax.tree.map(jnp.copy, (params, state))  # donation never touches the caller's arrays
+  else:
+    tile = lambda t: jax.tree.map(lambda a: jnp.repeat(jnp.asarray(a)[None], size, axis=0), t)
+    params, state = tile(params), tile(state)
+  keyed = jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key) and rng.ndim == 1
+  if keyed and rng.shape != (size,):
+    raise ValueError(f"unlearn_grid: rng has shape {rng.shape}; expected one key or ({size},) keys")
   opt_state = jax.jit(jax.vmap(lambda h, p: make_masked(h)[1].init(p)))(hm, params)
   return _run(make_masked, hm, params, state, opt_state, forget, retain, epochs=epochs, batch_size=batch_size,
               rng=rng, schedule=schedule, forget_epochs=forget_epochs, forget_batch_size=forget_batch_size,
-              augment=augment, mesh=None, log=log, desc=desc, anchor=anchor, grid=True)
+              augment=augment, mesh=None, log=log, desc=desc, anchor=anchor, grid=True, keyed=keyed)
 
 
 def _run(make, hyper, params, state, opt_state, forget, retain, *, epochs, batch_size, rng, schedule, forget_epochs,
-         forget_batch_size, augment, mesh, log, desc, anchor, grid: bool = False, on_epoch=None):
+         forget_batch_size, augment, mesh, log, desc, anchor, grid: bool = False, on_epoch=None,
+         keyed: bool = False):
   """The epochs of `unlearn_loop` / `unlearn_grid` from a prepared optimiser state."""
   if schedule not in SCHEDULES:
     raise ValueError(f"schedule: unknown {schedule!r}; choose one of {SCHEDULES}")
@@ -340,13 +358,13 @@ def _run(make, hyper, params, state, opt_state, forget, retain, *, epochs, batch
   phases = []
   if schedule == "joint":
     fn = _joint_fn(make, batch_size=retain_bs, forget_batch_size=forget_bs, augment=augment, mesh=mesh,
-                   anchor=anchor, grid=grid)
+                   anchor=anchor, grid=grid, keyed=keyed)
     phases.append(("joint", fn, (forget.x, forget.y, retain.x, retain.y), None))
   else:
     for name, term, split, bs, last in (("forget", probe.forget, forget, forget_bs, forget_epochs),
                                         ("retain", probe.retain, retain, retain_bs, None)):
       if term is not None:
-        fn = _phase_fn(make, name, batch_size=bs, augment=augment, mesh=mesh, grid=grid)
+        fn = _phase_fn(make, name, batch_size=bs, augment=augment, mesh=mesh, grid=grid, keyed=keyed)
         phases.append((name, fn, (split.x, split.y), last))
 
   if mesh is not None:
@@ -355,10 +373,10 @@ def _run(make, hyper, params, state, opt_state, forget, retain, *, epochs, batch
   finite = None
   start = time.perf_counter()
   with sharding_lib.use_mesh(mesh):
-    for epoch, key in enumerate(progress(jax.random.split(rng, epochs), desc=desc, unit="epoch")):
+    for epoch, key in enumerate(progress(train_lib.epoch_keys(rng, epochs), desc=desc, unit="epoch")):
       epoch_start = time.perf_counter()
       outputs = []
-      for (name, fn, arrays, last_epoch), pkey in zip(phases, jax.random.split(key, len(phases))):
+      for (name, fn, arrays, last_epoch), pkey in zip(phases, train_lib.epoch_keys(key, len(phases))):
         if last_epoch is not None and epoch >= last_epoch:
           continue
         params, state, opt_state, losses, metrics = fn(params, state, opt_state, *arrays, pkey,
