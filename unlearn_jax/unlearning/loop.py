@@ -336,6 +336,14 @@ def unlearn_grid(params, state, forget: split_lib.Split | None, retain: split_li
               augment=augment, mesh=None, log=log, desc=desc, anchor=anchor, grid=True, keyed=keyed)
 
 
+def split_keys(rng: jax.Array, num: int) -> jax.Array:
+  """``jax.random.split(rng, num)``; for ``(G,)`` keys (one per grid point), ``(num, G)`` keys whose column ``g``
+  is ``jax.random.split(rng[g], num)``."""
+  if jnp.ndim(rng) == 0 or not jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key):
+    return jax.random.split(rng, num)
+  return jax.vmap(lambda k: jax.random.split(k, num), out_axes=1)(rng)
+
+
 def _run(make, hyper, params, state, opt_state, forget, retain, *, epochs, batch_size, rng, schedule, forget_epochs,
          forget_batch_size, augment, mesh, log, desc, anchor, grid: bool = False, on_epoch=None,
          keyed: bool = False):
@@ -373,10 +381,10 @@ def _run(make, hyper, params, state, opt_state, forget, retain, *, epochs, batch
   finite = None
   start = time.perf_counter()
   with sharding_lib.use_mesh(mesh):
-    for epoch, key in enumerate(progress(train_lib.epoch_keys(rng, epochs), desc=desc, unit="epoch")):
+    for epoch, key in enumerate(progress(split_keys(rng, epochs), desc=desc, unit="epoch")):
       epoch_start = time.perf_counter()
       outputs = []
-      for (name, fn, arrays, last_epoch), pkey in zip(phases, train_lib.epoch_keys(key, len(phases))):
+      for (name, fn, arrays, last_epoch), pkey in zip(phases, split_keys(key, len(phases))):
         if last_epoch is not None and epoch >= last_epoch:
           continue
         params, state, opt_state, losses, metrics = fn(params, state, opt_state, *arrays, pkey,
