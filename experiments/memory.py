@@ -10,6 +10,12 @@ abstractly and prints, per device, the bytes of
   ``jit(...).lower(...).compile().memory_analysis()``: argument, output, aliased (donated), temporary and
   generated-code bytes, and their sum less the aliased bytes as the step's peak estimate.
 
+An LM-unlearning config (``experiment = 'lm_unlearning'``, `lm_memory_report`) is planned for its first compared
+method: the network's parameters, what the optimiser trains (all weights, or LoRA adapters with
+``--config.methods.<m>.lora_rank=8``), the frozen pytrees the loop carries (the reference model / LoRA base),
+AdamW's state, and one compiled unlearning step (`unlearn_jax.unlearning.loop.joint_term`, the loop's own step):
+LoRA's saving shows in ``opt_state`` and the step's arguments.
+
 Nothing is trained and no data is loaded: shapes come from `jax.eval_shape` and the dataset's known image
 shape, so the numbers for a big model or a big mesh are available before committing to a run. Unlearning steps
 run the same network and optimiser on batches of the same size, so the training step bounds them up to the
@@ -24,6 +30,8 @@ References:
 Example:
     python -m experiments.memory --config=configs/original.py
     python -m experiments.memory --config=configs/salun.py:resnet18 --config.mesh.fsdp=2
+    python -m experiments.memory --config=configs/lm_npo.py --config.compare="('npo',)" \
+        --config.methods.npo.lora_rank=8
 """
 from __future__ import annotations
 
@@ -131,15 +139,69 @@ def memory_report(config) -> dict[str, Any]:
   }
 
 
+def lm_memory_report(config) -> dict[str, Any]:
+  """`memory_report` of an LM-unlearning config: its first compared method's unlearning step, on one device.
+
+  Returns:
+    ``{'devices': 1, 'mesh', 'batch_size', 'method', 'vocab_size', 'params', 'trainable', 'state', 'opt_state',
+    'step', 'specs': {}}``; ``state`` is the frozen pytrees the loop carries.
+
+  Raises:
+    ValueError: a bad config (`unlearn_jax.studies.language.validate_lm`, `check_lora`), or a method whose
+      objective needs data to build (RMU's and the SAE's read activations).
+  """
+  from unlearn_jax import sharding  # pylint: disable=g-import-not-at-top
+  from unlearn_jax.models import gpt  # pylint: disable=g-import-not-at-top
+  from unlearn_jax.studies import language as study  # pylint: disable=g-import-not-at-top
+  from unlearn_jax.unlearning import loop, teachers  # pylint: disable=g-import-not-at-top
+  from unlearn_jax.unlearning import language as lmu  # pylint: disable=g-import-not-at-top
+
+  study.validate_lm(config)
+  name = config.compare[0]
+  if name in ("rmu", "sae"):
+    raise ValueError(f"config.compare={config.compare!r}: the memory plan builds {name!r}'s objective only with "
+                     "data; put a likelihood method (ga, graddiff, npo, simnpo, idkdpo) first")
+  bench = study.make_benchmark(config)
+  study.check_lora(config, bench.tokenizer.vocab_size)
+  opts = lmu.method_config(name, config.methods[name])
+  cfg = study.model_config(config, bench.tokenizer.vocab_size)
+  lm, _ = gpt.language_model(cfg)
+  key = jax.random.key(config.seed)
+  params = jax.eval_shape(functools.partial(gpt.init_params, cfg), key)
+
+  def prepare(params, key):
+    objective, frozen, mask = lmu.build(name, lm, params, opts, forget=None, retain=None, holdout=None, rng=key)
+    return lmu.with_adapters(params, objective, frozen, mask, opts, key)
+
+  trainable, frozen = jax.eval_shape(lambda p, k: prepare(p, k)[0::2], params, key)
+  objective = prepare(params, key)[1]
+  tx = lmu.optimizer(opts, steps_per_epoch=1)
+  opt_state = jax.eval_shape(tx.init, trainable)
+  carried = teachers.carry({}, frozen)
+  bs, seq = int(opts.batch_size), int(bench.seq_len)
+  batch = lambda fields: ({f: jax.ShapeDtypeStruct((bs, seq), jnp.int32 if "ids" in f else jnp.float32)
+                           for f in fields}, jax.ShapeDtypeStruct((bs,), jnp.int32))
+  forget_fields = ("input_ids", "loss_mask") + lmu.FORGET_FIELDS.get(name, ())
+  step = jax.jit(loop.term_step(loop.joint_term(objective), tx, None), donate_argnums=(0, 1, 2))
+  batches = (batch(forget_fields), batch(("input_ids", "loss_mask")))
+  step_stats = _stats(step.lower(trainable, carried, opt_state, batches, key, jnp.int32(0)).compile())
+  size = lambda tree: {"total": sharding.bytes_per_device(tree), "per_device": sharding.bytes_per_device(tree)}
+  return {"devices": 1, "mesh": {}, "batch_size": bs, "method": name, "vocab_size": cfg.vocab_size,
+          "params": size(params),
+          "trainable": size(trainable), "state": size(carried), "opt_state": size(opt_state), "step": step_stats,
+          "specs": {}}
+
+
 def format_report(report: dict[str, Any]) -> str:
   """The report as a plain-text table (MiB, per device)."""
   mib = lambda b: f"{b / 2**20:12.3f}"
   lines = [f"mesh {report['mesh']} ({report['devices']} devices), batch {report['batch_size']}",
            f"{'per-device MiB':<28}{'per device':>12}{'total':>12}"]
-  for name in ("params", "state", "opt_state"):
-    lines.append(f"{name:<28}{mib(report[name]['per_device'])}{mib(report[name]['total'])}")
+  for name in ("params", "trainable", "state", "opt_state"):
+    if name in report:
+      lines.append(f"{name:<28}{mib(report[name]['per_device'])}{mib(report[name]['total'])}")
   for stage in ("init", "step"):
-    for k, v in report[stage].items():
+    for k, v in report.get(stage, {}).items():
       lines.append(f"{stage + ' ' + k:<28}{mib(v)}")
   sharded = {p: s for p, s in report["specs"].items() if s != str(jax.P())}
   lines.append(f"sharded parameters: {len(sharded)} of {len(report['specs'])}")
@@ -150,7 +212,9 @@ def format_report(report: dict[str, Any]) -> str:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  print(format_report(memory_report(_CONFIG.value)))
+  config = _CONFIG.value
+  lm = config.get("experiment") == "lm_unlearning"
+  print(format_report(lm_memory_report(config) if lm else memory_report(config)))
 
 
 if __name__ == "__main__":

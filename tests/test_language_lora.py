@@ -97,3 +97,35 @@ def test_bad_lora_options_fail_before_training():
     lmu.method_config("npo", {"lora_rank": 2, "lora_alpha": 0.0})
   with pytest.raises(ValueError, match=r"method\.lora_targets"):
     lmu.method_config("npo", {"lora_rank": 2, "lora_targets": ()})
+
+
+def _study_config(**npo):
+  from configs import lm_npo  # pylint: disable=g-import-not-at-top
+  config = lm_npo.get_config("tiny_test")
+  config.compare = ("npo",)
+  config.methods.npo.update(npo)
+  return config
+
+
+def test_study_refuses_bad_lora_before_any_work(tmp_path):
+  from unlearn_jax import run as run_lib  # pylint: disable=g-import-not-at-top
+  with pytest.raises(ValueError, match=r"config\.methods\.npo: method\.lora_targets: 'wq' names no Dense kernel"):
+    run_lib.run(_study_config(lora_rank=2, lora_targets=("wq",)), tmp_path / "w")
+  with pytest.raises(ValueError, match=r"config\.methods\.npo: method\.lora_rank=65: larger than"):
+    run_lib.run(_study_config(lora_rank=65), tmp_path / "w")
+  assert not (tmp_path / "w").exists()
+
+
+def test_memory_plan_shows_the_optimiser_state_saving():
+  from experiments import memory  # pylint: disable=g-import-not-at-top
+  full = memory.lm_memory_report(_study_config())
+  low = memory.lm_memory_report(_study_config(lora_rank=4, lora_targets=("q", "v")))
+  n = sum(x.size for x in jax.tree.leaves(jax.eval_shape(
+      lambda: gpt.init_params(gpt.gpt_config("tiny", vocab_size=full["vocab_size"], num_layers=1, d_model=64,
+                                             num_heads=2, d_ff=128), jax.random.key(0)))))
+  assert full["trainable"]["total"] == full["params"]["total"] == 4 * n
+  assert low["trainable"]["total"] == 4 * 2 * (64 * 4 + 4 * 64)            # q, v: A [64, 4] + B [4, 64]
+  # AdamW: two moments of what trains, plus a few counters
+  for report in (full, low):
+    assert 0 <= report["opt_state"]["total"] - 2 * report["trainable"]["total"] <= 64
+  assert low["step"]["argument"] < full["step"]["argument"]

@@ -24,6 +24,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import pathlib
@@ -49,6 +50,7 @@ from unlearn_jax.models import gpt
 from unlearn_jax.models import hf
 from unlearn_jax.unlearning import loop
 from unlearn_jax.unlearning import language as lm_unlearning
+from unlearn_jax.unlearning.language import lora
 
 Pytree = Any
 EXPERIMENT = "lm_unlearning"
@@ -200,18 +202,43 @@ def validate_lm(config) -> ml_collections.ConfigDict:
 # ---------------------------------------------------------------------------------------------------------------
 # The pipeline.
 # ---------------------------------------------------------------------------------------------------------------
+def model_config(config, vocab_size: int) -> gpt.GPTConfig:
+  """The network of ``config.model``: a preset (with its size overrides) or a local HF checkpoint's config."""
+  m = config.model
+  if m.hf_checkpoint:
+    cfg = hf.config_from_hf(hf.read_hf_config(m.hf_checkpoint))
+  else:
+    sizes = {k: m[k] for k in ("num_layers", "d_model", "num_heads", "d_ff") if m[k] is not None}
+    cfg = gpt.gpt_config(m.preset, vocab_size=vocab_size, **sizes)
+  return cfg.replace(dtype=jnp.dtype(m.dtype))
+
+
+def check_lora(config, vocab_size: int) -> None:
+  """The LoRA options of every compared method against the network's shapes (`lora.check`), before any work.
+
+  Raises:
+    ValueError: ``config.methods.<name>: method.lora_...`` naming the bad option.
+  """
+  shapes = jax.eval_shape(functools.partial(gpt.init_params, model_config(config, vocab_size)), jax.random.key(0))
+  for name in config.compare:
+    o = config.methods[name]
+    if o.lora_rank:
+      try:
+        lora.check(shapes, rank=o.lora_rank, targets=o.lora_targets, alpha=o.lora_alpha)
+      except ValueError as e:
+        raise ValueError(f"config.methods.{name}: {e}") from e
+
+
 def build_model(config, vocab_size: int, rng: jax.Array):
   """``(gpt_cfg, lm, init)``: the network and a function giving its starting parameters."""
   m = config.model
-  sizes = {k: m[k] for k in ("num_layers", "d_model", "num_heads", "d_ff") if m[k] is not None}
+  cfg = model_config(config, vocab_size)
   if m.hf_checkpoint:
-    cfg, params = hf.load_hf_checkpoint(m.hf_checkpoint)
+    _, params = hf.load_hf_checkpoint(m.hf_checkpoint, cfg=cfg)
     config_lib.require(cfg.vocab_size >= vocab_size, "model.hf_checkpoint", m.hf_checkpoint,
              f"its vocabulary ({cfg.vocab_size}) is smaller than the benchmark tokenizer's ({vocab_size})")
-    cfg = cfg.replace(dtype=jnp.dtype(m.dtype))
     init = lambda: params
   else:
-    cfg = gpt.gpt_config(m.preset, vocab_size=vocab_size, dtype=jnp.dtype(m.dtype), **sizes)
     init = lambda: gpt.init_params(cfg, rng)
   lm, _ = gpt.language_model(cfg, pad_id=facts.PAD, eos_id=facts.EOS)
   return cfg, lm, init
@@ -284,6 +311,7 @@ def run_lm(config, workdir) -> dict:
   bench = make_benchmark(config)
   sets = bench.splits(d.forget)
   root = jax.random.key(config.seed)
+  check_lora(config, bench.tokenizer.vocab_size)
   workdir.mkdir(parents=True, exist_ok=True)
   lm, like, models, restored = original_and_retrain(config, bench, workdir)
 
@@ -299,16 +327,19 @@ def run_lm(config, workdir) -> dict:
     probe = lm_unlearning.fit_sae_probe(lm, models["Original"][0], config.methods.sae, forget=forget, retain=retain,
                                         holdout=holdout, rng=jax.random.fold_in(root, 5), known=_people(retain))
 
+  trained = {}  # per method row: what its optimiser updated and kept (LoRA vs full fine-tuning)
   for name in config.compare:
     logging.info("unlearning with %s", name)
     t0 = time.perf_counter()
     # a key per method, not per position in `compare`: a method's row is the same whatever it is compared with
     rng = jax.random.fold_in(root, 10 + list(lm_unlearning.METHODS).index(name))
-    params, _ = lm_unlearning.unlearn_lm(name, lm, models["Original"][0], forget, retain,
-                                         options=config.methods[name], rng=rng,
-                                         holdout=holdout, sae_probe=probe)
+    params, history = lm_unlearning.unlearn_lm(name, lm, models["Original"][0], forget, retain,
+                                               options=config.methods[name], rng=rng,
+                                               holdout=holdout, sae_probe=probe)
     jax.block_until_ready(params)
     models[ROW_NAMES.get(name, name)] = (params, time.perf_counter() - t0)
+    trained[ROW_NAMES.get(name, name)] = {"trainable_params": history["trainable_params"],
+                                          "opt_state_mib": history["opt_state_bytes"] / 2**20}
 
   eval_sets = {k: sets[k] for k in ("forget", "retain", "world", "holdout")}
   e = config.eval
@@ -328,6 +359,7 @@ def run_lm(config, workdir) -> dict:
     if probe is not None:
       metrics["sae_separation"] = lm_unlearning.sae_separation(lm, params, probe, forget.x)
     metrics["seconds"] = float(seconds) if seconds is not None else float("nan")
+    metrics.update(trained.get(row, {}))
     results[row] = metrics
   table = format_lm_table(results, title=f"LM unlearning on fictitious facts ({d.forget}, {config.model.preset} GPT, "
                                          f"{model_lib.num_params(like):,} parameters)")

@@ -152,6 +152,21 @@ def _phase_fn(make, role: str, *, batch_size: int, augment, mesh, grid: bool, ke
   return jax.jit(phase, donate_argnums=(0, 1, 2))
 
 
+def joint_term(objective: Objective) -> Term:
+  """The joint step's loss: ``forget term + retain term`` on a ``(forget batch, retain batch)`` pair."""
+
+  def loss_fn(params, state, batches, rng, epoch):
+    fbatch, rbatch = batches
+    k1, k2 = jax.random.split(rng)
+    lf, (state, mf) = objective.forget(params, state, fbatch, k1, epoch)
+    lr, (state, mr) = objective.retain(params, state, rbatch, k2, epoch)
+    metrics = {**{f"forget_{k}": v for k, v in mf.items()}, **{f"retain_{k}": v for k, v in mr.items()},
+               "forget_loss": lf, "retain_loss": lr}
+    return lf + lr, (state, metrics)
+
+  return loss_fn
+
+
 def _joint_fn(make, *, batch_size: int, forget_batch_size: int, augment, mesh, anchor: str = "retain",
               grid: bool = False, keyed: bool = False):
   """Jitted epoch of joint steps: one batch of each split per step; the ``anchor`` split is walked once, the other
@@ -169,16 +184,8 @@ def _joint_fn(make, *, batch_size: int, forget_batch_size: int, augment, mesh, a
       rb = cycled_batches((rx, ry), batch_size, fb[1].shape[0], cycled_rng)
     rb, fb = train_lib.shard_batches(rb, mesh), train_lib.shard_batches(fb, mesh)
 
-    def loss_fn(params, state, batches, rng, epoch):
-        fbatch, rbatch = batches
-        k1, k2 = jax.random.split(rng)
-        lf, (state, mf) = objective.forget(params, state, fbatch, k1, epoch)
-        lr, (state, mr) = objective.retain(params, state, rbatch, k2, epoch)
-        metrics = {**{f"forget_{k}": v for k, v in mf.items()}, **{f"retain_{k}": v for k, v in mr.items()},
-                   "forget_loss": lf, "retain_loss": lr}
-        return lf + lr, (state, metrics)
-
-    return _scan(term_step(loss_fn, tx, augment), params, state, opt_state, (fb, rb), step_rng, epoch)
+    return _scan(term_step(joint_term(objective), tx, augment), params, state, opt_state, (fb, rb), step_rng,
+                 epoch)
 
   if grid:
     epoch_fn = jax.vmap(epoch_fn, in_axes=(0, 0, 0, None, None, None, None, 0 if keyed else None, None, 0))

@@ -130,6 +130,9 @@ def method_config(name: str, options: dict | None = None) -> ml_collections.Conf
   if "ignore_first_n" in opts and int(opts.ignore_first_n) < 0:
     raise ValueError(f"method.ignore_first_n={opts.ignore_first_n}: must be >= 0")
   lora.check_options(rank=opts.lora_rank, alpha=opts.lora_alpha, targets=opts.lora_targets)  # shapes: lora.check
+  if opts.lora_rank and name == "wagle":
+    raise ValueError(f"method.lora_rank={opts.lora_rank}: WAGLE's mask selects single weights, which adapters do "
+                     "not have; use lora_rank=0")
   if name == "wagle" and int(opts.lora_rank):
     raise ValueError(f"method.lora_rank={opts.lora_rank}: WAGLE masks weights of the full model; use lora_rank=0")
   return opts
@@ -220,6 +223,29 @@ def build(name: str, lm: language.LanguageModel, params: Pytree, opts, *, forget
   return objective, frozen, mask
 
 
+def with_adapters(params: Pytree, objective: loop.Objective, frozen: dict, mask: Pytree | None, opts,
+                  rng: jax.Array) -> tuple[Pytree, loop.Objective, dict, Pytree | None]:
+  """``(trainable, objective, frozen, mask)`` of `build`'s output under ``opts.lora_rank`` (unchanged when 0).
+
+  With adapters (`lora`): the trainable pytree is the adapters, the Original rides frozen as the base (under
+  ``REFERENCE``: it is also the reference model, where the objective reads one), the terms read the merged
+  weights, and a parameter mask (RMU's ``params_regex``) is rebuilt over the adapters' paths.
+  """
+  rank = int(opts.lora_rank)
+  if not rank:
+    return params, objective, frozen, mask
+  adapters = lora.init_adapters(params, rank=rank, targets=opts.lora_targets, rng=rng)
+  objective = lora.lora_objective(objective, base_key=REFERENCE, scale=opts.lora_alpha / rank)
+  mask = None if mask is None else rmu.param_mask(adapters, opts.params_regex)
+  return adapters, objective, {**frozen, REFERENCE: params}, mask
+
+
+def optimizer(opts, steps_per_epoch: int) -> optax.GradientTransformation:
+  """The methods' AdamW (``lr``, ``b1``, ``b2``, ``eps``, ``weight_decay``) under their ``schedule``."""
+  return optax.adamw(train_lib.make_schedule(opts, steps_per_epoch), b1=opts.b1, b2=opts.b2, eps=opts.eps,
+                     weight_decay=opts.weight_decay)
+
+
 def unlearn_lm(name: str, lm: language.LanguageModel, params: Pytree, forget: split_lib.Split,
                retain: split_lib.Split, *, options: dict | None, rng: jax.Array,
                holdout: split_lib.Split | None = None, sae_probe: SAEProbe | None = None):
@@ -257,19 +283,13 @@ def unlearn_lm(name: str, lm: language.LanguageModel, params: Pytree, forget: sp
   build_rng, loop_rng = jax.random.split(rng)
   objective, frozen, mask = build(name, lm, params, opts, forget=forget, retain=retain, holdout=holdout,
                                   rng=build_rng, probe=sae_probe)
-  trainable, rank = params, int(opts.lora_rank)
-  if rank:   # adapters train; the Original rides frozen as the base (and the reference, where one is read)
-    trainable = lora.init_adapters(params, rank=rank, targets=opts.lora_targets, rng=jax.random.fold_in(rng, 7))
-    frozen[REFERENCE] = params
-    objective = lora.lora_objective(objective, base_key=REFERENCE, scale=opts.lora_alpha / rank)
-    mask = None if mask is None else rmu.param_mask(trainable, opts.params_regex)
+  trainable, objective, frozen, mask = with_adapters(params, objective, frozen, mask, opts,
+                                                     jax.random.fold_in(rng, 7))
   bs = int(opts.batch_size)
   if objective.retain is None:
     retain = None
   walked = retain if (retain is not None and opts.anchor == "retain") else forget  # the split an epoch walks
-  steps = walked.num_batches(min(bs, walked.size))
-  tx = optax.adamw(train_lib.make_schedule(opts, steps), b1=opts.b1, b2=opts.b2, eps=opts.eps,
-                   weight_decay=opts.weight_decay)
+  tx = optimizer(opts, walked.num_batches(min(bs, walked.size)))
   state = tokenwise.init_dual(opts.alpha) if name == "pdu" else {}
   trained, _, history = loop.unlearn_loop(None, trainable, teachers.carry(state, frozen), forget, retain,
                                           objective=objective, tx=tx, epochs=int(opts.epochs), batch_size=bs,
@@ -277,9 +297,9 @@ def unlearn_lm(name: str, lm: language.LanguageModel, params: Pytree, forget: sp
                                           mask_mode="gradient" if name == "wagle" else "freeze", desc=name)
   history.update(trainable_params=model_lib.num_params(trainable),
                  opt_state_bytes=sharding.bytes_per_device(jax.eval_shape(tx.init, trainable)))
-  params = lora.merge(params, trained, opts.lora_alpha / rank) if rank else trained
-  return params, history
+  rank = int(opts.lora_rank)
+  return (lora.merge(params, trained, opts.lora_alpha / rank) if rank else trained), history
 
 
 __all__ = ["METHODS", "SAEProbe", "build", "fit_probe", "fit_sae_probe", "lora", "method_config", "objectives",
-           "rmu", "sae", "sae_separation", "tokenwise", "unlearn_lm", "wagle"]
+           "optimizer", "rmu", "sae", "sae_separation", "tokenwise", "unlearn_lm", "wagle", "with_adapters"]
