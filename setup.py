@@ -25,7 +25,8 @@ setuptools.setup(
     ],
     extras_require={
         "test": ["pytest>=8.0", "pytest-xdist>=3.8", "tensorflow-datasets>=4.9.7", "matplotlib>=3.8",
-                 "transformers>=5.0", "torch==2.13.0"],
+                 "transformers>=5.0", "torch==2.13.0", "tokenizers>=0.15", "pyarrow>=14"],
+        "benchmarks": ["tokenizers>=0.15", "pyarrow>=14"],  # TOFU / MUSE / WMDP files (data/lm_benchmarks.py)
         "tfds": ["tensorflow-datasets>=4.9.7"],
         "plots": ["matplotlib>=3.8"],
     },

@@ -139,15 +139,17 @@ def memory_report(config) -> dict[str, Any]:
   }
 
 
-def lm_memory_report(config) -> dict[str, Any]:
+def lm_memory_report(config, *, compile_step: bool = True) -> dict[str, Any]:
   """`memory_report` of an LM-unlearning config: its first compared method's unlearning step, on one device.
+
+  ``compile_step=False`` leaves out the compiled step (``'step'``: {}): the pytree sizes alone, without compiling.
 
   Returns:
     ``{'devices': 1, 'mesh', 'batch_size', 'method', 'vocab_size', 'params', 'trainable', 'state', 'opt_state',
     'step', 'specs': {}}``; ``state`` is the frozen pytrees the loop carries.
 
   Raises:
-    ValueError: a bad config (`unlearn_jax.studies.language.validate_lm`, `check_lora`), or a method whose
+    ValueError: a bad config (`unlearn_jax.studies.language.validate_lm`, `check_model`), or a method whose
       objective needs data to build (RMU's and the SAE's read activations).
   """
   from unlearn_jax import sharding  # pylint: disable=g-import-not-at-top
@@ -162,7 +164,7 @@ def lm_memory_report(config) -> dict[str, Any]:
     raise ValueError(f"config.compare={config.compare!r}: the memory plan builds {name!r}'s objective only with "
                      "data; put a likelihood method (ga, graddiff, npo, simnpo, idkdpo) first")
   bench = study.make_benchmark(config)
-  study.check_lora(config, bench.tokenizer.vocab_size)
+  study.check_model(config, bench.tokenizer.vocab_size)
   opts = lmu.method_config(name, config.methods[name])
   cfg = study.model_config(config, bench.tokenizer.vocab_size)
   lm, _ = gpt.language_model(cfg)
@@ -184,7 +186,8 @@ def lm_memory_report(config) -> dict[str, Any]:
   forget_fields = ("input_ids", "loss_mask") + lmu.FORGET_FIELDS.get(name, ())
   step = jax.jit(loop.term_step(loop.joint_term(objective), tx, None), donate_argnums=(0, 1, 2))
   batches = (batch(forget_fields), batch(("input_ids", "loss_mask")))
-  step_stats = _stats(step.lower(trainable, carried, opt_state, batches, key, jnp.int32(0)).compile())
+  step_stats = _stats(step.lower(trainable, carried, opt_state, batches, key, jnp.int32(0)).compile()) \
+      if compile_step else {}
   size = lambda tree: {"total": sharding.bytes_per_device(tree), "per_device": sharding.bytes_per_device(tree)}
   return {"devices": 1, "mesh": {}, "batch_size": bs, "method": name, "vocab_size": cfg.vocab_size,
           "params": size(params),

@@ -45,6 +45,7 @@ from unlearn_jax import model as model_lib
 from unlearn_jax import run as run_lib
 from unlearn_jax import train
 from unlearn_jax.data import facts
+from unlearn_jax.data import lm_benchmarks
 from unlearn_jax.evaluation import language as lm_eval
 from unlearn_jax.models import gpt
 from unlearn_jax.models import hf
@@ -84,7 +85,10 @@ def lm_config(method: str, arg: str | None = None, *, compare: tuple[str, ...] |
     **options: overrides of ``method``'s options.
 
   Fields:
-    data: `unlearn_jax.data.facts.make_facts_benchmark` arguments and the ``forget`` fold.
+    data: `unlearn_jax.data.facts.make_facts_benchmark` arguments and the ``forget`` fold; or ``source`` 'tofu',
+      'muse' or 'wmdp' (default 'facts'): the benchmark's files in the local directory ``dir``, tokenised by
+      ``tokenizer`` (a ``tokenizer.json``; default ``dir/tokenizer.json``), rows cut at ``max_length`` tokens,
+      WMDP's ``subject`` ('bio' | 'cyber') (`unlearn_jax.data.lm_benchmarks`; the num_* fields are then unused).
     model: ``preset`` (`unlearn_jax.models.gpt.PRESETS`), ``dtype`` (compute: float32 | bfloat16), the optional
       size fields ``num_layers``/``d_model``/``num_heads``/``d_ff`` (None: the preset's), and ``hf_checkpoint``: a
       local Hugging Face safetensors file or directory loaded as the starting point instead of a random init
@@ -102,7 +106,9 @@ def lm_config(method: str, arg: str | None = None, *, compare: tuple[str, ...] |
   c.experiment = EXPERIMENT
   c.seed = 0
   c.data = ml_collections.ConfigDict(dict(num_people=200, facts_per_person=10, num_holdout=40, num_world=100,
-                                          num_perturbed=3, forget="forget10"))
+                                          num_perturbed=3, forget="forget10", source="facts",
+                                          dir=config_dict.placeholder(str), tokenizer=config_dict.placeholder(str),
+                                          max_length=128, subject="bio"))
   c.model = ml_collections.ConfigDict(dict(
       preset="tiny", dtype="float32", num_layers=config_dict.placeholder(int), d_model=config_dict.placeholder(int),
       num_heads=config_dict.placeholder(int), d_ff=config_dict.placeholder(int),
@@ -166,6 +172,12 @@ def validate_lm(config) -> ml_collections.ConfigDict:
                          ("num_perturbed", 1, None)):
     require(isinstance(d[key], int) and low <= d[key] <= (high or d[key]), f"data.{key}", d[key],
             f"must be an integer in [{low}, {high}]" if high else f"must be an integer >= {low}")
+  sources = ("facts",) + lm_benchmarks.SOURCES
+  require(config.data.source in sources, "data.source", config.data.source, f"choose one of {sources}")
+  if config.data.source != "facts":
+    require(bool(config.data.dir) and os.path.isdir(config.data.dir), "data.dir", config.data.dir,
+            "no such directory (the benchmark's local files)")
+    require(config.data.max_length >= 8, "data.max_length", config.data.max_length, "must be at least 8")
   require(config.model.preset in gpt.PRESETS, "model.preset", config.model.preset,
           f"choose one of {sorted(gpt.PRESETS)}")
   m, preset = config.model, gpt.PRESETS[config.model.preset]
@@ -213,13 +225,17 @@ def model_config(config, vocab_size: int) -> gpt.GPTConfig:
   return cfg.replace(dtype=jnp.dtype(m.dtype))
 
 
-def check_lora(config, vocab_size: int) -> None:
-  """The LoRA options of every compared method against the network's shapes (`lora.check`), before any work.
+def check_model(config, vocab_size: int) -> None:
+  """The network against the data and the methods, before any work: a checkpoint's vocabulary covers the
+  tokenizer's, and every compared method's LoRA options fit the network's shapes (`lora.check`).
 
   Raises:
-    ValueError: ``config.methods.<name>: method.lora_...`` naming the bad option.
+    ValueError: ``config.model.hf_checkpoint=...`` or ``config.methods.<name>: method.lora_...``.
   """
-  shapes = jax.eval_shape(functools.partial(gpt.init_params, model_config(config, vocab_size)), jax.random.key(0))
+  cfg = model_config(config, vocab_size)
+  config_lib.require(cfg.vocab_size >= vocab_size, "model.hf_checkpoint", config.model.hf_checkpoint,
+                     f"its vocabulary ({cfg.vocab_size}) is smaller than the benchmark tokenizer's ({vocab_size})")
+  shapes = jax.eval_shape(functools.partial(gpt.init_params, cfg), jax.random.key(0))
   for name in config.compare:
     o = config.methods[name]
     if o.lora_rank:
@@ -229,18 +245,17 @@ def check_lora(config, vocab_size: int) -> None:
         raise ValueError(f"config.methods.{name}: {e}") from e
 
 
-def build_model(config, vocab_size: int, rng: jax.Array):
+def build_model(config, vocab_size: int, rng: jax.Array, *, pad_id: int = facts.PAD, eos_id: int = facts.EOS):
   """``(gpt_cfg, lm, init)``: the network and a function giving its starting parameters."""
   m = config.model
   cfg = model_config(config, vocab_size)
+  check_model(config, vocab_size)
   if m.hf_checkpoint:
     _, params = hf.load_hf_checkpoint(m.hf_checkpoint, cfg=cfg)
-    config_lib.require(cfg.vocab_size >= vocab_size, "model.hf_checkpoint", m.hf_checkpoint,
-             f"its vocabulary ({cfg.vocab_size}) is smaller than the benchmark tokenizer's ({vocab_size})")
     init = lambda: params
   else:
     init = lambda: gpt.init_params(cfg, rng)
-  lm, _ = gpt.language_model(cfg, pad_id=facts.PAD, eos_id=facts.EOS)
+  lm, _ = gpt.language_model(cfg, pad_id=pad_id, eos_id=eos_id)
   return cfg, lm, init
 
 
@@ -263,9 +278,13 @@ def _cached(workdir, stage: str, key_parts, like, build):
   return params, meta, restored
 
 
-def make_benchmark(config) -> facts.FactsBenchmark:
-  """The fictitious-facts benchmark of ``config.data`` (and ``config.seed``)."""
+def make_benchmark(config) -> facts.FactsBenchmark | lm_benchmarks.LMBenchmark:
+  """The benchmark of ``config.data``: the fictitious facts (with ``config.seed``), or TOFU / MUSE / WMDP read from
+  ``data.dir`` (`unlearn_jax.data.lm_benchmarks.load_benchmark`; ValueError naming a missing file or field)."""
   d = config.data
+  if d.source != "facts":
+    return lm_benchmarks.load_benchmark(d.source, d.dir, tokenizer=d.tokenizer, forget=d.forget,
+                                        max_length=int(d.max_length), subject=d.subject)
   return facts.make_facts_benchmark(seed=config.seed, num_people=d.num_people,
                                     facts_per_person=d.facts_per_person, num_holdout=d.num_holdout,
                                     num_world=d.num_world, num_perturbed=d.num_perturbed)
@@ -277,7 +296,9 @@ def original_and_retrain(config, bench: facts.FactsBenchmark, cache_root) -> tup
   restored. Other studies (`unlearn_jax.studies.lm_concept`) share these models through the same cache."""
   d = config.data
   root = jax.random.key(config.seed)
-  _, lm, init = build_model(config, bench.tokenizer.vocab_size, jax.random.fold_in(root, 0))
+  tok = bench.tokenizer
+  _, lm, init = build_model(config, tok.vocab_size, jax.random.fold_in(root, 0), pad_id=tok.pad_id,
+                            eos_id=tok.eos_id)
   like = jax.eval_shape(init)
 
   def stage_fn(stage, include_forget, cfg, salt):
@@ -311,16 +332,18 @@ def run_lm(config, workdir) -> dict:
   bench = make_benchmark(config)
   sets = bench.splits(d.forget)
   root = jax.random.key(config.seed)
-  check_lora(config, bench.tokenizer.vocab_size)
+  check_model(config, bench.tokenizer.vocab_size)
   workdir.mkdir(parents=True, exist_ok=True)
   lm, like, models, restored = original_and_retrain(config, bench, workdir)
 
   fields = ("input_ids", "loss_mask", "entity_mask")
-  forget = sets["forget"].split(fields=fields + ("idk_input_ids", "idk_loss_mask"))
-  alt_ids, alt_mask, _ = facts.alternate_answers(bench, sets["forget"], seed=config.seed)
-  forget = dataclasses.replace(forget, x={**forget.x, "alt_input_ids": jnp.asarray(alt_ids),
-                                         "alt_loss_mask": jnp.asarray(alt_mask)})
-  retain = facts.concat([sets["retain"], sets["world"]]).split(fields=fields)
+  # what unlearning forgets and retains: the evaluated sets, unless the benchmark's files have their own
+  forget = sets.get("train_forget", sets["forget"]).split(fields=fields + ("idk_input_ids", "idk_loss_mask"))
+  if isinstance(bench, facts.FactsBenchmark):  # AltPO's alternate answers are drawn from the facts' pools
+    alt_ids, alt_mask, _ = facts.alternate_answers(bench, sets["forget"], seed=config.seed)
+    forget = dataclasses.replace(forget, x={**forget.x, "alt_input_ids": jnp.asarray(alt_ids),
+                                           "alt_loss_mask": jnp.asarray(alt_mask)})
+  retain = (sets.get("train_retain") or facts.concat([sets["retain"], sets["world"]])).split(fields=fields)
   holdout = sets["holdout"].split(fields=fields)
   probe = None
   if config.eval.sae or "sae" in config.compare:  # one probe: the SAE method's and the table's separation score
@@ -376,8 +399,9 @@ ROW_NAMES = {"ga": "GA", "graddiff": "GradDiff", "npo": "NPO", "simnpo": "SimNPO
 
 
 def _people(split):
-  """The rows of ``split`` about people (the world facts have person -1)."""
-  return split.take(np.flatnonzero(np.asarray(split.y) >= 0))
+  """The rows of ``split`` about people (the world facts have person -1); all of them where none is."""
+  people = np.flatnonzero(np.asarray(split.y) >= 0)
+  return split.take(people) if people.size else split
 
 
 def format_lm_table(results: dict, *, title: str) -> str:
