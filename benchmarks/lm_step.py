@@ -22,6 +22,13 @@ method's mask applied to the gradients) at the same shape, and prints each one's
   python benchmarks/lm_step.py --config=tiny --batch=32 --seq=48 --steps=20 \
       --methods=npo,graddiff,simnpo,altpo,undial,ceu,satimp,wga,pdu,flat,wagle
 
+``--lora_rank=8`` times instead NPO's unlearning step as the loop runs it
+(`unlearn_jax.unlearning.language.unlearning_step`: forget + retain batch, AdamW) with all weights trained and
+with LoRA adapters of that rank on ``--lora_targets``, and reports tokens/s (both batches counted), the optimiser
+state and the compiled step's peak memory estimate (`experiments.memory.memory_stats`) of each:
+
+  python benchmarks/lm_step.py --config=gpt2-125m --batch=2 --seq=128 --steps=3 --lora_rank=8
+
 References:
   Chowdhery et al., "PaLM: Scaling Language Modeling with Pathways", 2022 (appendix B, MFU).
 """
@@ -55,6 +62,10 @@ _LR = flags.DEFINE_float("lr", 1e-5, "AdamW learning rate.")
 _SIDES = flags.DEFINE_list("sides", ["jax", "torch"], "Which implementations to time.")
 _METHODS = flags.DEFINE_list("methods", [], "LM unlearning methods to time one step of, against NPO (replaces the "
                               "JAX-vs-PyTorch comparison).")
+_LORA_RANK = flags.DEFINE_integer("lora_rank", 0, "> 0: time NPO's step with full fine-tuning and with LoRA adapters "
+                                  "of this rank (replaces the JAX-vs-PyTorch comparison).")
+_LORA_TARGETS = flags.DEFINE_list("lora_targets", ["q", "k", "v", "o", "gate", "up", "down"],
+                                  "Modules the LoRA adapters go on (GPT-2 has no 'gate': it is skipped).")
 _ATTENTION = flags.DEFINE_enum("attention_impl", None, ["xla", "cudnn"], "JAX side: GPTConfig.attention_impl "
                                "(default: XLA; 'cudnn': the fused GPU kernel, 16-bit dtype only).")
 
@@ -149,6 +160,41 @@ def methods_main(cfg: gpt.GPTConfig) -> None:
     print(f"{name}: first step {times[0]:.2f} s, steady {steady[name] * 1e3:.1f} ms/step, "
           f"{steady[name] / steady['npo']:.2f}x NPO")
   assert all(math.isfinite(t) for t in steady.values())
+
+
+def lora_main(cfg: gpt.GPTConfig) -> None:
+  """NPO's loop step, all weights vs LoRA adapters: tokens/s, optimiser state and compiled peak memory."""
+  from experiments import memory  # pylint: disable=g-import-not-at-top
+  lm, _ = gpt.language_model(cfg)
+  key = jax.random.key(0)
+  params = gpt.init_params(cfg, key)
+  targets = [t for t in _LORA_TARGETS.value if t != "gate" or cfg.mlp == "swiglu"]
+  y = jnp.zeros((_BATCH.value,), jnp.int32)
+  batches = ((_qa_batch(cfg, 1), y), (_qa_batch(cfg, 2), y))
+  tokens = 2 * _BATCH.value * _SEQ.value
+  rows = {}
+  for label, rank in (("full", 0), (f"lora r={_LORA_RANK.value}", _LORA_RANK.value)):
+    opts = lm_unlearning.method_config("npo", {"lr": _LR.value, "lora_rank": rank, "lora_targets": tuple(targets)})
+    step, trainable, state, opt_state = lm_unlearning.unlearning_step("npo", lm, params, opts, rng=key)
+    trainable, state = jax.tree.map(jnp.copy, (trainable, state))  # donated: keep `params` for the next row
+    compiled = jax.jit(step, donate_argnums=(0, 1, 2)).lower(trainable, state, opt_state, batches, key,
+                                                              jnp.int32(0)).compile()
+    peak = memory.memory_stats(compiled)["peak"]
+    times = []
+    for _ in range(_STEPS.value + 1):
+      start = time.perf_counter()
+      trainable, state, opt_state, loss, _ = compiled(trainable, state, opt_state, batches, key, jnp.int32(0))
+      jax.block_until_ready(loss)
+      times.append(time.perf_counter() - start)
+    steady = float(np.mean(times[1:]))
+    opt_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(opt_state))
+    rows[label] = (tokens / steady, peak)
+    print(f"{label}: trainable {num_params(trainable):,} params, optimiser state {opt_bytes / 2**20:.1f} MiB, "
+          f"step peak {peak / 2**20:.0f} MiB, first step {times[0]:.2f} s, steady {steady:.3f} s/step, "
+          f"{tokens / steady:.1f} tokens/s")
+  (full_rate, full_peak), (lora_rate, lora_peak) = rows.values()
+  print(f"ratio lora/full: tokens/s {lora_rate / full_rate:.2f}, peak memory {lora_peak / full_peak:.2f}")
+  assert all(math.isfinite(r) for r, _ in rows.values())
 
 
 def torch_side(cfg: gpt.GPTConfig) -> tuple[list[float], int]:
@@ -246,6 +292,9 @@ def main(argv):
         f"batch={_BATCH.value} seq={_SEQ.value} tokens/step={tokens} steps={_STEPS.value}")
   if _METHODS.value:
     methods_main(cfg)
+    return
+  if _LORA_RANK.value:
+    lora_main(cfg)
     return
   rates, counts = {}, {}
   for side in _SIDES.value:

@@ -54,7 +54,6 @@ DATASET_SHAPES = {
 }
 CIFAR100_COARSE = 20
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/<method>.py file.", lock_config=True)
 
 
 def dataset_signature(config) -> tuple[tuple[int, ...], int]:
@@ -74,7 +73,9 @@ def dataset_signature(config) -> tuple[tuple[int, ...], int]:
   return shape, classes
 
 
-def _stats(compiled) -> dict[str, int]:
+def memory_stats(compiled) -> dict[str, int]:
+  """Per-device bytes of a compiled program (``memory_analysis``): argument, output, alias, temp, generated code
+  and their peak estimate ``argument + output - alias + temp + generated_code``."""
   m = compiled.memory_analysis()
   out = {k: int(getattr(m, f"{k}_size_in_bytes", 0)) for k in
          ("argument", "output", "alias", "temp", "generated_code")}
@@ -113,7 +114,7 @@ def memory_report(config) -> dict[str, Any]:
 
   with jax.set_mesh(mesh):
     abstract, shardings, init_fn = sharding.abstract_init(init, mesh, rules, key)
-    init_stats = _stats(init_fn.lower(key).compile())
+    init_stats = memory_stats(init_fn.lower(key).compile())
     params, state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract,
                                  shardings)
     tx = train.make_optimizer(config.train, steps_per_epoch=1)
@@ -125,7 +126,7 @@ def memory_report(config) -> dict[str, Any]:
     y = jax.ShapeDtypeStruct((batch_size,), jnp.int32, sharding=batch_sharding(1))
     loss_fn = sharding.gathered(train.classification_loss(model))
     step = jax.jit(functools.partial(train.train_step, loss_fn, tx), donate_argnums=(0, 1, 2))
-    step_stats = _stats(step.lower(params, state, opt_state, (x, y), key).compile())
+    step_stats = memory_stats(step.lower(params, state, opt_state, (x, y), key).compile())
 
   total = lambda tree: sum(a.size * a.dtype.itemsize for a in jax.tree.leaves(tree))
   flat = jax.tree_util.tree_flatten_with_path(shardings[0])[0]
@@ -150,19 +151,18 @@ def lm_memory_report(config, *, compile_step: bool = True) -> dict[str, Any]:
 
   Raises:
     ValueError: a bad config (`unlearn_jax.studies.language.validate_lm`, `check_model`), or a method whose
-      objective needs data to build (RMU's and the SAE's read activations).
+      objective needs data to build (RMU's and the SAE's read activations, WAGLE's mask gradients).
   """
   from unlearn_jax import sharding  # pylint: disable=g-import-not-at-top
   from unlearn_jax.models import gpt  # pylint: disable=g-import-not-at-top
   from unlearn_jax.studies import language as study  # pylint: disable=g-import-not-at-top
-  from unlearn_jax.unlearning import loop, teachers  # pylint: disable=g-import-not-at-top
   from unlearn_jax.unlearning import language as lmu  # pylint: disable=g-import-not-at-top
 
   study.validate_lm(config)
   name = config.compare[0]
-  if name in ("rmu", "sae"):
+  if name in ("rmu", "sae", "wagle"):
     raise ValueError(f"config.compare={config.compare!r}: the memory plan builds {name!r}'s objective only with "
-                     "data; put a likelihood method (ga, graddiff, npo, simnpo, idkdpo) first")
+                     "data; put a likelihood method (ga, graddiff, npo, simnpo, ...) first")
   bench = study.make_benchmark(config)
   study.check_model(config, bench.tokenizer.vocab_size)
   opts = lmu.method_config(name, config.methods[name])
@@ -171,22 +171,15 @@ def lm_memory_report(config, *, compile_step: bool = True) -> dict[str, Any]:
   key = jax.random.key(config.seed)
   params = jax.eval_shape(functools.partial(gpt.init_params, cfg), key)
 
-  def prepare(params, key):
-    objective, frozen, mask = lmu.build(name, lm, params, opts, forget=None, retain=None, holdout=None, rng=key)
-    return lmu.with_adapters(params, objective, frozen, mask, opts, key)
-
-  trainable, frozen = jax.eval_shape(lambda p, k: prepare(p, k)[0::2], params, key)
-  objective = prepare(params, key)[1]
-  tx = lmu.optimizer(opts, steps_per_epoch=1)
-  opt_state = jax.eval_shape(tx.init, trainable)
-  carried = teachers.carry({}, frozen)
+  step, trainable, carried, opt_state = lmu.unlearning_step(name, lm, params, opts, rng=key)
   bs, seq = int(opts.batch_size), int(bench.seq_len)
   batch = lambda fields: ({f: jax.ShapeDtypeStruct((bs, seq), jnp.int32 if "ids" in f else jnp.float32)
                            for f in fields}, jax.ShapeDtypeStruct((bs,), jnp.int32))
-  forget_fields = ("input_ids", "loss_mask") + lmu.FORGET_FIELDS.get(name, ())
-  step = jax.jit(loop.term_step(loop.joint_term(objective), tx, None), donate_argnums=(0, 1, 2))
-  batches = (batch(forget_fields), batch(("input_ids", "loss_mask")))
-  step_stats = _stats(step.lower(trainable, carried, opt_state, batches, key, jnp.int32(0)).compile()) \
+  batches = (batch(("input_ids", "loss_mask") + lmu.FORGET_FIELDS.get(name, ())),)
+  if name not in lmu.FORGET_ONLY:
+    batches += (batch(("input_ids", "loss_mask")),)
+  step = jax.jit(step, donate_argnums=(0, 1, 2))
+  step_stats = memory_stats(step.lower(trainable, carried, opt_state, batches, key, jnp.int32(0)).compile()) \
       if compile_step else {}
   size = lambda tree: {"total": sharding.bytes_per_device(tree), "per_device": sharding.bytes_per_device(tree)}
   return {"devices": 1, "mesh": {}, "batch_size": bs, "method": name, "vocab_size": cfg.vocab_size,
@@ -215,12 +208,15 @@ def format_report(report: dict[str, Any]) -> str:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  config = _CONFIG.value
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  config = flags.FLAGS.config
   lm = config.get("experiment") == "lm_unlearning"
   print(format_report(lm_memory_report(config) if lm else memory_report(config)))
 
 
 if __name__ == "__main__":
   from absl import flags  # pylint: disable=g-import-not-at-top
+  # defined here, not at import: a script importing this module (benchmarks/lm_step.py) has its own --config
+  config_flags.DEFINE_config_file("config", None, "Path to a configs/<method>.py file.", lock_config=True)
   flags.mark_flags_as_required(["config"])
   app.run(main)

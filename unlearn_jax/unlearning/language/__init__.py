@@ -93,6 +93,8 @@ METHODS: dict[str, dict] = {
     "wagle": dict(COMMON, epochs=5, weight_decay=0.1, **_GRADDIFF, base="npo", beta=0.1, fraction=0.95,
                   hessian="squared_gradient", wagle_gamma=1.0, mu=1e-3),
 }
+# How a method's parameter mask acts (`loop.unlearn_loop`'s ``mask_mode``; the others: 'freeze').
+MASK_MODES = {"wagle": "gradient"}
 # Batch fields each method's forget term reads beyond input_ids / loss_mask.
 FORGET_FIELDS = {"idkdpo": ("idk_input_ids", "idk_loss_mask"), "sae": ("entity_mask",),
                  "altpo": ("alt_input_ids", "alt_loss_mask"), "flat": ("idk_input_ids", "idk_loss_mask")}
@@ -246,6 +248,39 @@ def optimizer(opts, steps_per_epoch: int) -> optax.GradientTransformation:
                      weight_decay=opts.weight_decay)
 
 
+def prepare(name: str, lm: language.LanguageModel, params: Pytree, opts, *, rng: jax.Array, adapter_rng: jax.Array,
+            forget: split_lib.Split | None = None, retain: split_lib.Split | None = None,
+            holdout: split_lib.Split | None = None, probe: SAEProbe | None = None):
+  """``(trainable, objective, state, mask)``: what `unlearn_lm`'s loop starts from (`build`, then
+  `with_adapters`; the carried state with the frozen pytrees and PDU's dual variable)."""
+  objective, frozen, mask = build(name, lm, params, opts, forget=forget, retain=retain, holdout=holdout, rng=rng,
+                                  probe=probe)
+  trainable, objective, frozen, mask = with_adapters(params, objective, frozen, mask, opts, adapter_rng)
+  state = tokenwise.init_dual(opts.alpha) if name == "pdu" else {}
+  return trainable, objective, teachers.carry(state, frozen), mask
+
+
+def unlearning_step(name: str, lm: language.LanguageModel, params: Pytree, opts, *, rng: jax.Array,
+                    forget: split_lib.Split | None = None, retain: split_lib.Split | None = None):
+  """One optimiser step of method ``name`` as `unlearn_lm`'s loop takes it (for timings and memory plans).
+
+  ``params`` may be `jax.ShapeDtypeStruct`\\ s for the methods whose objective needs no data (not RMU, the SAE,
+  WAGLE); the optimiser state is then abstract too.
+
+  Returns:
+    ``(step, trainable, state, opt_state)`` with ``step(trainable, state, opt_state, batches, rng, epoch) ->
+    (trainable, state, opt_state, loss, metrics)`` (`loop.term_step` of `loop.joint_term`; of the forget term
+    alone for a forget-only method), ``batches`` being ``((forget_x, y), (retain_x, y))`` or ``((forget_x, y),)``.
+  """
+  trainable, objective, state, mask = prepare(name, lm, params, opts, rng=rng, forget=forget, retain=retain,
+                                              adapter_rng=jax.random.fold_in(rng, 7))
+  tx = loop.masked_optimizer(optimizer(opts, 1), mask, MASK_MODES.get(name, "freeze"))
+  abstract = any(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(trainable))
+  opt_state = jax.eval_shape(tx.init, trainable) if abstract else tx.init(trainable)
+  term = objective.forget if objective.retain is None else loop.joint_term(objective)
+  return loop.term_step(term, tx, None), trainable, state, opt_state
+
+
 def unlearn_lm(name: str, lm: language.LanguageModel, params: Pytree, forget: split_lib.Split,
                retain: split_lib.Split, *, options: dict | None, rng: jax.Array,
                holdout: split_lib.Split | None = None, sae_probe: SAEProbe | None = None):
@@ -281,20 +316,18 @@ def unlearn_lm(name: str, lm: language.LanguageModel, params: Pytree, forget: sp
       raise ValueError(f"{name}: needs a retain split")
     _check_fields("retain", retain, ("input_ids", "loss_mask"))
   build_rng, loop_rng = jax.random.split(rng)
-  objective, frozen, mask = build(name, lm, params, opts, forget=forget, retain=retain, holdout=holdout,
-                                  rng=build_rng, probe=sae_probe)
-  trainable, objective, frozen, mask = with_adapters(params, objective, frozen, mask, opts,
-                                                     jax.random.fold_in(rng, 7))
+  trainable, objective, state, mask = prepare(name, lm, params, opts, forget=forget, retain=retain,
+                                              holdout=holdout, rng=build_rng, probe=sae_probe,
+                                              adapter_rng=jax.random.fold_in(rng, 7))
   bs = int(opts.batch_size)
   if objective.retain is None:
     retain = None
   walked = retain if (retain is not None and opts.anchor == "retain") else forget  # the split an epoch walks
   tx = optimizer(opts, walked.num_batches(min(bs, walked.size)))
-  state = tokenwise.init_dual(opts.alpha) if name == "pdu" else {}
-  trained, _, history = loop.unlearn_loop(None, trainable, teachers.carry(state, frozen), forget, retain,
-                                          objective=objective, tx=tx, epochs=int(opts.epochs), batch_size=bs,
-                                          rng=loop_rng, schedule="joint", anchor=opts.anchor, mask=mask,
-                                          mask_mode="gradient" if name == "wagle" else "freeze", desc=name)
+  trained, _, history = loop.unlearn_loop(None, trainable, state, forget, retain, objective=objective, tx=tx,
+                                          epochs=int(opts.epochs), batch_size=bs, rng=loop_rng, schedule="joint",
+                                          anchor=opts.anchor, mask=mask, mask_mode=MASK_MODES.get(name, "freeze"),
+                                          desc=name)
   history.update(trainable_params=model_lib.num_params(trainable),
                  opt_state_bytes=sharding.bytes_per_device(jax.eval_shape(tx.init, trainable)))
   rank = int(opts.lora_rank)
@@ -302,4 +335,5 @@ def unlearn_lm(name: str, lm: language.LanguageModel, params: Pytree, forget: sp
 
 
 __all__ = ["METHODS", "SAEProbe", "build", "fit_probe", "fit_sae_probe", "lora", "method_config", "objectives",
-           "optimizer", "rmu", "sae", "sae_separation", "tokenwise", "unlearn_lm", "wagle", "with_adapters"]
+           "optimizer", "prepare", "rmu", "sae", "sae_separation", "tokenwise", "unlearn_lm", "unlearning_step",
+           "wagle", "with_adapters"]

@@ -5,7 +5,8 @@ is used as
 
 .. math::
 
-   W' = W + \frac{\alpha}{r} A B, \qquad A \in \mathbb{R}^{d_\text{in} \times r},\ B \in \mathbb{R}^{r \times d_\text{out}}
+   W' = W + \frac{\alpha}{r} A B, \qquad A \in \mathbb{R}^{d_\text{in} \times r},\
+   B \in \mathbb{R}^{r \times d_\text{out}}
 
 with :math:`W` frozen. As in the reference implementation (peft's ``LoraLayer.reset_lora_parameters`` with
 ``init_lora_weights=True``) :math:`A` starts Kaiming-uniform, :math:`\mathcal{U}(-1/\sqrt{d_\text{in}},
