@@ -127,11 +127,21 @@ def test_ties_full_density_with_agreeing_signs_is_mean_task_vector():
   _assert_close(merging.ties(ps, base=base, density=1.0), expected)
 
 
-def test_ties_full_sign_conflict_cancels():
+def test_ties_zero_sum_signs_follow_the_reference_codes():
+  # Every entry of every tensor sums to exactly 0, and so does the tensor's sum of elected signs: the TIES code
+  # leaves the sign 0 and its disjoint_merge then keeps the negative values; mergekit elects +.
   tau = _tree(1)
-  base = jax.tree.map(np.zeros_like, tau)  # so that the two task vectors are exactly opposite
+  base = jax.tree.map(np.zeros_like, tau)
   ps = [tau, jax.tree.map(np.negative, tau)]
-  chex.assert_trees_all_equal(merging.ties(ps, base=base, density=1.0), base)
+  chex.assert_trees_all_close(merging.ties(ps, base=base, density=1.0), jax.tree.map(lambda x: -np.abs(x), tau))
+  chex.assert_trees_all_close(merging.ties(ps, base=base, density=1.0, mergekit=True), jax.tree.map(np.abs, tau))
+  # One zero-sum entry in a tensor whose other sums are mostly negative: the TIES code gives it the majority sign
+  # (-), mergekit +.
+  a = np.array([-1.0, -2.0, 3.0, 0.5], np.float32)
+  b = np.array([-1.0, -1.0, -1.0, -0.5], np.float32)
+  zero = np.zeros(4, np.float32)
+  np.testing.assert_allclose(merging.ties([a, b], base=zero, density=1.0), [-1.0, -1.5, 3.0, -0.5])
+  np.testing.assert_allclose(merging.ties([a, b], base=zero, density=1.0, mergekit=True), [-1.0, -1.5, 3.0, 0.5])
 
 
 def test_dare_full_density_is_task_arithmetic_or_ties():
@@ -625,3 +635,245 @@ def test_merges_keep_sharding_on_eight_devices():
   for name in ("linear", "linear_weighted", "task_arithmetic", "ties", "dare", "dare_ties", "model_stock", "slerp",
                "fisher", "negmerge", "della", "regmean"):
     assert f"{name} ok" in stdout, name
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# mergekit's options and methods, each against an independent NumPy formula.
+
+
+def _np_gta(base, ps, *, weights, keep_fn, consensus, normalize, zero_positive=True, scale=1.0):
+  """mergekit's generalized task arithmetic on one tensor: keep_fn(i, delta) sparsifies model i's delta."""
+  d = np.stack([w * keep_fn(i, p - base) for i, (w, p) in enumerate(zip(weights, ps))])
+  w = np.asarray(weights, np.float64).reshape((-1,) + (1,) * (d.ndim - 1))
+  if consensus:
+    total = d.sum(0)
+    elected = np.where(total >= 0, 1.0, -1.0) if zero_positive else np.sign(total)
+    mask = np.sign(d) == elected
+    mixed, divisor = (d * mask).sum(0), (w * mask).sum(0)
+    divisor[divisor == 0] = 1
+  else:
+    mixed, divisor = d.sum(0), np.full(d.shape[1:], w.sum())
+  return base + scale * (mixed / divisor if normalize else mixed)
+
+
+def _np_keep_top(x, n):
+  flat = np.abs(x).ravel()
+  out = np.zeros_like(x).ravel()
+  top = np.argsort(-flat, kind="stable")[:n]
+  out[top] = x.ravel()[top]
+  return out.reshape(x.shape)
+
+
+def test_ties_per_model_weight_density_normalize_match_mergekit_formula():
+  base, ps = _models(k=3)
+  weights, densities = [1.0, 0.5, 2.0], [0.5, 0.3, 0.9]
+  for normalize in (True, False):
+    out = merging.ties(ps, base=base, density=densities, weights=weights, normalize=normalize, mergekit=True,
+                       scale=0.7)
+    expected = _np_map(lambda b, *xs: _np_gta(
+        b, xs, weights=weights, consensus=True, normalize=normalize, scale=0.7,
+        keep_fn=lambda i, x: _np_keep_top(x, max(1, int(densities[i] * x.size)))), base, *ps)
+    _assert_close(out, expected)
+
+
+def test_task_arithmetic_weights_and_normalize():
+  base, ps = _models(k=3)
+  w = [0.2, 0.5, 1.3]
+  expected = _np_map(lambda b, *xs: _np_gta(b, xs, weights=w, consensus=False, normalize=True, scale=0.5,
+                                            keep_fn=lambda i, x: x), base, *ps)
+  _assert_close(merging.task_arithmetic(ps, base=base, scale=0.5, weights=w, normalize=True), expected)
+
+
+def _np_breadcrumbs(x, density, gamma):
+  n = x.size
+  target, top = int(density * n), int(gamma * n)
+  bottom = max(0, n - target - top)
+  order = np.argsort(np.abs(x).ravel(), kind="stable")
+  out = np.zeros(n)
+  out[order[bottom:bottom + target]] = x.ravel()[order[bottom:bottom + target]]
+  return out.reshape(x.shape)
+
+
+@pytest.mark.parametrize("combine", ["linear", "ties"])
+def test_breadcrumbs_matches_numpy(combine):
+  base, ps = _models(k=3)
+  weights, densities, gammas = [1.0, 0.5, 0.8], [0.6, 0.4, 0.9], [0.1, 0.2, 0.05]
+  out = merging.breadcrumbs(ps, base=base, density=densities, gamma=gammas, weights=weights, combine=combine,
+                            normalize=True)
+  expected = _np_map(lambda b, *xs: _np_gta(b, xs, weights=weights, consensus=combine == "ties", normalize=True,
+                                            keep_fn=lambda i, x: _np_breadcrumbs(x, densities[i], gammas[i])),
+                     base, *ps)
+  _assert_close(out, expected)
+  _assert_close(merging.breadcrumbs_ties(ps, base=base, density=0.5, gamma=0.1),
+                merging.breadcrumbs(ps, base=base, density=0.5, gamma=0.1, combine="ties"))
+
+
+def test_l1_rescale_keeps_each_task_vector_norm():
+  base = {"w": np.zeros((50, 40), np.float32)}
+  p = {"w": np.random.default_rng(0).standard_normal((50, 40)).astype(np.float32)}
+  key = jax.random.key(0)
+  for out in (merging.dare([p], base=base, density=0.3, rng=key, rescale="l1"),
+              merging.dare_linear([p], base=base, density=0.3, rng=key),
+              merging.della([p], base=base, density=0.4, epsilon=0.2, rng=key, rescale="l1", combine="linear"),
+              merging.ties([p], base=base, density=0.2, rescale=True)):
+    w = np.asarray(out["w"])
+    assert 0.1 < np.mean(w != 0) < 0.6
+    np.testing.assert_allclose(np.abs(w).sum(), np.abs(p["w"]).sum(), rtol=1e-4)
+    kept = w != 0
+    ratio = w[kept] / p["w"][kept]
+    np.testing.assert_allclose(ratio, ratio[0], rtol=1e-4)  # one factor per tensor
+
+
+def test_dare_ties_is_mergekit_sum_of_agreeing_weighted_deltas():
+  base, ps = _models(k=3)
+  w = [0.5, 1.0, 1.5]
+  out = merging.dare_ties(ps, base=base, density=1.0, rng=jax.random.key(0), weights=w)
+  expected = _np_map(lambda b, *xs: _np_gta(b, xs, weights=w, consensus=True, normalize=False,
+                                            keep_fn=lambda i, x: x), base, *ps)
+  _assert_close(out, expected)
+
+
+def test_model_stock_opposed_pair_keeps_base_and_filter_wise():
+  base, [p] = _models(k=1)
+  opposed = [p, _np_map(lambda b, x: 2 * b - x, base, p)]
+  chex.assert_trees_all_close(merging.model_stock(opposed, base=base), base, atol=1e-6)
+  b, ps = np.zeros((3, 5), np.float32), [np.random.default_rng(i).standard_normal((3, 5)).astype(np.float32)
+                                          for i in range(3)]
+  out = np.asarray(merging.model_stock(ps, base=b, filter_wise=True))
+  for row in range(3):
+    np.testing.assert_allclose(out[row], _np_model_stock(b[row], *[x[row] for x in ps]), rtol=1e-5, atol=1e-6)
+
+
+def test_slerp_takes_one_t_per_tensor():
+  a, b = _tree(1), _tree(2)
+  ts = {"a": {"kernel": 0.2, "bias": 0.9}, "b": 0.5}
+  expected = jax.tree.map(lambda x, y, t: _np_slerp(np.float64(x), np.float64(y), t), a, b, ts)
+  _assert_close(merging.slerp(a, b, t=ts), expected)
+
+
+def _np_sce(b, *ps, density):
+  tv = np.stack([p - b for p in ps])
+  if density < 1:
+    var = tv.var(0)
+    k = int(np.count_nonzero(var) * density)
+    mask = np.zeros(var.size)
+    mask[np.argsort(-var.ravel(), kind="stable")[:k]] = 1
+    tv = tv * mask.reshape(var.shape)
+  elected = np.where(tv.sum(0) >= 0, 1.0, -1.0)
+  agree = np.sign(tv) == elected
+  w = (tv ** 2).reshape(len(ps), -1).mean(1)
+  w = w / w.sum()
+  ew = w.reshape((-1,) + (1,) * (tv.ndim - 1)) * agree
+  return b + (tv * ew).sum(0) / np.maximum(ew.sum(0), 1e-6)
+
+
+@pytest.mark.parametrize("density", [1.0, 0.5])
+def test_sce_matches_numpy(density):
+  base, ps = _models(k=3)
+  _assert_close(merging.sce(ps, base=base, density=density),
+                _np_map(functools.partial(_np_sce, density=density), base, *ps))
+
+
+def _np_karcher(*xs, iters=10, tol=1e-5):
+  norms = [np.linalg.norm(x) for x in xs]
+  units = [x / n for x, n in zip(xs, norms)]
+  mean = sum(units) / len(xs)
+  mean /= np.linalg.norm(mean)
+  for _ in range(iters):
+    tangent = np.zeros_like(mean)
+    for u in units:
+      c = np.clip(np.sum(mean * u), -1, 1)
+      th = np.arccos(c)
+      if th >= tol:
+        tangent += (th / np.sin(th)) * (u - c * mean) / len(xs)
+    tn = np.linalg.norm(tangent)
+    if tn < tol:
+      break
+    mean = np.cos(tn) * mean + np.sin(tn) * tangent / tn
+    mean /= np.linalg.norm(mean)
+  return np.mean(norms) * mean
+
+
+def test_karcher_matches_numpy_and_is_a_point_of_equal_angles_for_two():
+  _, ps = _models(k=3)
+  _assert_close(merging.karcher(ps, max_iter=10), _np_map(_np_karcher, *ps), rtol=1e-4, atol=1e-5)
+  x, y = np.array([1.0, 0.0], np.float32), np.array([0.0, 3.0], np.float32)
+  np.testing.assert_allclose(merging.karcher([x, y]), 2.0 * np.array([1, 1]) / np.sqrt(2), rtol=1e-5)
+
+
+def _np_nuslerp_rows(t, v0, v1):
+  u0 = v0 / np.linalg.norm(v0, axis=-1, keepdims=True)
+  u1 = v1 / np.linalg.norm(v1, axis=-1, keepdims=True)
+  th = np.arccos(np.clip(np.sum(u0 * u1, -1, keepdims=True), -1, 1))
+  return (np.sin((1 - t) * th) * v0 + np.sin(t * th) * v1) / np.sin(th)
+
+
+def test_nuslerp_matches_numpy():
+  base, ps = _models(k=2)
+  t = 3.0 / (1.0 + 3.0)
+  out = merging.nuslerp(ps, base=base, weights=[1.0, 3.0])
+  _assert_close(out, _np_map(lambda b, x, y: b + _np_nuslerp_rows(t, (x - b).ravel(), (y - b).ravel()).reshape(b.shape),
+                             base, *ps))
+  a, b = np.random.default_rng(0).standard_normal((2, 4, 3)).astype(np.float32)
+  np.testing.assert_allclose(merging.nuslerp([a, b], flatten=False), _np_nuslerp_rows(0.5, a, b), rtol=1e-5)
+  np.testing.assert_allclose(merging.nuslerp([a, b], flatten=False, row_wise=True),
+                             _np_nuslerp_rows(0.5, a.T, b.T).T, rtol=1e-5)
+
+
+def _np_multislerp(b, *ps, w):
+  xs = [p - b for p in ps]
+  w = np.asarray(w) / np.sum(w)
+  norms = [np.linalg.norm(x) for x in xs]
+  units = [x / n for x, n in zip(xs, norms)]
+  m = sum(wi * u for wi, u in zip(w, units))
+  m /= np.linalg.norm(m)
+  v = sum(wi * (u - np.sum(u * m) * m) for wi, u in zip(w, units))
+  vn = np.linalg.norm(v)
+  return b + (m * np.cos(vn) + v * np.sin(vn) / vn) * np.dot(w, norms)
+
+
+def test_multislerp_matches_numpy_and_two_unit_vectors_give_slerp():
+  base, ps = _models(k=3)
+  w = [1.0, 2.0, 0.5]
+  _assert_close(merging.multislerp(ps, base=base, weights=w), _np_map(functools.partial(_np_multislerp, w=w), base,
+                                                                      *ps), rtol=1e-4, atol=1e-5)
+  x, y = np.array([1.0, 0.0], np.float32), np.array([0.0, 1.0], np.float32)
+  np.testing.assert_allclose(merging.multislerp([x, y]), [np.sqrt(0.5), np.sqrt(0.5)], rtol=1e-5)
+
+
+def test_nearswap_and_passthrough():
+  a = np.array([0.0, 0.0, 0.0], np.float32)
+  b = np.array([0.05, 0.2, 1.0], np.float32)
+  w = np.clip(0.1 / np.abs(a - b), 0, 1)
+  np.testing.assert_allclose(merging.nearswap(b, base=a, t=0.1), w * b + (1 - w) * a, rtol=1e-6)
+  np.testing.assert_allclose(merging.passthrough(b, scale=2.0), 2 * b)
+
+
+@pytest.mark.parametrize("call", [
+    lambda base, ps: merging.ties(ps, base=base, density=0.5),
+    lambda base, ps: merging.linear(ps),
+    lambda base, ps: merging.model_stock(ps, base=base),
+    lambda base, ps: merging.sce(ps, base=base),
+], ids=["ties", "linear", "model_stock", "sce"])
+def test_merges_refuse_non_finite_inputs_naming_the_path(call):
+  base, ps = _models()
+  bad = jax.tree.map(np.copy, ps[1])
+  bad["a"]["kernel"][2, 1] = np.nan
+  with pytest.raises(ValueError, match=re.escape("params_list[1]['a']['kernel']")):
+    call(base, [ps[0], bad, ps[2]])
+
+
+def test_merges_refuse_non_finite_options_and_ties_propagates_nan_unchecked():
+  base, ps = _models()
+  with pytest.raises(ValueError, match=re.escape("base['b']")):
+    merging.ties(ps, base={"a": base["a"], "b": jnp.asarray(base["b"]).at[0].set(jnp.inf)}, density=0.5)
+  with pytest.raises(ValueError, match="scale"):
+    merging.task_arithmetic(ps, base=base, scale=float("nan"))
+  with pytest.raises(ValueError, match=re.escape("weights")):
+    merging.ties(ps, base=base, density=0.5, weights=[1.0, np.inf, 1.0])
+  with pytest.raises(ValueError, match="density"):
+    merging.ties(ps, base=base, density=float("nan"))
+  bad = jax.tree.map(np.copy, ps[1])
+  bad["b"][3] = np.nan
+  out = merging.ties([ps[0], bad, ps[2]], base=base, density=1.0, check_finite=False)
+  assert np.isnan(np.asarray(out["b"])[3])

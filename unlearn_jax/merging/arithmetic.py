@@ -1,4 +1,5 @@
-"""Weight-space merges: soups, task arithmetic, TIES, DARE, DELLA, Model Stock, SLERP, Fisher, RegMean, NegMerge.
+"""Weight-space merges: soups, task arithmetic, TIES, DARE, DELLA, Model Stock, SLERP, Fisher, RegMean, NegMerge,
+and mergekit's Breadcrumbs, SCE, Karcher, NuSLERP, Multi-SLERP, NearSwap and passthrough.
 
 Every merge is a pure function over parameter pytrees::
 
@@ -7,26 +8,38 @@ Every merge is a pure function over parameter pytrees::
 ``params_list`` is a sequence of pytrees of the same structure, shapes and dtypes (checked; a mismatch raises a
 ``ValueError`` naming the first differing key path). Methods built on task vectors take the common ``base`` (the
 pre-trained or Original parameters) and work on the deltas ``tau_i = params_list[i] - base``, tensor by tensor.
+The task-vector merges (task arithmetic, TIES, DARE, DELLA, Breadcrumbs and their mergekit-named variants) are
+one engine, mergekit's "generalized task arithmetic": sparsify each delta (per-model ``density``, ``gamma``,
+``epsilon``), optionally rescale it (``1/p`` or L1-norm matching), multiply by its per-model ``weight``, then sum
+or TIES-elect, optionally ``normalize`` by the summed weights, and add ``scale`` times the result to the base.
+Each method's default is its reference code; ``mergekit=True`` gives mergekit's semantics where they differ.
+
+Every merge refuses NaN or inf in its inputs and options with a ``ValueError`` naming the argument and pytree path
+(``check_finite=False`` skips that pass over the inputs where the caller vouches for them).
 
 The merges are jitted, with the options that change shapes or control flow static (``normalize``, ``density``,
-``epsilon``, ``rescale``, ``combine``, ``axis``); ``scale``, ``weights``, ``t``, ``alpha``, ``eps`` and ``rng`` are
-traced, so sweeping them does not recompile. They also trace inside a caller's jit or ``jax.eval_shape``. The merges
-are elementwise maps and full-tensor reductions, so parameters sharded over an Explicit mesh keep their sharding
-and are not gathered; the exceptions are DELLA's per-row magnitude ranking (only a sharded ranking axis is
-gathered) and RegMean's linear solve (each Gram matrix and kernel is gathered for its solve).
+``gamma``, ``epsilon``, ``rescale``, ``combine``, ``axis``, ``filter_wise``); ``scale``, ``weights``, ``t``,
+``alpha``, ``eps`` and ``rng`` are traced, so sweeping them does not recompile. They also trace inside a caller's
+jit or ``jax.eval_shape``. The merges are elementwise maps and full-tensor reductions, so parameters sharded over an
+Explicit mesh keep their sharding and are not gathered; the exceptions are DELLA's per-row magnitude ranking (only
+a sharded ranking axis is gathered) and RegMean's linear solve (each Gram matrix and kernel is gathered for its
+solve).
 
 Example:
     >>> merged = ties([p1, p2, p3], base=p0, density=0.2)
     >>> forgotten = task_arithmetic([p_forget], base=p_original, scale=-1.0)
+    >>> as_mergekit = ties([p1, p2], base=p0, density=0.5, weights=[0.7, 0.3], mergekit=True)
 """
 from __future__ import annotations
 
 import functools
+import inspect
 import math
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from unlearn_jax import sharding
@@ -82,16 +95,6 @@ def _check_list(params_list: Sequence[Pytree], fn: str, *, base: Pytree | None =
   return len(params_list)
 
 
-def _check_density(density: float, fn: str) -> None:
-  if not 0.0 < density <= 1.0:
-    raise ValueError(f"{fn}: density must be in (0, 1], got {density}")
-
-
-def _check_combine(combine: str, fn: str) -> None:
-  if combine not in _COMBINES:
-    raise ValueError(f"{fn}: combine must be one of {_COMBINES}, got {combine!r}")
-
-
 def _weight_vector(weights, k: int, fn: str) -> jax.Array:
   if weights is None:
     return jnp.ones((k,), jnp.float32)
@@ -99,6 +102,85 @@ def _weight_vector(weights, k: int, fn: str) -> jax.Array:
   if weights.shape != (k,):
     raise ValueError(f"{fn}: weights must have shape ({k},), one per model, got {weights.shape}")
   return weights
+
+
+def _per_model(value, k: int, name: str, fn: str, *, low: float, high: float, low_open: bool = True,
+               high_open: bool = False) -> tuple[float, ...]:
+  """``value`` (one float, or one per model) as a tuple of k Python floats, each checked to lie in its range."""
+  values = tuple(value) if isinstance(value, (list, tuple)) else (value,) * k
+  if len(values) != k:
+    raise ValueError(f"{fn}: {name} has {len(values)} entries but params_list has {k}")
+  out = []
+  for i, v in enumerate(values):
+    v = float(v)
+    where = name if len(set(values)) == 1 else f"{name}[{i}]"
+    if (not math.isfinite(v) or v < low or v > high or (low_open and v == low) or (high_open and v == high)):
+      interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+      raise ValueError(f"{fn}: {where} must be in {interval}, got {v}")
+    out.append(v)
+  return tuple(out)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Finiteness. Every public merge refuses NaN and inf in its inputs and options before any work: a NaN in one
+# model would otherwise vanish or spread silently (TIES drops it from the sign election). The check is one fused
+# reduction per leaf and one host transfer per call; ``check_finite=False`` skips it where the caller vouches for
+# the inputs. Traced and abstract values (inside a caller's jit or eval_shape) cannot be checked and are skipped.
+
+
+@jax.jit
+def _finite_flags(leaves: list[jax.Array]) -> jax.Array:
+  return jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves])
+
+
+def _require_finite(fn: str, arguments: dict[str, Any]) -> None:
+  """Raises ``ValueError`` naming the first argument path with a NaN or inf entry."""
+  names, leaves = [], []
+  for name, value in arguments.items():
+    for path, leaf in jax.tree_util.tree_flatten_with_path(value)[0]:
+      where = f"{name}{jax.tree_util.keystr(path)}"
+      if isinstance(leaf, (jax.core.Tracer, jax.ShapeDtypeStruct, str, bool)) or leaf is None:
+        continue
+      if isinstance(leaf, (int, float)):
+        ok = math.isfinite(leaf)
+      else:
+        dtype = getattr(leaf, "dtype", None)
+        if dtype is None or not jnp.issubdtype(dtype, jnp.inexact):
+          continue  # integer arrays, PRNG keys
+        if isinstance(leaf, jax.Array):
+          names.append(where)
+          leaves.append(leaf)
+          continue
+        ok = bool(np.isfinite(leaf).all())
+      if not ok:
+        _raise_not_finite(fn, where)
+  if leaves:
+    flags = np.asarray(_finite_flags(leaves))
+    if not flags.all():
+      _raise_not_finite(fn, names[int(np.argmin(flags))])
+
+
+def _raise_not_finite(fn: str, where: str):
+  raise ValueError(f"{fn}: {where} has NaN or inf entries; merges refuse non-finite inputs (check_finite=False "
+                   "skips this check)")
+
+
+def _checked(fn: Callable, *, jitted: Callable | None = None) -> Callable:
+  """Wraps a merge so that it first refuses non-finite inputs and options (`_require_finite`).
+
+  The wrapper takes one more keyword, ``check_finite`` (default True). It keeps ``fn``'s signature (so a caller
+  may ``jax.jit`` it with static argument names) and ``_cache_size`` (of ``jitted``, or of ``fn`` if jitted).
+  """
+  signature = inspect.signature(fn)
+
+  @functools.wraps(fn)
+  def merge(*args, check_finite: bool = True, **kwargs):
+    if check_finite:
+      _require_finite(fn.__name__, dict(signature.bind(*args, **kwargs).arguments))
+    return fn(*args, **kwargs)
+
+  merge._cache_size = (jitted or fn)._cache_size
+  return merge
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -176,42 +258,9 @@ def _uniforms(key_data: jax.Array, like: jax.Array, k: int) -> list[jax.Array]:
   return [_to_unit((hi, lo)[i % 2][i // 2]) for i in range(k)]
 
 
-def _random_keep(ds: Sequence[jax.Array], key_data: jax.Array, probs: Sequence[Any], *, rescale: bool
-                 ) -> list[jax.Array]:
-  """Keeps each entry of ``ds[i]`` independently with probability ``probs[i]`` (broadcastable), else 0.
-
-  With ``rescale`` the kept entries are divided by their probability. The division sits inside the select: XLA
-  will not fuse a divided select into the merge's sum, and each unfused term then recomputes its hash.
-  """
-  us = _uniforms(key_data, ds[0], len(ds))
-  return [jnp.where(u < p, d / p if rescale else d, 0) for d, u, p in zip(ds, us, probs)]
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # Per-tensor pieces shared by the task-vector merges. ``ds`` is the list of one tensor's k task vectors; every
 # piece is elementwise across the list (or a reduction over one tensor), so nothing stacks k copies.
-
-
-def _elected_sign(ds: Sequence[jax.Array]) -> jax.Array:
-  """TIES sign election: the sign of the summed deltas of each entry."""
-  return jnp.sign(_sum(ds))
-
-
-def _disjoint_mean(ds: Sequence[jax.Array]) -> jax.Array:
-  """Mean, per entry, of the deltas whose sign is the elected sign (0 where the summed deltas are 0).
-
-  Zero (trimmed or dropped) entries only match an elected sign of 0, where every term of the mean is 0 anyway.
-  """
-  elected = _elected_sign(ds)
-  agree = [jnp.sign(d) == elected for d in ds]
-  count = _sum([a.astype(jnp.int32) for a in agree])
-  total = _sum([jnp.where(a, d, 0) for a, d in zip(agree, ds)])
-  return total / jnp.maximum(count, 1).astype(total.dtype)
-
-
-def _combine(ds: Sequence[jax.Array], combine: str) -> jax.Array:
-  return _disjoint_mean(ds) if combine == "ties" else _sum(ds)
-
 
 _INF_BITS = 0x7F800000  # the int32 bits of +inf; non-negative floats order like their int32 bits
 
@@ -221,7 +270,7 @@ def _magnitude_bits(d: jax.Array) -> jax.Array:
   return jnp.minimum(jax.lax.bitcast_convert_type(jnp.abs(d).astype(jnp.float32), jnp.int32), _INF_BITS)
 
 
-def _kth_largest_by_bisection(bits: jax.Array, keep: int) -> jax.Array:
+def _kth_largest_by_bisection(bits: jax.Array, keep) -> jax.Array:
   """The ``keep``-th largest entry of ``bits`` by bisection: 31 rounds of an elementwise comparison and a count.
 
   Only reductions, so a sharded tensor stays sharded (each round is one all-reduce of a scalar).
@@ -237,13 +286,13 @@ def _kth_largest_by_bisection(bits: jax.Array, keep: int) -> jax.Array:
   return lo
 
 
-def _kth_largest_by_radix(bits: Sequence[jax.Array], keep: int) -> jax.Array:
-  """The ``keep``-th largest entry of each tensor of ``bits`` (non-negative int32), by a two-pass radix select.
+def _kth_largest_by_radix(bits: Sequence[jax.Array], keeps: Sequence[Any]) -> jax.Array:
+  """The ``keeps[i]``-th largest entry of each tensor ``bits[i]`` (non-negative int32), by a two-pass radix select.
 
   A histogram of the high 15 bits finds the bucket holding the ``keep``-th largest value and how many of it are
   still needed; a histogram of the low 16 bits of that bucket's entries finds the value. Two passes over each
   tensor instead of bisection's 31, but each histogram is a scatter-add, which an Explicit mesh would gather.
-  The k histograms are stacked (they are small) so that the scans over them are one op each.
+  The histograms are stacked (they are small) so that the scans over them are one op each.
   """
   flat = [b.reshape(-1) for b in bits]
   high = [f >> 16 for f in flat]
@@ -257,7 +306,7 @@ def _kth_largest_by_radix(bits: Sequence[jax.Array], keep: int) -> jax.Array:
     j = jnp.sum(c[:, :-1] >= needed[:, None], axis=1) - 1  # non-increasing, and c[:, 0] = size >= needed
     return j, jnp.take_along_axis(c, (j + 1)[:, None], axis=1)[:, 0]
 
-  keep = jnp.full((len(flat),), keep, jnp.int32)
+  keep = jnp.stack([jnp.asarray(n, jnp.int32) for n in keeps])
   bucket, above = select(jnp.stack([jnp.bincount(h, length=1 << 15) for h in high]), keep)
   low_counts = [jnp.bincount(f & 0xFFFF, weights=(h == bucket[i]).astype(jnp.int32), length=1 << 16)
                 for i, (f, h) in enumerate(zip(flat, high))]
@@ -265,22 +314,67 @@ def _kth_largest_by_radix(bits: Sequence[jax.Array], keep: int) -> jax.Array:
   return (bucket << 16) | low
 
 
-def _trim(ds: Sequence[jax.Array], density: float) -> list[jax.Array]:
-  """TIES trim: keeps the ``round(density * size)`` (at least 1) largest-magnitude entries of each task vector.
+def _kth_largest(bits: Sequence[jax.Array], keeps: Sequence[Any]) -> list[jax.Array]:
+  """The ``keeps[i]``-th largest of each ``bits[i]``: by radix select, or by bisection where the tensor is sharded
+  (so it is never gathered)."""
+  if not bits:
+    return []
+  if _sharded_spec(bits[0]) is not None:
+    return [_kth_largest_by_bisection(b, n) for b, n in zip(bits, keeps)]
+  return list(_kth_largest_by_radix(bits, keeps))
+
+
+def _keep_count(density: float, size: int, count: str) -> int:
+  """How many entries a magnitude trim keeps: ``round`` (at least 1) or, as mergekit, ``floor`` (at least 1)."""
+  n = int(density * size) if count == "floor" else round(density * size)
+  return min(size, max(1, n))
+
+
+def _magnitude_trim(ds: Sequence[jax.Array], densities: Sequence[float], count: str) -> list[jax.Array]:
+  """TIES trim: each task vector keeps its ``_keep_count`` largest-magnitude entries (density 1 keeps all).
 
   The threshold is the exact ``keep``-th largest magnitude (entries tied with it are all kept), found on the
-  fp32 bit patterns: by radix select, or by bisection where the tensor is sharded (so it is never gathered).
+  fp32 bit patterns (`_kth_largest`).
   """
-  if density >= 1.0:
-    return list(ds)
   size = math.prod(ds[0].shape)
-  keep = min(size, max(1, round(density * size)))
-  bits = [_magnitude_bits(d) for d in ds]
-  if _sharded_spec(bits[0]) is not None:
-    kth = [_kth_largest_by_bisection(b, keep) for b in bits]
-  else:
-    kth = list(_kth_largest_by_radix(bits, keep))
-  return [jnp.where(b >= t, d, 0) for b, t, d in zip(bits, kth, ds)]
+  trimmed = [i for i, p in enumerate(densities) if p < 1.0 and size > 0]
+  bits = {i: _magnitude_bits(ds[i]) for i in trimmed}
+  kth = _kth_largest([bits[i] for i in trimmed], [_keep_count(densities[i], size, count) for i in trimmed])
+  out = list(ds)
+  for i, t in zip(trimmed, kth):
+    out[i] = jnp.where(bits[i] >= t, ds[i], 0)
+  return out
+
+
+def _outlier_trim(ds: Sequence[jax.Array], densities: Sequence[float], gammas: Sequence[float]) -> list[jax.Array]:
+  """Model Breadcrumbs' mask, as mergekit's ``magnitude_outliers``: of ``n`` entries, drop the ``int(gamma n)``
+  largest magnitudes (fewer where needed to keep ``int(density n)``), then keep the ``int(density n)`` next
+  largest; the rest are 0. Density 1 keeps everything (no outlier removal), as mergekit.
+  """
+  n = math.prod(ds[0].shape)
+  bits, keeps, bands = [], [], {}
+  for i, (p, g) in enumerate(zip(densities, gammas)):
+    if p >= 1.0 or n == 0:
+      continue
+    target = int(p * n)
+    above = n - max(0, n - target - int(g * n)) - target  # entries dropped above the kept band
+    bands[i] = (target, above)
+    if target > 0:
+      b = _magnitude_bits(ds[i])
+      bits += [b] * (2 if above > 0 else 1)
+      keeps += [above + target] + ([above] if above > 0 else [])
+  kth = iter(_kth_largest(bits, keeps))
+  out = list(ds)
+  for i, (target, above) in bands.items():
+    if target == 0:
+      out[i] = jnp.zeros_like(ds[i])
+      continue
+    b = _magnitude_bits(ds[i])
+    keep = b >= next(kth)
+    if above > 0:
+      keep = keep & (b < next(kth))
+    out[i] = jnp.where(keep, ds[i], 0)
+  return out
 
 
 def _inverse_permutation(order: jax.Array, ax: int) -> jax.Array:
@@ -301,8 +395,10 @@ def _inverse_permutation(order: jax.Array, ax: int) -> jax.Array:
   return rank.reshape(order.shape)
 
 
-def _della_keep_probs(ds: Sequence[jax.Array], density: float, epsilon: float, axis: int) -> list[jax.Array]:
-  """Keep probabilities spaced linearly in [density - epsilon, density + epsilon] by magnitude rank along axis.
+def _della_keep_probs(ds: Sequence[jax.Array], densities: Sequence[float], epsilons: Sequence[float],
+                      axis: int) -> list[jax.Array]:
+  """Keep probabilities spaced linearly in [density_i - epsilon_i, density_i + epsilon_i] by magnitude rank along
+  axis.
 
   The k magnitudes of one tensor are ranked together, stacked, so that the tensor costs one sort and one scatter
   rather than k of each. The rank is the inverse permutation of the stable argsort: a scatter (or, for a tensor
@@ -310,16 +406,106 @@ def _della_keep_probs(ds: Sequence[jax.Array], density: float, epsilon: float, a
   """
   d0 = ds[0]
   if d0.ndim == 0:  # scalar leaves: one entry, the centre of the range
-    return [jnp.full(d0.shape, density, d0.dtype)] * len(ds)
+    return [jnp.full(d0.shape, p, d0.dtype) for p in densities]
   ax = 1 + (0 if d0.ndim == 1 else axis % d0.ndim)  # the ranked axis of the (k, ...) stack
   mag, spec = _unshard_axes(jnp.stack([jnp.abs(d) for d in ds]), [ax])
   n = mag.shape[ax]
   order = jnp.argsort(mag, axis=ax)
   rank = _inverse_permutation(order, ax) if _sharded_spec(order) is None else jnp.argsort(order, axis=ax)
   rank = rank.astype(d0.dtype)
-  rank_norm = rank / (n - 1) if n > 1 else jnp.full_like(rank, 0.5)
-  probs = _reshard_back(density - epsilon + 2 * epsilon * rank_norm, spec)
-  return [probs[i] for i in range(len(ds))]
+  rank_norm = _reshard_back(rank / (n - 1) if n > 1 else jnp.full_like(rank, 0.5), spec)
+  return [p - e + 2 * e * rank_norm[i] for i, (p, e) in enumerate(zip(densities, epsilons))]
+
+
+def _l1_rescale(d: jax.Array, kept: jax.Array, eps: float = 1e-7) -> jax.Array:
+  """``kept`` scaled so that its L1 norm equals ``d``'s, unless either norm is below ``eps`` (mergekit's rescale)."""
+  before, after = jnp.sum(jnp.abs(d)), jnp.sum(jnp.abs(kept))
+  ok = (before >= eps) & (after >= eps)
+  return jnp.where(ok, kept * (before / jnp.where(ok, after, 1)), kept)
+
+
+class _Spec(NamedTuple):
+  """The static description of one generalized task-arithmetic merge (mergekit's ``GeneralizedTaskArithmetic``).
+
+  sparsify: None, ``magnitude`` (TIES trim), ``random`` (DARE), ``outliers`` (Breadcrumbs) or ``della``.
+  densities, gammas, epsilons: one per model. rescale: None, ``inverse`` (divide kept entries by their keep
+  probability) or ``l1`` (match each task vector's L1 norm). count: ``round`` or ``floor`` (TIES keep count).
+  consensus: TIES sign election. zero_sign: ``majority`` (TIES code) or ``positive`` (mergekit). normalize:
+  divide by the summed weights (of the agreeing models under consensus).
+  """
+  sparsify: str | None = None
+  densities: tuple[float, ...] = ()
+  gammas: tuple[float, ...] = ()
+  epsilons: tuple[float, ...] = ()
+  rescale: str | None = None
+  count: str = "round"
+  axis: int = -1
+  consensus: bool = False
+  zero_sign: str = "majority"
+  normalize: bool = False
+
+
+def _sparsify(spec: _Spec, ds: list[jax.Array], probs, key_data) -> list[jax.Array]:
+  if spec.sparsify in ("random", "della"):
+    live = [i for i, p in enumerate(spec.densities) if p < 1.0]  # density 1: kept whole, no draws
+    if not live:
+      return ds
+    if spec.sparsify == "random":
+      probs = spec.densities
+    us = _uniforms(key_data, ds[0], len(ds))
+    out = list(ds)
+    for i in live:
+      # The division sits inside the select: XLA will not fuse a divided select into the merge's sum, and each
+      # unfused term then recomputes its hash.
+      out[i] = jnp.where(us[i] < probs[i], ds[i] / probs[i] if spec.rescale == "inverse" else ds[i], 0)
+    kept = out
+  elif spec.sparsify == "magnitude":
+    kept = _magnitude_trim(ds, spec.densities, spec.count)
+  elif spec.sparsify == "outliers":
+    kept = _outlier_trim(ds, spec.densities, spec.gammas)
+  else:
+    return ds
+  if spec.rescale == "l1":
+    kept = [k if p >= 1.0 else _l1_rescale(d, k) for d, k, p in zip(ds, kept, spec.densities)]
+  return kept
+
+
+def _elect(ds: Sequence[jax.Array], zero_sign: str) -> tuple[jax.Array, jax.Array]:
+  """TIES sign election: ``(elected sign, summed deltas)``.
+
+  The elected sign of an entry is the sign of its summed deltas. Where that sum is exactly 0, ``'majority'``
+  (the TIES code's ``resolve_zero_signs``) takes the sign of the sum of the tensor's elected signs (staying 0 only
+  if that is 0 too), and ``'positive'`` (mergekit) takes +1.
+  """
+  total = _sum(ds)
+  if zero_sign == "positive":
+    return jnp.where(total >= 0, 1, -1).astype(total.dtype), total
+  elected = jnp.sign(total)
+  return jnp.where(elected == 0, jnp.sign(jnp.nansum(elected)), elected), total
+
+
+def _combine(spec: _Spec, ds: Sequence[jax.Array], w: jax.Array) -> jax.Array:
+  """Sums the weighted deltas ``ds`` (those agreeing with the elected sign, under consensus), divided by the summed
+  weights of the contributing models when ``spec.normalize``.
+
+  The agreeing deltas are those of the elected sign's side: ``d > 0`` where it is positive, ``d < 0`` otherwise
+  (the TIES code's ``disjoint_merge``; with mergekit's election the sign is never 0, so this is its
+  ``sign(d) == elected``). A NaN sum stays NaN (a NaN delta never agrees with any sign).
+  """
+  if spec.consensus:
+    elected, total = _elect(ds, spec.zero_sign)
+    agree = [jnp.where(elected > 0, d > 0, d < 0) for d in ds]
+    mixed = _sum([jnp.where(a, d, 0) for a, d in zip(agree, ds)])
+    mixed = jnp.where(jnp.isnan(total), total, mixed)
+    if not spec.normalize:
+      return mixed
+    divisor = _sum([jnp.where(a, w[i].astype(mixed.dtype), 0) for i, a in enumerate(agree)])
+    return mixed / jnp.where(divisor == 0, 1, divisor)
+  mixed = _sum(ds)
+  if not spec.normalize:
+    return mixed
+  divisor = jnp.sum(w).astype(mixed.dtype)
+  return mixed / jnp.where(jnp.abs(divisor) < 1e-8, 1, divisor)
 
 
 def _apply_deltas(fn: str, params_list, base, merge_tensor: Callable, scale, *, rng=None,
@@ -360,7 +546,7 @@ def _apply_deltas(fn: str, params_list, base, merge_tensor: Callable, scale, *, 
 # ----------------------------------------------------------------------------------------------------------------
 # Public merges.
 
-
+@_checked
 @functools.partial(jax.jit, static_argnames=("normalize",))
 def linear(params_list: Sequence[Pytree], *, weights=None, normalize: bool = True) -> Pytree:
   """Weighted average of parameters (a model soup).
@@ -392,6 +578,7 @@ def linear(params_list: Sequence[Pytree], *, weights=None, normalize: bool = Tru
   return jax.tree.map(lambda *ps: _weighted_sum(w, ps).astype(ps[0].dtype), *params_list)
 
 
+@_checked
 @jax.jit
 def task_vectors(params_list: Sequence[Pytree], base: Pytree) -> list[Pytree]:
   """The task vectors ``tau_i = params_list[i] - base``.
@@ -406,9 +593,72 @@ def task_vectors(params_list: Sequence[Pytree], base: Pytree) -> list[Pytree]:
   return [optax.tree.sub(p, base) for p in params_list]
 
 
-@jax.jit
-def task_arithmetic(params_list: Sequence[Pytree], *, base: Pytree, scale) -> Pytree:
-  """``base + scale * sum_i tau_i``: task addition, or with a negative ``scale`` task negation.
+@functools.partial(jax.jit, static_argnames=("spec",))
+def _gta(params_list, base, weights, scale, rng, *, spec: _Spec) -> Pytree:
+  """``base + scale * combine(w_i * sparsify(tau_i))`` per tensor: the one engine of the task-vector merges."""
+  k = len(params_list)
+  w = _weight_vector(weights, k, "merge")
+  first_pass = None
+  if spec.sparsify == "della" and any(p < 1.0 for p in spec.densities):
+    first_pass = lambda ds: _della_keep_probs(ds, spec.densities, spec.epsilons, spec.axis)
+  random = spec.sparsify in ("random", "della") and any(p < 1.0 for p in spec.densities)
+
+  def merge_tensor(ds, *extra):
+    probs = extra[0] if first_pass is not None else None
+    key_data = extra[-1] if random else None
+    ds = _sparsify(spec, ds, probs, key_data)
+    return _combine(spec, [w[i].astype(d.dtype) * d for i, d in enumerate(ds)], w)
+
+  return _apply_deltas("merge", params_list, base, merge_tensor, scale, rng=rng if random else None,
+                       first_pass=first_pass)
+
+
+def _rescale_mode(rescale, *, random: bool, mergekit: bool, fn: str) -> str | None:
+  """``rescale`` as a `_Spec` mode: True is the method's own rule (1/p for random drops, L1 matching under
+  ``mergekit`` or for deterministic trims), False none; 'inverse' and 'l1' pick one."""
+  if rescale is True:
+    return "l1" if (mergekit or not random) else "inverse"
+  if rescale is False or rescale is None:
+    return None
+  if rescale == "l1" or (rescale == "inverse" and random):
+    return rescale
+  allowed = "True, False, 'inverse' or 'l1'" if random else "True, False or 'l1'"
+  raise ValueError(f"{fn}: rescale must be {allowed}, got {rescale!r}")
+
+
+def _check_combine(combine: str, fn: str) -> None:
+  if combine not in _COMBINES:
+    raise ValueError(f"{fn}: combine must be one of {_COMBINES}, got {combine!r}")
+
+
+def _task_vector_merge(fn: str, params_list, base, *, scale, weights, rng=None, sparsify=None, density=1.0,
+                       gamma=0.0, epsilon=0.0, rescale=False, combine="linear", normalize=False, mergekit=False,
+                       axis=-1) -> Pytree:
+  """Validates the options of a task-vector merge and runs `_gta`."""
+  _check_combine(combine, fn)
+  k = _check_list(params_list, fn, base=base)
+  densities = _per_model(density, k, "density", fn, low=0.0, high=1.0)
+  gammas = _per_model(gamma, k, "gamma", fn, low=0.0, high=1.0, low_open=False)
+  epsilons = _per_model(epsilon, k, "epsilon", fn, low=0.0, high=1.0, low_open=False)
+  if sparsify == "della":
+    for i, (p, e) in enumerate(zip(densities, epsilons)):
+      if p < 1.0 and (p - e <= 0 or p + e > 1):
+        raise ValueError(f"{fn}: keep probabilities density +- epsilon = [{p - e}, {p + e}] (model {i}) must lie "
+                         "in (0, 1] with epsilon >= 0")
+  random = sparsify in ("random", "della")
+  if random and rng is None and any(p < 1.0 for p in densities):
+    raise ValueError(f"{fn}: rng is required for random drops (density < 1)")
+  spec = _Spec(sparsify=sparsify, densities=densities, gammas=gammas, epsilons=epsilons,
+               rescale=_rescale_mode(rescale, random=random, mergekit=mergekit, fn=fn) if sparsify else None,
+               count="floor" if mergekit else "round", axis=axis, consensus=combine == "ties",
+               zero_sign="positive" if mergekit else "majority", normalize=bool(normalize))
+  return _gta(list(params_list), base, weights, scale, rng, spec=spec)
+
+
+@functools.partial(_checked, jitted=_gta)
+def task_arithmetic(params_list: Sequence[Pytree], *, base: Pytree, scale=1.0, weights=None,
+                    normalize: bool = False) -> Pytree:
+  """``base + scale * sum_i w_i tau_i``: task addition, or with a negative ``scale`` task negation.
 
   Forgetting by negation fine-tunes the Original on the forget set and subtracts that task vector:
   ``task_arithmetic([finetuned_on_forget], base=original, scale=-1.0)``.
@@ -416,7 +666,9 @@ def task_arithmetic(params_list: Sequence[Pytree], *, base: Pytree, scale) -> Py
   Args:
     params_list: the fine-tuned models.
     base: the model they were fine-tuned from.
-    scale: the coefficient lambda of the summed task vectors (may be traced).
+    scale: the coefficient lambda of the summed task vectors (may be traced; mergekit's ``lambda``).
+    weights: optional ``(k,)`` per-model weights (default 1 each; may be traced).
+    normalize: divide by ``sum_i w_i`` (mergekit's ``normalize``, default off as there).
 
   References:
     Ilharco et al., "Editing Models with Task Arithmetic", ICLR 2023.
@@ -424,56 +676,80 @@ def task_arithmetic(params_list: Sequence[Pytree], *, base: Pytree, scale) -> Py
   Example:
     >>> multi_task = task_arithmetic([p_a, p_b], base=p0, scale=0.4)
   """
-  return _apply_deltas("task_arithmetic", params_list, base, _sum, scale)
+  return _task_vector_merge("task_arithmetic", params_list, base, scale=scale, weights=weights,
+                            normalize=normalize)
 
 
-@functools.partial(jax.jit, static_argnames=("density",))
-def ties(params_list: Sequence[Pytree], *, base: Pytree, density: float, scale=1.0) -> Pytree:
+@functools.partial(_checked, jitted=_gta)
+def ties(params_list: Sequence[Pytree], *, base: Pytree, density, scale=1.0, weights=None, normalize: bool = True,
+         rescale: bool | str = False, mergekit: bool = False) -> Pytree:
   """TIES-Merging: trim, elect sign, disjoint merge.
 
   Per tensor: each task vector keeps its ``round(density * size)`` largest-magnitude entries (ties with the
-  threshold kept too); each entry's sign is elected as the sign of the sum of the trimmed values; the merged
-  delta is the mean over the models whose trimmed value is non-zero and has the elected sign (0 if none). The
-  result is ``base + scale * merged``. Trimming is per tensor, as in mergekit (the paper trims over the whole
-  flattened model).
+  threshold kept too) and is multiplied by its weight; each entry's sign is elected as the sign of the sum of
+  these values; the merged delta sums the values that have the elected sign and, with ``normalize``, divides by
+  the summed weights of those models (the mean over the agreeing models for unit weights; 0 if none). The
+  result is ``base + scale * merged``. Trimming is per tensor, as in mergekit (the paper's code trims the whole
+  flattened model at once).
+
+  An entry whose summed values are exactly 0 gets, as in the TIES code (``resolve_zero_signs('majority')``), the
+  sign of the sum of the tensor's elected signs; if that is 0 too, the entry stays 0 and the code's
+  ``disjoint_merge`` then keeps the negative values. With ``mergekit=True`` the sign is + there (mergekit's
+  ``(sum >= 0) * 2 - 1``) and the kept count is ``floor(density * size)`` (at least 1), which is mergekit's
+  ``ties`` exactly (its ``int8_mask`` changes nothing numerically).
 
   Args:
     params_list: the fine-tuned models.
     base: the model they were fine-tuned from.
-    density: the fraction in (0, 1] of each task vector's entries kept per tensor (static).
-    scale: lambda, the coefficient of the merged task vector.
+    density: the fraction in (0, 1] of each task vector's entries kept per tensor, or one per model (static).
+    scale: lambda, the coefficient of the merged task vector (may be traced).
+    weights: optional ``(k,)`` per-model weights (default 1; may be traced).
+    normalize: divide by the agreeing models' summed weights (True, as the paper's mean and mergekit's default)
+      or just sum (False).
+    rescale: True or ``'l1'`` scales each trimmed task vector back to its L1 norm (mergekit's ``rescale``).
+    mergekit: mergekit's zero-sign rule and keep count.
 
   References:
     Yadav et al., "TIES-Merging: Resolving Interference When Merging Models", NeurIPS 2023.
 
   Example:
     >>> merged = ties([p1, p2, p3], base=p0, density=0.2)
+    >>> as_mergekit = ties([p1, p2], base=p0, density=[0.5, 0.3], weights=[1.0, 0.5], mergekit=True)
   """
-  _check_density(density, "ties")
-  return _apply_deltas("ties", params_list, base, lambda ds: _disjoint_mean(_trim(ds, density)), scale)
+  return _task_vector_merge("ties", params_list, base, scale=scale, weights=weights, sparsify="magnitude",
+                            density=density, rescale=rescale, combine="ties", normalize=normalize,
+                            mergekit=mergekit)
 
 
-@functools.partial(jax.jit, static_argnames=("density", "rescale", "combine"))
-def dare(params_list: Sequence[Pytree], *, base: Pytree, density: float, rng: jax.Array, rescale: bool = True,
-         combine: str = "linear", scale=1.0) -> Pytree:
+@functools.partial(_checked, jitted=_gta)
+def dare(params_list: Sequence[Pytree], *, base: Pytree, density, rng: jax.Array, rescale: bool | str = True,
+         combine: str = "linear", scale=1.0, weights=None, normalize: bool | None = None,
+         mergekit: bool = False) -> Pytree:
   """DARE: drop and rescale each task vector, then combine.
 
   Every entry of every task vector is kept independently with probability ``density`` (a fresh key per leaf and
   pair of models, see :func:`_uniforms`) and, with ``rescale``, the kept entries are divided by ``density`` so
-  each delta is unbiased (the paper's rescaling; mergekit instead matches the L1 norm). ``combine='linear'``
-  then sums the deltas, as the paper's task arithmetic and mergekit's ``dare_linear`` with unit weights, so with
-  ``density=1`` this is exactly ``task_arithmetic(params_list, base=base, scale=scale)``; pass ``scale=1/k`` for
-  a mean. ``combine='ties'`` applies TIES sign election and the disjoint mean (no magnitude trim), so with
-  ``density=1`` it equals ``ties(..., density=1)``.
+  each delta is unbiased (the paper's code; ``rescale='l1'`` or ``mergekit=True`` instead scales each dropped task
+  vector back to its L1 norm, as mergekit). The deltas are multiplied by their weights, then ``combine='linear'``
+  sums them (the paper's task arithmetic; with unit weights and ``density=1`` this is exactly
+  :func:`task_arithmetic`), and ``combine='ties'`` applies TIES sign election and the disjoint merge (no
+  magnitude trim; with ``density=1`` it equals ``ties(..., density=1)``).
+
+  ``normalize`` (default: True for ``'ties'``, the paper's disjoint mean; False for ``'linear'``, and False for
+  both with ``mergekit=True``, as mergekit's ``dare_ties`` and ``dare_linear``) divides by the summed weights of
+  the contributing models.
 
   Args:
     params_list: the fine-tuned models.
     base: the model they were fine-tuned from.
-    density: the keep probability in (0, 1] (static).
+    density: the keep probability in (0, 1], or one per model (static).
     rng: PRNG key.
-    rescale: divide the kept entries by ``density``.
-    combine: ``'linear'`` (sum) or ``'ties'`` (sign election and disjoint mean).
-    scale: the coefficient of the combined delta.
+    rescale: True (the method's rule: 1/density, or L1 matching with ``mergekit``), False, ``'inverse'``, ``'l1'``.
+    combine: ``'linear'`` (sum) or ``'ties'`` (sign election and disjoint merge).
+    scale: the coefficient of the combined delta (mergekit's ``lambda``).
+    weights: optional ``(k,)`` per-model weights.
+    normalize: see above; None picks the default.
+    mergekit: mergekit's defaults (L1 rescale, no normalize) and its zero-sign rule (+).
 
   References:
     Yu et al., "Language Models are Super Mario: Absorbing Abilities from Homologous Models as a Free Lunch",
@@ -482,40 +758,76 @@ def dare(params_list: Sequence[Pytree], *, base: Pytree, density: float, rng: ja
   Example:
     >>> merged = dare([p1, p2], base=p0, density=0.1, rng=jax.random.key(0), combine="ties")
   """
-  _check_density(density, "dare")
-  _check_combine(combine, "dare")
-
-  def merge_tensor(ds, key_data):
-    if density < 1.0:  # with density 1 every entry is kept: no draws
-      ds = _random_keep(ds, key_data, [density] * len(ds), rescale=rescale)
-    return _combine(ds, combine)
-
-  return _apply_deltas("dare", params_list, base, merge_tensor, scale, rng=rng)
+  if normalize is None:
+    normalize = combine == "ties" and not mergekit
+  return _task_vector_merge("dare", params_list, base, scale=scale, weights=weights, rng=rng, sparsify="random",
+                            density=density, rescale=rescale, combine=combine, normalize=normalize,
+                            mergekit=mergekit)
 
 
-@functools.partial(jax.jit, static_argnames=("density", "epsilon", "combine", "axis"))
-def della(params_list: Sequence[Pytree], *, base: Pytree, density: float, epsilon: float, rng: jax.Array,
-          combine: str = "ties", scale=1.0, axis: int = -1) -> Pytree:
+@functools.partial(_checked, jitted=_gta)
+def dare_ties(params_list: Sequence[Pytree], *, base: Pytree, density, rng: jax.Array, scale=1.0, weights=None,
+              rescale: bool | str = True, normalize: bool = False) -> Pytree:
+  """mergekit's ``dare_ties``: :func:`dare` with ``combine='ties', mergekit=True`` (L1-norm rescaling, weighted
+  deltas summed where they agree with the elected sign, + where the sum is 0, no normalisation by default).
+
+  References:
+    Yu et al., "Language Models are Super Mario", ICML 2024; mergekit's ``dare_ties``.
+
+  Example:
+    >>> merged = dare_ties([p1, p2], base=p0, density=0.5, weights=[0.6, 0.4], rng=jax.random.key(0))
+  """
+  return dare(params_list, base=base, density=density, rng=rng, rescale=rescale, combine="ties", scale=scale,
+              weights=weights, normalize=normalize, mergekit=True, check_finite=False)
+
+
+@functools.partial(_checked, jitted=_gta)
+def dare_linear(params_list: Sequence[Pytree], *, base: Pytree, density, rng: jax.Array, scale=1.0, weights=None,
+                rescale: bool | str = True, normalize: bool = False) -> Pytree:
+  """mergekit's ``dare_linear``: :func:`dare` with ``combine='linear', mergekit=True`` (L1-norm rescaling, the
+  weighted deltas summed, divided by the summed weights only with ``normalize``).
+
+  References:
+    Yu et al., "Language Models are Super Mario", ICML 2024; mergekit's ``dare_linear``.
+
+  Example:
+    >>> merged = dare_linear([p1, p2], base=p0, density=0.5, weights=[0.6, 0.4], rng=jax.random.key(0))
+  """
+  return dare(params_list, base=base, density=density, rng=rng, rescale=rescale, combine="linear", scale=scale,
+              weights=weights, normalize=normalize, mergekit=True, check_finite=False)
+
+
+@functools.partial(_checked, jitted=_gta)
+def della(params_list: Sequence[Pytree], *, base: Pytree, density, epsilon, rng: jax.Array, combine: str = "ties",
+          scale=1.0, axis: int = -1, weights=None, rescale: bool | str = True, normalize: bool | None = None,
+          mergekit: bool = False) -> Pytree:
   """DELLA: magnitude-ranked stochastic dropping (MagPrune), rescaling, then combine.
 
   Along ``axis`` of every tensor of two or more dimensions (each "row"; the whole tensor for vectors), the
   entries of each task vector are ranked by magnitude and given keep probabilities spaced linearly from
   ``density - epsilon`` (smallest) to ``density + epsilon`` (largest); a one-entry row gets ``density``. Each
-  entry is kept independently with its probability ``p`` and divided by ``p``. The deltas are then combined as
-  in :func:`dare`: ``'ties'`` (the default, the paper's DELLA-Merging; mergekit's ``della``) or ``'linear'``
-  (mergekit's ``della_linear``). With ``epsilon=0`` DELLA is DARE.
+  entry is kept independently with its probability ``p`` and divided by ``p`` (the paper's code; ``rescale='l1'``
+  or ``mergekit=True``: L1-norm matching, as mergekit). The weighted deltas are then combined as in
+  :func:`dare`: ``'ties'`` (the default, the paper's DELLA-Merging and mergekit's ``della``; normalised by the
+  agreeing weights unless ``normalize=False``) or ``'linear'`` (mergekit's ``della_linear``; not normalised
+  unless ``normalize=True``). With ``epsilon=0`` DELLA is DARE. A model with density 1 is kept whole.
 
   Args:
     params_list: the fine-tuned models.
     base: the model they were fine-tuned from.
-    density: the mean keep probability (static).
-    epsilon: half the spread of keep probabilities; ``density +- epsilon`` must lie in (0, 1] (static).
+    density: the mean keep probability, or one per model (static).
+    epsilon: half the spread of keep probabilities (one, or one per model); ``density +- epsilon`` must lie in
+      (0, 1] (static).
     rng: PRNG key.
     combine: ``'ties'`` or ``'linear'``.
     scale: the coefficient of the combined delta.
     axis: the axis ranked in tensors of two or more dimensions (static). Flax kernels are ``(..., in, out)``,
       so ``-1`` ranks across output units for a fixed input; ``-2`` ranks a unit's incoming weights, which is
-      the row of a PyTorch ``(out, in)`` weight.
+      the row of a PyTorch ``(out, in)`` weight (mergekit ranks the last axis of PyTorch tensors).
+    weights: optional ``(k,)`` per-model weights.
+    rescale: True (1/p, or L1 with ``mergekit``), False, ``'inverse'`` or ``'l1'``.
+    normalize: None: True for ``'ties'``, False for ``'linear'``.
+    mergekit: L1 rescaling and mergekit's zero-sign rule (+).
 
   References:
     Deep et al., "DELLA-Merging: Reducing Interference in Model Merging through Magnitude-Based Sampling",
@@ -524,32 +836,99 @@ def della(params_list: Sequence[Pytree], *, base: Pytree, density: float, epsilo
   Example:
     >>> merged = della([p1, p2], base=p0, density=0.5, epsilon=0.1, rng=jax.random.key(0))
   """
-  _check_density(density, "della")
-  _check_combine(combine, "della")
-  if epsilon < 0 or density - epsilon <= 0 or density + epsilon > 1:
-    raise ValueError(f"della: keep probabilities density +- epsilon = [{density - epsilon}, {density + epsilon}] "
-                     "must lie in (0, 1] with epsilon >= 0")
-
-  def merge_tensor(ds, probs, key_data):
-    return _combine(_random_keep(ds, key_data, probs, rescale=True), combine)
-
-  return _apply_deltas("della", params_list, base, merge_tensor, scale, rng=rng,
-                       first_pass=lambda ds: _della_keep_probs(ds, density, epsilon, axis))
+  if normalize is None:
+    normalize = combine == "ties"
+  return _task_vector_merge("della", params_list, base, scale=scale, weights=weights, rng=rng, sparsify="della",
+                            density=density, epsilon=epsilon, rescale=rescale, combine=combine,
+                            normalize=normalize, mergekit=mergekit, axis=axis)
 
 
-@jax.jit
-def model_stock(params_list: Sequence[Pytree], *, base: Pytree, eps: float = 1e-8) -> Pytree:
-  """Model Stock: interpolate the average of the fine-tuned models towards the base, per tensor.
+@functools.partial(_checked, jitted=_gta)
+def della_linear(params_list: Sequence[Pytree], *, base: Pytree, density, epsilon, rng: jax.Array, scale=1.0,
+                 axis: int = -1, weights=None, rescale: bool | str = True, normalize: bool = False) -> Pytree:
+  """mergekit's ``della_linear``: :func:`della` with ``combine='linear', mergekit=True`` (L1-norm rescaling).
+
+  References:
+    Deep et al., "DELLA-Merging", arXiv:2406.11617, 2024; mergekit's ``della_linear``.
+
+  Example:
+    >>> merged = della_linear([p1, p2], base=p0, density=0.5, epsilon=0.1, rng=jax.random.key(0))
+  """
+  return della(params_list, base=base, density=density, epsilon=epsilon, rng=rng, combine="linear", scale=scale,
+               axis=axis, weights=weights, rescale=rescale, normalize=normalize, mergekit=True,
+               check_finite=False)
+
+
+@functools.partial(_checked, jitted=_gta)
+def breadcrumbs(params_list: Sequence[Pytree], *, base: Pytree, density, gamma=0.01, scale=1.0, weights=None,
+                combine: str = "linear", normalize: bool = False, rescale: bool | str = False) -> Pytree:
+  """Model Breadcrumbs: drop each task vector's largest outliers and its smallest entries, then combine.
+
+  Per tensor of ``n`` entries and per model (mergekit's ``magnitude_outliers``): the ``int(gamma * n)``
+  largest-magnitude entries are dropped (fewer if needed so that ``int(density * n)`` remain), the next
+  ``int(density * n)`` are kept and the rest dropped; ``density=1`` keeps everything. The weighted deltas are
+  then summed (``combine='linear'``, mergekit's ``breadcrumbs``) or merged by TIES sign election
+  (``'ties'``, mergekit's ``breadcrumbs_ties``, + where the sum is 0); ``normalize`` divides by the summed
+  (agreeing) weights. The defaults are mergekit's (the paper's code masks per layer with the same two
+  fractions).
+
+  Args:
+    params_list: the fine-tuned models.
+    base: the model they were fine-tuned from.
+    density: the fraction kept, one or one per model (static).
+    gamma: the fraction of top outliers dropped, one or one per model (static).
+    scale: the coefficient of the combined delta.
+    weights: optional ``(k,)`` per-model weights.
+    combine: ``'linear'`` or ``'ties'``.
+    normalize: divide by the summed weights.
+    rescale: True or ``'l1'`` scales each masked task vector back to its L1 norm.
+
+  References:
+    Davari & Belilovsky, "Model Breadcrumbs: Scaling Multi-Task Model Merging with Sparse Masks", ECCV 2024.
+
+  Example:
+    >>> merged = breadcrumbs([p1, p2], base=p0, density=0.9, gamma=0.01, weights=[0.5, 0.5])
+  """
+  return _task_vector_merge("breadcrumbs", params_list, base, scale=scale, weights=weights, sparsify="outliers",
+                            density=density, gamma=gamma, rescale=rescale, combine=combine, normalize=normalize,
+                            mergekit=True)
+
+
+@functools.partial(_checked, jitted=_gta)
+def breadcrumbs_ties(params_list: Sequence[Pytree], *, base: Pytree, density, gamma=0.01, scale=1.0, weights=None,
+                     normalize: bool = False, rescale: bool | str = False) -> Pytree:
+  """mergekit's ``breadcrumbs_ties``: :func:`breadcrumbs` with ``combine='ties'``.
+
+  References:
+    Davari & Belilovsky, "Model Breadcrumbs", ECCV 2024; mergekit's ``breadcrumbs_ties``.
+
+  Example:
+    >>> merged = breadcrumbs_ties([p1, p2], base=p0, density=0.9, gamma=0.01)
+  """
+  return breadcrumbs(params_list, base=base, density=density, gamma=gamma, scale=scale, weights=weights,
+                     combine="ties", normalize=normalize, rescale=rescale, check_finite=False)
+
+
+@_checked
+@functools.partial(jax.jit, static_argnames=("filter_wise", "axis"))
+def model_stock(params_list: Sequence[Pytree], *, base: Pytree, eps: float = 1e-8, filter_wise: bool = False,
+                axis: int = -1) -> Pytree:
+  """Model Stock: interpolate the average of the fine-tuned models towards the base, per tensor (or per filter).
 
   For each tensor, ``cos`` is the mean over pairs of models of the cosine between their task vectors (mergekit's
   reading of the paper's single angle for k > 2; norms below ``eps`` give cosine 0), and
-  ``t = k cos / (1 + (k - 1) cos)``; the result is ``t * mean_i theta_i + (1 - t) * base``. One model gives
-  ``t = 1``, i.e. that model.
+  ``t = k cos / (1 + (k - 1) cos)``; the result is ``t * mean_i theta_i + (1 - t) * base``. Where
+  ``|1 + (k - 1) cos| < 1e-6`` (e.g. two exactly opposed task vectors) there is no finite ``t`` and the base is
+  kept (``t = 0``), as mergekit. One model gives ``t = 1``, i.e. that model. With ``filter_wise`` each slice along
+  the other axes (each row of a PyTorch ``(out, in)`` weight, reducing ``axis``) gets its own cosine and ``t``,
+  as mergekit's ``filter_wise``; vectors are one filter.
 
   Args:
     params_list: k fine-tuned models.
     base: the pre-trained anchor.
     eps: the smallest task-vector norm treated as non-zero.
+    filter_wise: one ``t`` per filter instead of per tensor (static).
+    axis: the axis reduced per filter (static; -1 is mergekit's, on PyTorch-layout tensors).
 
   References:
     Jang et al., "Model Stock: All we need is just a few fine-tuned models", ECCV 2024.
@@ -562,23 +941,37 @@ def model_stock(params_list: Sequence[Pytree], *, base: Pytree, eps: float = 1e-
   def leaf(b, *ps):
     if k == 1:  # t = 1: the model itself
       return ps[0]
+    red = axis % b.ndim if filter_wise and b.ndim > 1 else None
+    rsum = lambda x: jnp.sum(x, axis=red, keepdims=red is not None)
     # Three passes over the inputs: the norms, the mean cosine, the merge. Left alone, XLA computes the task
     # vectors once and keeps them for all three passes (k tensors of temporaries, written and read back); the
     # optimization barriers make each pass recompute p - b from the inputs instead, which is cheaper.
-    sq = [jnp.sum(jnp.square(p - b)) for p in ps]  # |tau_i|^2
+    sq = [rsum(jnp.square(p - b)) for p in ps]  # |tau_i|^2
     sq, b, ps = jax.lax.optimization_barrier((sq, b, ps))
     norms = [jnp.maximum(jnp.sqrt(s), eps) for s in sq]
     # The mean over ordered pairs i != j of u_i . u_j (u_i = tau_i / norm_i) is
     # (|sum_i u_i|^2 - sum_i |u_i|^2) / (k (k - 1)).
     own = _sum([s / jnp.square(n) for s, n in zip(sq, norms)])
-    cos = (jnp.sum(jnp.square(_sum([(p - b) / n for p, n in zip(ps, norms)]))) - own) / (k * (k - 1))
-    t = k * cos / (1 + (k - 1) * cos)
+    cos = (rsum(jnp.square(_sum([(p - b) / n for p, n in zip(ps, norms)]))) - own) / (k * (k - 1))
+    denominator = 1 + (k - 1) * cos
+    singular = jnp.abs(denominator) < 1e-6
+    t = jnp.where(singular, 0, k * cos / jnp.where(singular, 1, denominator))
     t, b, ps = jax.lax.optimization_barrier((t, b, ps))
     return (b + t * (_sum([p - b for p in ps]) / k)).astype(b.dtype)
 
   return jax.tree.map(leaf, base, *params_list)
 
 
+def _per_leaf(value, like: Pytree, name: str, fn: str) -> Pytree:
+  """``value`` as a pytree like ``like``: itself if it has ``like``'s structure, else one scalar for every leaf."""
+  if jax.tree.structure(value) == jax.tree.structure(like):
+    return value
+  if jnp.ndim(value) == 0 and len(jax.tree.leaves(value)) == 1:
+    return jax.tree.map(lambda _: value, like)
+  raise ValueError(f"{fn}: {name} must be a scalar or a pytree of scalars with the models' structure")
+
+
+@_checked
 @jax.jit
 def slerp(a: Pytree, b: Pytree, *, t, eps: float = 1e-8, dot_threshold: float = 0.9995) -> Pytree:
   """Spherical linear interpolation from ``a`` (t=0) to ``b`` (t=1), per tensor.
@@ -586,12 +979,14 @@ def slerp(a: Pytree, b: Pytree, *, t, eps: float = 1e-8, dot_threshold: float = 
   Each tensor is treated as one flattened vector; the angle ``omega`` is that of the two normalised vectors and
   the result is ``sin((1 - t) omega) / sin(omega) * a + sin(t omega) / sin(omega) * b``. When the normalised
   vectors are nearly colinear (``|cos omega| > dot_threshold``) it falls back to linear interpolation. Between
-  unit vectors the result is a unit vector.
+  unit vectors the result is a unit vector. ``t`` is one scalar, or a pytree of scalars with the models'
+  structure (one ``t`` per tensor, e.g. mergekit's gradient lists over layers). In mergekit's ``slerp`` the base
+  model is ``a``.
 
   Args:
     a: the start pytree.
     b: the end pytree (same structure, shapes and dtypes).
-    t: the interpolation parameter (may be traced).
+    t: the interpolation parameter, or a pytree of them (may be traced).
     eps: norms at or below ``eps`` are not normalised when measuring the angle.
     dot_threshold: the cosine above which linear interpolation is used.
 
@@ -602,8 +997,9 @@ def slerp(a: Pytree, b: Pytree, *, t, eps: float = 1e-8, dot_threshold: float = 
     >>> halfway = slerp(p1, p2, t=0.5)
   """
   _check_list([a, b], "slerp")
+  ts = _per_leaf(t, a, "t", "slerp")
 
-  def leaf(x, y):
+  def leaf(x, y, t):
     x32, y32 = x.astype(jnp.float32), y.astype(jnp.float32)
     nx, ny = jnp.sqrt(jnp.sum(jnp.square(x32))), jnp.sqrt(jnp.sum(jnp.square(y32)))
     ux = jnp.where(nx > eps, x32 / nx, x32)
@@ -616,9 +1012,10 @@ def slerp(a: Pytree, b: Pytree, *, t, eps: float = 1e-8, dot_threshold: float = 
     s1 = jnp.where(colinear, t, jnp.sin(t * omega) / sin_omega)
     return (s0 * x32 + s1 * y32).astype(x.dtype)
 
-  return jax.tree.map(leaf, a, b)
+  return jax.tree.map(leaf, a, b, ts)
 
 
+@_checked
 @jax.jit
 def fisher(params_list: Sequence[Pytree], fishers: Sequence[Pytree], *, weights=None, eps: float = 1e-8) -> Pytree:
   """Fisher-weighted averaging with diagonal Fishers.
@@ -668,6 +1065,7 @@ def _regmean_kernel(kernels: Sequence[jax.Array], grams: Sequence[jax.Array], w:
   return _reshard_back(jnp.linalg.solve(lhs, rhs), spec)
 
 
+@_checked
 @jax.jit
 def regmean(params_list: Sequence[Pytree], grams: Sequence[Pytree], *, alpha=0.9, weights=None) -> Pytree:
   """RegMean: merge linear layers by the closed-form least squares on their inputs; average the rest.
@@ -729,6 +1127,7 @@ def regmean(params_list: Sequence[Pytree], grams: Sequence[Pytree], *, alpha=0.9
   return jax.tree_util.tree_map_with_path(leaf, *params_list)
 
 
+@_checked
 @jax.jit
 def negmerge(params_list: Sequence[Pytree], *, base: Pytree, scale) -> Pytree:
   """NegMerge: negate the sign-consensual part of several forget-set task vectors.
@@ -754,3 +1153,289 @@ def negmerge(params_list: Sequence[Pytree], *, base: Pytree, scale) -> Pytree:
     return jnp.where(consistent, _sum(ds) / len(ds), 0)
 
   return _apply_deltas("negmerge", params_list, base, merge_tensor, -scale)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# mergekit's own methods (no paper code beyond mergekit: mergekit is the reference).
+
+
+def _norm(x: jax.Array, axis=None, keepdims: bool = False) -> jax.Array:
+  return jnp.sqrt(jnp.sum(jnp.square(x), axis=axis, keepdims=keepdims))
+
+
+def _work_dtype(x: jax.Array):
+  return jnp.float64 if x.dtype == jnp.float64 else jnp.float32
+
+
+@_checked
+@functools.partial(jax.jit, static_argnames=("density",))
+def sce(params_list: Sequence[Pytree], *, base: Pytree, density: float = 1.0) -> Pytree:
+  """SCE: select the entries where the task vectors vary most, weight each model by its energy, erase
+  minority signs.
+
+  Per tensor: with ``density < 1`` only the ``floor(density * m)`` entries of largest variance across the k task
+  vectors are kept (``m`` the number of entries of non-zero variance); each model's weight is the mean square of
+  its (selected) task vector, normalised to sum 1 (uniform if the sum is below 1e-6); signs are elected as in
+  mergekit's TIES (+ where the sum is 0), and the merged delta is
+  ``sum_i w_i m_i tau_i / max(sum_i w_i m_i, 1e-6)`` with ``m_i`` the agreement mask.
+
+  Args:
+    params_list: the fine-tuned models.
+    base: the model they were fine-tuned from.
+    density: mergekit's ``select_topk``, the fraction of varying entries kept (static).
+
+  References:
+    Wan et al., "FuseChat: Knowledge Fusion of Chat Models", arXiv:2408.07990, 2024 (SCE); mergekit's ``sce``.
+
+  Example:
+    >>> merged = sce([p1, p2, p3], base=p0, density=0.5)
+  """
+  k = _check_list(params_list, "sce", base=base)
+  (density,) = _per_model(density, 1, "density", "sce", low=0.0, high=1.0, low_open=False)
+
+  def leaf(b, *ps):
+    tvs = [p - b for p in ps]
+    if density <= 0.0:
+      return b
+    if density < 1.0:
+      mean = _sum(tvs) / k
+      var = _sum([jnp.square(tv - mean) for tv in tvs]) / k
+      keep = jnp.floor(jnp.sum(var != 0).astype(jnp.float32) * density).astype(jnp.int32)
+      bits = _magnitude_bits(var)
+      (kth,) = _kth_largest([bits], [jnp.maximum(keep, 1)])
+      selected = (bits >= kth) & (keep > 0)
+      tvs = [jnp.where(selected, tv, 0) for tv in tvs]
+    elected, total = _elect(tvs, "positive")
+    energy = jnp.stack([jnp.mean(jnp.square(tv)) for tv in tvs])
+    energy_sum = jnp.sum(energy)
+    w = jnp.where(jnp.abs(energy_sum) < 1e-6, 1.0 / k, energy / jnp.where(energy_sum == 0, 1, energy_sum))
+    agree = [jnp.where(elected > 0, tv > 0, tv < 0) for tv in tvs]
+    merged = _sum([jnp.where(a, w[i] * tv, 0) for i, (a, tv) in enumerate(zip(agree, tvs))])
+    divisor = _sum([jnp.where(a, w[i], 0).astype(merged.dtype) for i, a in enumerate(agree)])
+    merged = jnp.where(jnp.isnan(total), total, merged / jnp.maximum(divisor, 1e-6))
+    return (b + merged).astype(b.dtype)
+
+  return jax.tree.map(leaf, base, *params_list)
+
+
+@_checked
+@functools.partial(jax.jit, static_argnames=("max_iter",))
+def karcher(params_list: Sequence[Pytree], *, weights=None, max_iter: int = 10, tol: float = 1e-5) -> Pytree:
+  """The Karcher (Riemannian) mean of the models' directions on the unit sphere, scaled by their mean norm.
+
+  Per tensor: each model is split into its norm and unit direction; directions of norm at most ``tol`` are left
+  out. Starting from the normalised weighted mean direction, up to ``max_iter`` steps move along the weighted
+  mean of the log maps ``theta_i / sin(theta_i) (u_i - cos(theta_i) m)`` (terms with ``theta_i < tol`` skipped)
+  and stop once that tangent's norm is below ``tol``. The result is ``sum_i w_i |x_i|`` times the mean
+  direction (0 if every norm is below ``tol``). Default weights are ``1/k``, as mergekit's ``karcher``.
+
+  Args:
+    params_list: the models (mergekit merges every input, its base included).
+    weights: optional ``(k,)`` weights (default ``1/k`` each).
+    max_iter: the most steps (static).
+    tol: the norm and angle tolerance.
+
+  References:
+    Karcher, "Riemannian center of mass and mollifier smoothing", Comm. Pure Appl. Math. 1977; mergekit's
+    ``karcher``.
+
+  Example:
+    >>> merged = karcher([p1, p2, p3])
+  """
+  k = _check_list(params_list, "karcher")
+  alpha = jnp.full((k,), 1.0 / k, jnp.float32) if weights is None else _weight_vector(weights, k, "karcher")
+
+  def leaf(*ps):
+    if k == 1:
+      return ps[0]
+    dtype = _work_dtype(ps[0])
+    xs = [p.astype(dtype) for p in ps]
+    norms = [_norm(x) for x in xs]
+    units = [jnp.where(n == 0, 0, x / jnp.where(n == 0, 1, n)) for x, n in zip(xs, norms)]
+    valid = jnp.stack([n > tol for n in norms])
+    a = jnp.where(valid, alpha.astype(dtype), 0)
+    a = a / jnp.where(jnp.sum(a) == 0, 1, jnp.sum(a))
+    first = units[-1]
+    for i in reversed(range(k)):
+      first = jnp.where(valid[i], units[i], first)
+    mean = _sum([a[i] * u for i, u in enumerate(units)])
+    mean_norm = _norm(mean)
+    mean = jnp.where(mean_norm < tol, first, mean / jnp.where(mean_norm < tol, 1, mean_norm))
+
+    def step(state):
+      i, mean, _ = state
+      dots = [jnp.clip(jnp.sum(mean * u), -1.0, 1.0) for u in units]
+      thetas = [jnp.arccos(d) for d in dots]
+      coefs = [jnp.where(valid[j] & (th >= tol), a[j] * th / jnp.where(th >= tol, jnp.sin(th), 1), 0)
+               for j, th in enumerate(thetas)]
+      tangent = _sum([c * (u - d * mean) for c, u, d in zip(coefs, units, dots)])
+      tn = _norm(tangent)
+      done = tn < tol
+      moved = jnp.cos(tn) * mean + jnp.sin(tn) * (tangent / jnp.where(done, 1, tn))
+      moved_norm = _norm(moved)
+      moved = jnp.where(moved_norm > tol, moved / jnp.where(moved_norm > tol, moved_norm, 1), moved)
+      return i + 1, jnp.where(done, mean, moved), done
+
+    _, mean, _ = jax.lax.while_loop(lambda s: (s[0] < max_iter) & ~s[2], step, (0, mean, jnp.bool_(False)))
+    scale = _sum([alpha[i].astype(dtype) * n for i, n in enumerate(norms)])
+    return jnp.where(jnp.any(valid), scale * mean, 0).astype(ps[0].dtype)
+
+  return jax.tree.map(leaf, *params_list)
+
+
+@_checked
+@functools.partial(jax.jit, static_argnames=("row_wise", "flatten"))
+def nuslerp(params_list: Sequence[Pytree], *, base: Pytree | None = None, weights=None, row_wise: bool = False,
+            flatten: bool = True, eps: float = 1e-8) -> Pytree:
+  """NuSLERP: SLERP of two models (or, with ``base``, of their task vectors) with ``t = w_2 / (w_1 + w_2)``.
+
+  ``t`` is 0.5 when the weights sum to less than 1e-6 in magnitude. With ``flatten`` (the default) each tensor
+  is one vector; otherwise every row along the last axis (or, with ``row_wise``, along the first) is
+  interpolated on its own. Rows whose directions are colinear (``1 - cos^2 <= eps^2``) are interpolated
+  linearly. With ``base`` the result is ``base + slerp(tau_1, tau_2)``.
+
+  Args:
+    params_list: exactly two models.
+    base: optional common base.
+    weights: ``(2,)`` relative weights (default equal).
+    row_wise: interpolate the vectors along the first axis (mergekit's ``nuslerp_row_wise``; static).
+    flatten: one vector per tensor (mergekit's ``nuslerp_flatten``; static).
+    eps: the colinearity tolerance.
+
+  References:
+    Shoemake, SIGGRAPH 1985; mergekit's ``nuslerp``.
+
+  Example:
+    >>> merged = nuslerp([p1, p2], base=p0, weights=[1.0, 2.0])
+  """
+  k = _check_list(params_list, "nuslerp", base=base)
+  if k != 2:
+    raise ValueError(f"nuslerp: needs exactly two models, got {k}")
+  w = _weight_vector(weights, 2, "nuslerp")
+  total = w[0] + w[1]
+  t = jnp.where(jnp.abs(total) < 1e-6, 0.5, w[1] / jnp.where(total == 0, 1, total))
+
+  def interpolate(v0, v1):
+    shape = v0.shape
+    if flatten:
+      v0, v1 = v0.reshape(-1), v1.reshape(-1)
+    elif row_wise:
+      v0, v1 = jnp.swapaxes(v0, 0, -1), jnp.swapaxes(v1, 0, -1)
+    unit = lambda x: x / jnp.maximum(_norm(x, axis=-1, keepdims=True), 1e-7)
+    cos = jnp.clip(jnp.sum(unit(v0) * unit(v1), axis=-1, keepdims=True), -1, 1)
+    colinear = (1 - jnp.square(cos)) <= eps**2
+    theta = jnp.arccos(jnp.where(colinear, 0, cos))
+    sin_theta = jnp.where(colinear, 1, jnp.sin(theta))
+    tt = t.astype(v0.dtype)
+    res = (jnp.sin((1 - tt) * theta) * v0 + jnp.sin(tt * theta) * v1) / sin_theta
+    res = jnp.where(colinear, (1 - tt) * v0 + tt * v1, res)
+    if row_wise and not flatten:
+      res = jnp.swapaxes(res, 0, -1)
+    return res.reshape(shape)
+
+  if base is None:
+    return jax.tree.map(lambda x, y: interpolate(x, y).astype(x.dtype), *params_list)
+  return jax.tree.map(lambda b, x, y: (b + interpolate(x - b, y - b)).astype(b.dtype), base, *params_list)
+
+
+@_checked
+@functools.partial(jax.jit, static_argnames=("normalize_weights",))
+def multislerp(params_list: Sequence[Pytree], *, base: Pytree | None = None, weights=None,
+               normalize_weights: bool = True, eps: float = 1e-8) -> Pytree:
+  """Multi-SLERP: barycentric interpolation of k models (or task vectors, with ``base``) on the hypersphere.
+
+  Per tensor: the unit directions ``u_i = x_i / (|x_i| + eps)`` are averaged with the weights and normalised
+  (``m``); their tangent components at ``m`` are averaged (``v``), mapped back by the exponential map
+  ``m cos|v| + v sin|v| / |v|`` (``|v|`` offset by ``eps``), and scaled by ``sum_i w_i |x_i|``. Where the weighted
+  mean direction vanishes (antipodal inputs with balanced weights) two models are combined linearly and more
+  give NaN (mergekit raises there). One model is returned as it is.
+
+  Args:
+    params_list: the models.
+    base: optional common base; the task vectors are interpolated and added back.
+    weights: ``(k,)`` weights (default equal), normalised to sum 1 unless ``normalize_weights=False``.
+    normalize_weights: see above (static).
+    eps: the stabiliser.
+
+  References:
+    Goddard, "Multi-SLERP" (https://goddard.blog/posts/multislerp-wow-what-a-cool-idea); mergekit's
+    ``multislerp``.
+
+  Example:
+    >>> merged = multislerp([p1, p2, p3], base=p0, weights=[1.0, 1.0, 2.0])
+  """
+  k = _check_list(params_list, "multislerp", base=base)
+  w = _weight_vector(weights, k, "multislerp")
+  if normalize_weights:
+    w = w / jnp.sum(w)
+
+  def leaf(b, *ps):
+    if k == 1:
+      return ps[0]
+    xs = [p if b is None else p - b for p in ps]
+    wd = w.astype(xs[0].dtype)
+    norms = [_norm(x) for x in xs]
+    units = [x / (n + eps) for x, n in zip(xs, norms)]
+    mean = _sum([wd[i] * u for i, u in enumerate(units)])
+    mean_norm = _norm(mean)
+    degenerate = mean_norm < eps
+    mean = mean / jnp.where(degenerate, 1, mean_norm)
+    tangent = _sum([wd[i] * (u - jnp.sum(u * mean) * mean) for i, u in enumerate(units)])
+    tn = _norm(tangent) + eps
+    res = (mean * jnp.cos(tn) + tangent * (jnp.sin(tn) / tn)) * _sum([wd[i] * n for i, n in enumerate(norms)])
+    fallback = _sum([wd[i] * x for i, x in enumerate(xs)]) if k == 2 else jnp.full_like(res, jnp.nan)
+    res = jnp.where(degenerate, fallback, res)
+    return (res if b is None else b + res).astype(ps[0].dtype)
+
+  if base is None:
+    return jax.tree.map(lambda *ps: leaf(None, *ps), *params_list)
+  return jax.tree.map(leaf, base, *params_list)
+
+
+@_checked
+@jax.jit
+def nearswap(params: Pytree, *, base: Pytree, t) -> Pytree:
+  """NearSwap: take the other model's value where it is close to the base, keep the base where they differ.
+
+  Per entry, ``w = clip(t / max(|base - params|, 1e-6), 0, 1)`` and the result is ``w params + (1 - w) base``:
+  entries within ``t`` of each other become ``params``', distant ones move towards it by ``t`` only.
+
+  Args:
+    params: the other model.
+    base: the base model.
+    t: the similarity threshold (may be traced).
+
+  References:
+    alchemonaut, "QuartetAnemoi-70B-t0.0001" (https://huggingface.co/alchemonaut/QuartetAnemoi-70B-t0.0001);
+    mergekit's ``nearswap``.
+
+  Example:
+    >>> merged = nearswap(p1, base=p0, t=1e-4)
+  """
+  _check_list([params], "nearswap", base=base)
+
+  def leaf(a, b):
+    w = jnp.clip(t / jnp.maximum(jnp.abs(a - b), 1e-6), 0, 1).astype(a.dtype)
+    return (w * b + (1 - w) * a).astype(a.dtype)
+
+  return jax.tree.map(leaf, base, params)
+
+
+@_checked
+@jax.jit
+def passthrough(params: Pytree, *, scale=None) -> Pytree:
+  """mergekit's ``passthrough``: one model, optionally multiplied by ``scale`` (a scalar or a pytree of them).
+
+  With layer slices (:func:`unlearn_jax.merging.mergekit.stack_layers`) this builds a "frankenmerge" from blocks
+  of several models.
+
+  References:
+    mergekit's ``passthrough``.
+
+  Example:
+    >>> halved = passthrough(p1, scale=0.5)
+  """
+  if scale is None:
+    return params
+  scales = _per_leaf(scale, params, "scale", "passthrough")
+  return jax.tree.map(lambda x, s: (x * s).astype(x.dtype), params, scales)

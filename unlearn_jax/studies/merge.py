@@ -84,6 +84,15 @@ METHOD_OPTIONS: dict[str, dict[str, Any]] = {
     "fisher": dict(eps=1e-8, fisher_mode="empirical", stats_batch_size=32),
     "regmean": dict(alpha=0.9, ridge=1e-3, stats_batch_size=256),
     "negmerge": dict(scale=1.0),
+    # mergekit's methods (see `unlearn_jax.merging.arithmetic`)
+    "breadcrumbs": dict(density=0.9, gamma=0.01, combine="linear", scale=1.0),
+    "dare_ties": dict(density=0.5, scale=1.0),
+    "dare_linear": dict(density=0.5, scale=1.0),
+    "della_linear": dict(density=0.5, epsilon=0.1, scale=1.0, axis=-1),
+    "sce": dict(density=1.0),
+    "karcher": dict(),
+    "multislerp": dict(),
+    "nuslerp": dict(),
 }
 METHODS = tuple(METHOD_OPTIONS)
 DATA = ("subsets", "classes", "train", "forget")
@@ -208,7 +217,7 @@ def validate_merge(config) -> ml_collections.ConfigDict:
     _require(key in section, key, None, "missing")
   k = section.k
   _require(isinstance(k, int) and k >= 1, "k", k, "must be an integer >= 1")
-  _require(method != "slerp" or k == 2, "k", k, "slerp merges exactly 2 models")
+  _require(method not in ("slerp", "nuslerp") or k == 2, "k", k, f"{method} merges exactly 2 models")
   _require(section.data in DATA, "data", section.data, f"choose one of {DATA}")
   _require(method != "negmerge" or section.data == "forget", "data", section.data,
            "negmerge merges models fine-tuned on the forget set; use data='forget'")
@@ -232,6 +241,8 @@ def validate_merge(config) -> ml_collections.ConfigDict:
   if "epsilon" in o:
     _require(0 <= o.epsilon and 0 < o.density - o.epsilon and o.density + o.epsilon <= 1, "epsilon", o.epsilon,
              f"density ± epsilon must lie in (0, 1] (density={o.density})")
+  if "gamma" in o:
+    _require(0 <= o.gamma < 1, "gamma", o.gamma, "must be in [0, 1)")
   if "scale" in o:
     _require(math.isfinite(o.scale), "scale", o.scale, "must be finite")
   if "t" in o:
@@ -388,6 +399,20 @@ def merge_params(method: str, opts, params_list: Sequence[Pytree], *, base: Pytr
     return merging.regmean(params_list, statistics, alpha=opts.alpha)
   if method == "negmerge":
     return merging.negmerge(params_list, base=base, scale=opts.scale)
+  if method == "breadcrumbs":
+    return merging.breadcrumbs(params_list, base=base, density=opts.density, gamma=opts.gamma, combine=opts.combine,
+                               scale=opts.scale)
+  if method in ("dare_ties", "dare_linear"):
+    return getattr(merging, method)(params_list, base=base, density=opts.density, rng=rng, scale=opts.scale)
+  if method == "della_linear":
+    return merging.della_linear(params_list, base=base, density=opts.density, epsilon=opts.epsilon, rng=rng,
+                                scale=opts.scale, axis=opts.axis)
+  if method == "sce":
+    return merging.sce(params_list, base=base, density=opts.density)
+  if method == "karcher":
+    return merging.karcher(params_list)
+  if method in ("multislerp", "nuslerp"):
+    return getattr(merging, method)(params_list, base=base)
   raise ValueError(f"config.merge.method={method!r}: unknown merge method; choose one of {METHODS}")
 
 
