@@ -132,7 +132,8 @@ def merge_section(method: str, *, k: int | None = None, data: str | None = None,
 
   Args:
     method: one of `METHODS`.
-    k: number of fine-tuned inputs; default 2 for ``slerp``, 1 for task negation, 3 for ``negmerge``, else 4.
+    k: number of fine-tuned inputs; default 2 for ``slerp`` and ``nuslerp``, 1 for task negation, 3 for
+      ``negmerge``, else 4.
     data: ``subsets``, ``classes``, ``train`` or ``forget`` (see `finetune_splits`); default ``forget`` for task
       negation and NegMerge, else ``subsets``.
     lrs: one fine-tuning learning rate per input (empty: all use ``finetune.lr``).
@@ -145,7 +146,8 @@ def merge_section(method: str, *, k: int | None = None, data: str | None = None,
   _check_method(method)
   _check_options(method, options)
   if k is None:
-    k = 2 if method == "slerp" else 1 if _is_negation(method, options) else 3 if method == "negmerge" else 4
+    pairs = method in ("slerp", "nuslerp")
+    k = 2 if pairs else 1 if _is_negation(method, options) else 3 if method == "negmerge" else 4
   if data is None:
     data = "forget" if method == "negmerge" or _is_negation(method, options) else "subsets"
   section = ml_collections.ConfigDict(dict(method=method, k=k, data=data, lrs=tuple(lrs),
