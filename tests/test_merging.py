@@ -594,6 +594,14 @@ _SHARDING_SCRIPT = textwrap.dedent("""
         "slerp": lambda ps, b, f, g: merging.slerp(ps[0], ps[1], t=0.3),
         "fisher": lambda ps, b, f, g: merging.fisher(ps, f),
         "negmerge": lambda ps, b, f, g: merging.negmerge(ps, base=b, scale=1.0),
+        "ties_mergekit": lambda ps, b, f, g: merging.ties(ps, base=b, density=[0.3, 0.5, 0.8], mergekit=True,
+                                                          weights=jnp.array([1.0, 0.5, 2.0]), rescale=True),
+        "breadcrumbs": lambda ps, b, f, g: merging.breadcrumbs_ties(ps, base=b, density=0.6, gamma=0.1),
+        "sce": lambda ps, b, f, g: merging.sce(ps, base=b, density=0.5),
+        "karcher": lambda ps, b, f, g: merging.karcher(ps),
+        "nuslerp": lambda ps, b, f, g: merging.nuslerp(ps[:2], base=b, flatten=False, row_wise=True),
+        "multislerp": lambda ps, b, f, g: merging.multislerp(ps, base=b),
+        "nearswap": lambda ps, b, f, g: merging.nearswap(ps[0], base=b, t=0.5),
         # These two gather: DELLA ranks along the sharded last axis of "c", RegMean solves with whole Grams.
         "della": lambda ps, b, f, g: merging.della(ps, base=b, density=0.5, epsilon=0.2, rng=key),
         "regmean": lambda ps, b, f, g: merging.regmean(ps, g),
@@ -633,7 +641,8 @@ _SHARDING_SCRIPT = textwrap.dedent("""
 def test_merges_keep_sharding_on_eight_devices():
   stdout = subprocesses.run_on_8_cpu_devices(_SHARDING_SCRIPT, "SHARDING OK", timeout=300)
   for name in ("linear", "linear_weighted", "task_arithmetic", "ties", "dare", "dare_ties", "model_stock", "slerp",
-               "fisher", "negmerge", "della", "regmean"):
+               "fisher", "negmerge", "della", "regmean", "ties_mergekit", "breadcrumbs", "sce", "karcher", "nuslerp",
+               "multislerp", "nearswap"):
     assert f"{name} ok" in stdout, name
 
 

@@ -314,6 +314,9 @@ def _kth_largest_by_radix(bits: Sequence[jax.Array], keeps: Sequence[Any]) -> ja
   return (bucket << 16) | low
 
 
+_SORT_BELOW = 1 << 16  # tensors up to this size select by sorting
+
+
 def _kth_largest(bits: Sequence[jax.Array], keeps: Sequence[Any]) -> list[jax.Array]:
   """The ``keeps[i]``-th largest of each ``bits[i]``: by radix select, or by bisection where the tensor is sharded
   (so it is never gathered)."""
@@ -321,6 +324,8 @@ def _kth_largest(bits: Sequence[jax.Array], keeps: Sequence[Any]) -> list[jax.Ar
     return []
   if _sharded_spec(bits[0]) is not None:
     return [_kth_largest_by_bisection(b, n) for b, n in zip(bits, keeps)]
+  if bits[0].size <= _SORT_BELOW:  # small tensors: a sort compiles in a fraction of the histograms' time
+    return [jnp.sort(b.reshape(-1))[b.size - jnp.asarray(n, jnp.int32)] for b, n in zip(bits, keeps)]
   return list(_kth_largest_by_radix(bits, keeps))
 
 
@@ -1316,22 +1321,18 @@ def nuslerp(params_list: Sequence[Pytree], *, base: Pytree | None = None, weight
   t = jnp.where(jnp.abs(total) < 1e-6, 0.5, w[1] / jnp.where(total == 0, 1, total))
 
   def interpolate(v0, v1):
-    shape = v0.shape
-    if flatten:
-      v0, v1 = v0.reshape(-1), v1.reshape(-1)
-    elif row_wise:
-      v0, v1 = jnp.swapaxes(v0, 0, -1), jnp.swapaxes(v1, 0, -1)
-    unit = lambda x: x / jnp.maximum(_norm(x, axis=-1, keepdims=True), 1e-7)
-    cos = jnp.clip(jnp.sum(unit(v0) * unit(v1), axis=-1, keepdims=True), -1, 1)
+    # The vectors are the whole tensor (flatten), its rows along the last axis, or (row_wise) along the first;
+    # reducing over those axes instead of reshaping keeps a sharded tensor's layout.
+    red = None if flatten or v0.ndim == 0 else 0 if row_wise else -1
+    norm = lambda x: _norm(x, axis=red, keepdims=red is not None)
+    u0, u1 = v0 / jnp.maximum(norm(v0), 1e-7), v1 / jnp.maximum(norm(v1), 1e-7)
+    cos = jnp.clip(jnp.sum(u0 * u1, axis=red, keepdims=red is not None), -1, 1)
     colinear = (1 - jnp.square(cos)) <= eps**2
     theta = jnp.arccos(jnp.where(colinear, 0, cos))
     sin_theta = jnp.where(colinear, 1, jnp.sin(theta))
     tt = t.astype(v0.dtype)
     res = (jnp.sin((1 - tt) * theta) * v0 + jnp.sin(tt * theta) * v1) / sin_theta
-    res = jnp.where(colinear, (1 - tt) * v0 + tt * v1, res)
-    if row_wise and not flatten:
-      res = jnp.swapaxes(res, 0, -1)
-    return res.reshape(shape)
+    return jnp.where(colinear, (1 - tt) * v0 + tt * v1, res)
 
   if base is None:
     return jax.tree.map(lambda x, y: interpolate(x, y).astype(x.dtype), *params_list)

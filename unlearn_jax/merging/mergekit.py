@@ -694,20 +694,19 @@ def plan(config: MergeConfig) -> tuple[Plan, dict[str, Checkpoint]]:
                           tuple(tuple(n[j] for j in js) for n in in_names), base_index, shared, per))
 
   first, last = out_slices[0], out_slices[-1]
-  ref_first, ref_last = ckpts[first[1][0][0]], ckpts[last[1][0][0]]
+  union = lambda lists: sorted(set().union(*lists))  # a tensor some input lacks fails in _check_tensor
   # tensors before the layers (embeddings), from the first slice's models; t = 0 as mergekit
-  pre = ref_first.pre()
+  models = [m for m, _ in first[1]]
+  pre = union(ckpts[m].pre() for m in models)
   if pre:
-    models = [m for m, _ in first[1]]
     add(first[0], models, first[3], pre, [pre] * len(models), 0.0)
   out_layer = 0
-  prefix = ref_first.prefix
+  prefix = ckpts[models[0]].prefix
   for s, sources, length, base in out_slices:
     models = [m for m, _ in sources]
     for offset in range(length):
       t = offset / (length - 1) if length > 1 else 1.0
-      ref = ckpts[models[0]].layers.get(sources[0][1] + offset, {})
-      rests = sorted(ref)
+      rests = union(ckpts[m].layers.get(start + offset, {}) for m, start in sources)
       out_names = [f"{prefix}{out_layer}.{r}" for r in rests]
       in_names = []
       for m, start in sources:
@@ -715,9 +714,9 @@ def plan(config: MergeConfig) -> tuple[Plan, dict[str, Checkpoint]]:
         in_names.append([layer.get(r, f"{ckpts[m].prefix or prefix}{start + offset}.{r}") for r in rests])
       add(s, models, base, out_names, in_names, t)
       out_layer += 1
-  post = ref_last.post()
+  models = [m for m, _ in last[1]]
+  post = union(ckpts[m].post() for m in models)
   if post:
-    models = [m for m, _ in last[1]]
     add(last[0], models, last[3], post, [post] * len(models), 0.0)
 
   donor = config.base_model or config.referenced_models()[0]
