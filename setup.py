@@ -18,6 +18,7 @@ setuptools.setup(
         "scikit-learn>=1.5.0",
         "scipy>=1.13.0",
         "numpy>=1.26",
+        "pyyaml>=6.0",
         "tqdm>=4.66",
         "safetensors>=0.4",
         "rouge-score>=0.1.2",
@@ -25,7 +26,8 @@ setuptools.setup(
     ],
     extras_require={
         "test": ["pytest>=8.0", "pytest-xdist>=3.8", "tensorflow-datasets>=4.9.7", "matplotlib>=3.8",
-                 "transformers>=5.0", "torch==2.13.0", "tokenizers>=0.15", "pyarrow>=14"],
+                 "transformers>=5.0", "torch==2.13.0", "tokenizers>=0.15", "pyarrow>=14",
+                 "mergekit==0.1.5", "pyyaml>=6.0"],  # mergekit: tests/test_mergekit.py compares YAML merges
         "benchmarks": ["tokenizers>=0.15", "pyarrow>=14"],  # TOFU / MUSE / WMDP files (data/lm_benchmarks.py)
         "tfds": ["tensorflow-datasets>=4.9.7"],
         "plots": ["matplotlib>=3.8"],
