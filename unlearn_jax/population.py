@@ -35,6 +35,7 @@ Example:
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 from typing import Any, Callable, NamedTuple, Sequence
@@ -124,9 +125,24 @@ def init(init_fn, rngs: jax.Array | Sequence[int], sample_x: jax.Array | None = 
   if isinstance(init_fn, nn.Module):
     if sample_x is None:
       raise ValueError("population.init: a Linen module needs sample_x")
-    module = init_fn
-    init_fn = lambda k: model_lib.init_linen(module, k, sample_x)[1:]
+    return _linen_init(init_fn)(rngs, sample_x)
   return jax.jit(jax.vmap(init_fn))(rngs)
+
+
+@functools.lru_cache(maxsize=32)
+def _linen_init(module: nn.Module):
+  """One jitted, vmapped `model_lib.init_linen` per module (populations of one network share its compilation)."""
+  return jax.jit(jax.vmap(lambda k, x: model_lib.init_linen(module, k, x)[1:], in_axes=(0, None)))
+
+
+def logits(model: Model, params: Pytree, state: Pytree, x, *, batch_size: int = 1024) -> jax.Array:
+  """``(N, n, C)`` float32 eval-mode logits of every member on ``x`` (``n`` rows), ``batch_size`` rows at a time,
+  the members vmapped in one program."""
+  run = jax.jit(jax.vmap(lambda p, s, xb: model.apply(p, s, xb, train=False)[0].astype(jnp.float32),
+                         in_axes=(0, 0, None)))
+  n = jax.tree.leaves(x)[0].shape[0]
+  parts = [run(params, state, jax.tree.map(lambda a: a[i:i + batch_size], x)) for i in range(0, n, batch_size)]
+  return jnp.concatenate(parts, axis=1)
 
 
 def make_mesh(devices: Sequence[jax.Device] | None = None) -> jax.sharding.Mesh:

@@ -503,6 +503,7 @@ STUDIES: dict[str, str] = {
     "lm_unlearning": "unlearn_jax.studies.language",
     "merge": "unlearn_jax.studies.merge",
     "merge_datasets": "unlearn_jax.studies.merge_datasets",
+    "population": "unlearn_jax.studies.population",
     "rebasin": "unlearn_jax.studies.lmc",
     "sweep": "unlearn_jax.studies.sweep",
     "width_lmc": "unlearn_jax.studies.lmc",

@@ -167,13 +167,14 @@ def grid_point(tree: Pytree, g: int) -> Pytree:
 
 
 def sweep_one_shot(name: str, model, params, state, forget, retain, *, options=None, coefs: Sequence[float],
-                   rng: jax.Array, population: bool = False):
+                   rng: jax.Array, population: bool = False, member_batch: int | None = None):
   """A one-shot method of `unlearn_jax.unlearning.ONE_SHOT` at every value of its coefficient, vmapped.
 
   The statistics the method needs are computed once with ``options`` (and ``rng``); the update is
   ``jax.vmap``-ped over ``coefs``, so point ``g`` equals the method run alone with ``<coef> = coefs[g]`` and the
   same ``rng``. With ``population``, the statistics and the update are vmapped over the members too (one program;
-  member ``i`` with key ``i``).
+  member ``i`` with key ``i``; ``member_batch`` members at a time, `jax.lax.map`'s ``batch_size``, bounds the
+  memory of statistics that are large per member, e.g. influence's per-example gradients; None: all at once).
 
   Returns:
     ``(params, state, settings, history)`` as `sweep_method` (``settings[g] = {<coef>: coefs[g]}``).
@@ -193,7 +194,7 @@ def sweep_one_shot(name: str, model, params, state, forget, retain, *, options=N
     apply = prepare(model, params, state, forget, retain, opts, rng)
     out_params, out_state = jax.jit(jax.vmap(apply))(jnp.asarray(coefs, jnp.float32))
   else:  # (N, G, ...) -> (G * N, ...), setting-major
-    out = jax.jit(jax.vmap(grid))(params, state, rng)
+    out = jax.jit(lambda *a: jax.lax.map(lambda m: grid(*m), a, batch_size=member_batch or n))(params, state, rng)
     out_params, out_state = jax.tree.map(lambda a: jnp.swapaxes(a, 0, 1).reshape((-1,) + a.shape[2:]), out)
   return out_params, out_state, _over_members([{coef: float(c)} for c in coefs], n), {"finite": _finite(out_params)}
 
@@ -240,7 +241,8 @@ def _one_by_one(name: str, model, params, state, forget, retain, configs: list[d
 
 
 def sweep(name: str, model, params, state, forget, retain, *, options=None, lrs: Sequence[float] = (),
-          coefs: Sequence[float] | None = None, rng: jax.Array, population: bool = False):
+          coefs: Sequence[float] | None = None, rng: jax.Array, population: bool = False,
+          member_batch: int | None = None):
   """Runs method ``name`` over its grid the fastest way it allows (see `kind`): learning rates ``lrs`` (and
   ``coefs``) for a Plan, ``coefs`` for a one-shot method (``lrs`` must be empty), ``lrs`` for the others; over
   every member of a population with ``population`` (see the module docstring).
@@ -255,18 +257,20 @@ def sweep(name: str, model, params, state, forget, retain, *, options=None, lrs:
   if how == "one_shot":
     if lrs:
       raise ValueError(f"sweep: {name!r} is one-shot: it has no learning rate (give coefs only)")
-    return sweep_one_shot(name, model, params, state, forget, retain, coefs=coefs, **kw)
+    return sweep_one_shot(name, model, params, state, forget, retain, coefs=coefs, member_batch=member_batch, **kw)
   if coefs:
     raise ValueError(f"sweep: {name!r} runs sequentially over learning rates only (coefs given)")
   return sweep_sequential(name, model, params, state, forget, retain, lrs=lrs, **kw)
 
 
-def unlearn_population(name: str, model, params, state, forget, retain, *, options=None, rng: jax.Array):
+def unlearn_population(name: str, model, params, state, forget, retain, *, options=None, rng: jax.Array,
+                       member_batch: int | None = None):
   """Method ``name`` at its options (``options``, else its defaults) on every member of a population.
 
   Plans and one-shot methods run over the model axis as one program (`sweep` with ``population=True`` and a
   one-point grid); the others run member by member. Member ``i`` gets key ``i`` of `population.keys` ``(rng, N)``
-  and computes what the method computes alone on ``member(params, i)`` with that key.
+  and computes what the method computes alone on ``member(params, i)`` with that key. ``member_batch``: see
+  `sweep_one_shot`.
 
   Returns:
     ``(params, state, info)``: the unlearned population (leading axis ``N``), and ``info`` with ``how``
@@ -279,7 +283,7 @@ def unlearn_population(name: str, model, params, state, forget, retain, *, optio
     coef = methods.COEFS[name]
     grid = dict(lrs=(opts.lr,), coefs=None if coef is None else (opts[coef],))
   elif how == "one_shot":
-    grid = dict(coefs=(opts[coefficient(name)],))
+    grid = dict(coefs=(opts[coefficient(name)],), member_batch=member_batch)
   else:
     how = "member_by_member"
     n, _, keys = _members(params, state, rng, True)
