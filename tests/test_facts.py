@@ -349,3 +349,23 @@ def test_take_and_concat(small):
     facts.concat([q, facts.make_facts_benchmark(num_people=2, num_holdout=0, num_world=1, num_perturbed=2).world])
   with pytest.raises(ValueError, match="loss_mask"):
     dataclasses.replace(part, loss_mask=part.loss_mask[:2])
+
+
+def test_few_shot_prompts_prefix_solved_examples_of_the_same_relation(small):
+  s = small.splits("forget10")
+  qa, shots = s["forget"], s["retain"]
+  ids, lens, values = facts.few_shot_prompts(small, qa, shots, k=2, seed=0)
+  assert ids.shape == (len(qa), 2 * small.seq_len + small.prompt_len)
+  for i in range(len(qa)):
+    row = ids[i, :lens[i]].tolist()
+    assert not np.any(ids[i, lens[i]:]) and row.count(facts.BOS) == 3 and row.count(facts.EOS) == 2
+    own = qa.prompt_ids[i, :qa.prompt_len[i]].tolist()
+    assert row[-len(own):] == own
+    context = row[:-len(own)]
+    cut = context.index(facts.EOS) + 1
+    for example in (context[:cut], context[cut:]):  # each: a whole training row of the same relation, other person
+      (j,) = [j for j in range(len(shots)) if shots.input_ids[j][shots.input_ids[j] != facts.PAD].tolist() == example]
+      assert shots.fact[j] == qa.fact[i] and shots.person[j] != qa.person[i]
+  assert values == facts.concept_views(small, qa)[2]
+  with pytest.raises(ValueError, match="k=500"):
+    facts.few_shot_prompts(small, qa, shots, k=500)

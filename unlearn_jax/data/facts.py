@@ -672,3 +672,29 @@ def alternate_answers(bench: "FactsBenchmark", qa: QASet, *, seed: int = 0):
                                 bench.tokenizer.encode(text), bench.seq_len)
     texts.append(text)
   return ids, mask, texts
+
+
+def few_shot_prompts(bench: "FactsBenchmark", qa: QASet, shots: QASet, *, k: int = 3, seed: int = 0):
+  """``(prompt_ids, prompt_len, values)``: every person row of ``qa`` asked after ``k`` solved examples.
+
+  Each prompt is ``k`` rows of ``shots`` about the same relation and other people, in the training layout
+  (``BOS q SEP a EOS``, drawn without replacement from their own seeded stream), followed by the row's own
+  ``BOS q SEP``; right-padded to ``k · seq_len + prompt_len``. ``values`` are the true values (`concept_views`).
+  """
+  if k < 1:
+    raise ValueError(f"few_shot_prompts: k must be >= 1, got {k}")
+  rng = np.random.default_rng([seed, 13])
+  width = k * bench.seq_len + bench.prompt_len
+  ids, lens = np.zeros((len(qa), width), np.int32), np.zeros(len(qa), np.int32)
+  for i in range(len(qa)):
+    pool = np.flatnonzero((shots.fact == qa.fact[i]) & (shots.person != qa.person[i]))
+    if pool.size < k:
+      raise ValueError(f"few_shot_prompts: only {pool.size} shots of relation {FACT_NAMES[int(qa.fact[i])]!r} "
+                       f"about other people, need k={k}")
+    row = []
+    for j in rng.choice(pool, size=k, replace=False):
+      row += [t for t in shots.input_ids[j].tolist() if t != PAD]
+    row += qa.prompt_ids[i, :qa.prompt_len[i]].tolist()
+    ids[i, :len(row)], lens[i] = row, len(row)
+  _, _, values = concept_views(bench, qa)
+  return ids, lens, values

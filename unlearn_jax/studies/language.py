@@ -13,8 +13,14 @@ their config with `lm_config`. Sections, in order:
      its options from ``config.method_options.<name>``; its wall time is measured with ``block_until_ready``.
   5. Every model is scored by `unlearn_jax.evaluation.language.evaluate_lm` (Retrain first, so forget quality and
      PrivLeak of the others are relative to it).
-  6. ``results.json``, ``results.md`` (forget quality, model utility, forget ROUGE-L, PrivLeak, forget truth ratio,
-     run time) and ``run.json`` are written; the table is printed.
+  6. Robustness of forgetting (``config.robustness.enabled``, `robustness`): every model, Retrain included (the
+     floor), is probed on the forget facts that an attacker does *not* relearn: recall of the facts' values by
+     greedy answers to the original questions, to rephrased questions (`facts.PARAPHRASED_QUESTIONS`) and after
+     ``few_shot`` solved examples of the same relation about retain people; then a relearning attack fine-tunes
+     it (the one loop, NLL) for a few steps on the other ``relearn_fraction`` of the forget QAs (other facts of
+     the same people) and the original questions are asked again.
+  7. ``results.json``, ``results.md`` (forget quality, model utility, forget ROUGE-L, PrivLeak, forget truth ratio,
+     run time; the robustness table) and ``run.json`` are written; the tables are printed.
 
 Example:
     >>> from unlearn_jax import run
@@ -63,6 +69,10 @@ COLUMNS = (("forget_quality", "Forget quality", 1.0, 4), ("model_utility", "Mode
            ("forget_rouge", "Forget ROUGE-L", 1.0, 3), ("retain_rouge", "Retain ROUGE-L", 1.0, 3),
            ("privleak", "PrivLeak %", 1.0, 1), ("forget_truth_ratio", "Forget truth ratio", 1.0, 3),
            ("seconds", "Run time s", 1.0, 1))
+# The robustness table: recall of the probed forget facts (`robustness`).
+ROBUSTNESS_COLUMNS = (("probe_recall", "After unlearning", 1.0, 3), ("relearn_recall", "After relearning", 1.0, 3),
+                      ("rephrased_recall", "Rephrased", 1.0, 3), ("few_shot_recall", "Few-shot", 1.0, 3),
+                      ("relearn_seconds", "Relearn s", 1.0, 1))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -122,6 +132,11 @@ def lm_config(method: str, arg: str | None = None, *, compare: tuple[str, ...] |
   c.eval = ml_collections.ConfigDict(dict(batch_size=128, max_new_tokens=16, rouge_rows=config_dict.placeholder(int),
                                           sae=True))
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, multihost=False))
+  # Relearning attack: constant-lr AdamW fine-tuning (NLL) on ``relearn_fraction`` of the forget QAs.
+  c.robustness = ml_collections.ConfigDict(dict(
+      enabled=True, relearn_fraction=0.25, few_shot=3,
+      relearn=_train_section(lr=1e-3, weight_decay=0.0, schedule="constant", warmup_epochs=0, epochs=3,
+                             batch_size=16)))
   if arg == "tiny_test":
     c.data.update(num_people=40, num_holdout=10, num_world=20)
     # one block: the blocks are unrolled, so each one adds to every program's XLA:CPU compilation
@@ -131,6 +146,8 @@ def lm_config(method: str, arg: str | None = None, *, compare: tuple[str, ...] |
     for name in lm_unlearning.METHODS:
       c.methods[name].epochs = 1
     c.eval.update(rouge_rows=8)
+    c.robustness.update(enabled=False, few_shot=1)
+    c.robustness.relearn.update(epochs=1)
     c.methods.sae.sae_steps = 50
   elif arg is not None:
     raise ValueError(f"config argument {arg!r}: use none or 'tiny_test'")
@@ -192,6 +209,10 @@ def validate_lm(config) -> ml_collections.ConfigDict:
   require(hf_path is None or os.path.exists(hf_path), "model.hf_checkpoint", hf_path, "no such file or directory")
   for section in ("train", "retrain"):
     config_lib.check_optimizer_section(config[section], section)
+  config_lib.check_optimizer_section(config.robustness.relearn, "robustness.relearn")
+  r = config.robustness
+  require(0 < r.relearn_fraction < 1, "robustness.relearn_fraction", r.relearn_fraction, "must be in (0, 1)")
+  require(r.few_shot >= 1, "robustness.few_shot", r.few_shot, "must be >= 1")
   require(len(config.compare) > 0, "compare", config.compare, "name at least one method")
   for name in config.compare:
     require(name in lm_unlearning.METHODS, "compare", config.compare,
@@ -384,8 +405,15 @@ def run_lm(config, workdir) -> dict:
     metrics["seconds"] = float(seconds) if seconds is not None else float("nan")
     metrics.update(trained.get(row, {}))
     results[row] = metrics
-  table = format_lm_table(results, title=f"LM unlearning on fictitious facts ({d.forget}, {config.model.preset} GPT, "
-                                         f"{model_lib.num_params(like):,} parameters)")
+  title = f"LM unlearning on fictitious facts ({d.forget}, {config.model.preset} GPT, " \
+          f"{model_lib.num_params(like):,} parameters)"
+  table = format_lm_table(results, title=title)
+  if config.robustness.enabled:
+    probes = robustness(config, lm, bench, sets, {row: p for row, (p, _) in models.items()})
+    for row, values in probes.items():
+      results[row].update(values)
+    table += "\n" + format_lm_table(results, title="Robustness: recall of the probed forget facts",
+                                     columns=ROBUSTNESS_COLUMNS)
   evaluation.atomic_write(str(workdir / "results.json"), json.dumps(results, indent=1))
   evaluation.atomic_write(str(workdir / "results.md"), table)
   run_lib.write_run_record(workdir, config, started=start, finished=time.time(), restored=restored)
@@ -404,11 +432,55 @@ def _people(split):
   return split.take(people) if people.size else split
 
 
-def format_lm_table(results: dict, *, title: str) -> str:
-  """Markdown table: one row per model, the columns of `COLUMNS` plus the SAE separation when present."""
+def robustness(config, lm, bench: facts.FactsBenchmark, sets: dict, models: dict) -> dict[str, dict[str, float]]:
+  """Recall of the probed forget facts for every model of ``models`` (``{row: params}``), and after relearning.
+
+  The forget QAs are split once (seeded): ``relearn_fraction`` of them are the attacker's relearning data, the
+  rest are probed. Recall (`evaluation.language.value_recalled`: the greedy answer states the value) is measured
+  with the original questions, rephrased questions and ``few_shot``-shot prompts, then again with the original
+  questions after fine-tuning the model on the relearning data (``config.robustness.relearn``, by the one loop).
+
+  Returns:
+    ``{row: {'probe_recall', 'rephrased_recall', 'few_shot_recall', 'relearn_recall', 'relearn_seconds'}}``.
+  """
+  r, e = config.robustness, config.eval
+  forget = sets["forget"]
+  order = np.random.default_rng([config.seed, 11]).permutation(len(forget))
+  cut = max(1, int(round(r.relearn_fraction * len(forget))))
+  relearn_set = forget.take(np.sort(order[:cut])).split(fields=("input_ids", "loss_mask"))
+  probed = forget.take(np.sort(order[cut:]))
+  prompts = {"probe_recall": facts.concept_views(bench, probed)[:2],
+             "rephrased_recall": facts.concept_views(bench, probed, paraphrased=True)[:2],
+             "few_shot_recall": facts.few_shot_prompts(bench, probed, sets["retain"], k=int(r.few_shot),
+                                                       seed=config.seed)[:2]}
+  values = facts.concept_views(bench, probed)[2]
+  recall = lambda params, ids, lens: float(lm_eval.fact_recall(
+      lm, params, ids, lens, values, decode=bench.tokenizer.decode, max_new_tokens=e.max_new_tokens,
+      batch_size=e.batch_size)[0].mean())
+  out = {}
+  for row, params in models.items():
+    scores = {name: recall(params, *p) for name, p in prompts.items()}
+    t0 = time.perf_counter()
+    relearned, _ = _finetune(lm, params, relearn_set, r.relearn, jax.random.fold_in(jax.random.key(config.seed), 17),
+                             f"relearn {row}")
+    jax.block_until_ready(relearned)
+    scores["relearn_seconds"] = time.perf_counter() - t0
+    scores["relearn_recall"] = recall(relearned, *prompts["probe_recall"])
+    out[row] = scores
+  return out
+
+
+def format_lm_table(results: dict, *, title: str, columns=None) -> str:
+  """Markdown table: one row per model, ``columns`` (default `COLUMNS` plus the SAE separation when present)."""
+  if columns is not None:
+    return _markdown(results, title, list(columns))
   columns = list(COLUMNS)
   if any("sae_separation" in r for r in results.values()):
     columns.insert(-1, ("sae_separation", "SAE separation", 1.0, 3))
+  return _markdown(results, title, columns)
+
+
+def _markdown(results: dict, title: str, columns: list) -> str:
   lines = [f"### {title}", "", "| Model | " + " | ".join(h for _, h, _, _ in columns) + " |",
            "|---|" + "---:|" * len(columns)]
   for row, metrics in results.items():
