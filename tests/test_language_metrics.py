@@ -6,6 +6,7 @@ greedy generation follows the arg-max of the last token's row.
 """
 import math
 import types
+import zlib
 
 import jax.numpy as jnp
 import numpy as np
@@ -352,3 +353,143 @@ def test_evaluate_lm_rejects_bad_sets_and_reference():
     run(sets, reference={"mink_auc": 0.5})
   with pytest.raises(ValueError, match="rouge_rows"):
     run(sets, rouge_rows=0)
+
+
+# ------------------------------------------------------------------ open-unlearning's MIA suite, EM / ES, MUSE
+def np_auc(forget, holdout):
+  """P(holdout score > forget score) + ½ P(tie), by counting pairs (forget labelled 0, holdout 1)."""
+  pairs = [(h > f) + 0.5 * (h == f) for f in forget for h in holdout]
+  return float(np.mean(pairs))
+
+
+def np_row_stats(table, ids):
+  """Per target position t >= 1: (log p(ids[t]), μ, σ², argmax == ids[t]) under the bigram table."""
+  table = np.asarray(table, np.float64)
+  out = []
+  for t in range(1, len(ids)):
+    row = table[ids[t - 1]]
+    logp = row - np.log(np.exp(row).sum())
+    p = np.exp(logp)
+    mu = (p * logp).sum()
+    out.append((logp[ids[t]], mu, (p * logp ** 2).sum() - mu ** 2, float(np.argmax(row) == ids[t])))
+  return out
+
+
+def np_min_k(values, k=0.4):
+  if not values:
+    return 0.0
+  kept = sorted(values)[:max(1, int(len(values) * k))]
+  return -float(np.mean(kept))
+
+
+def np_scores(params, qa, ref_params):
+  """Every attack's score per row, from the published definitions (answer tokens without the EOS for the
+  token-wise attacks, with it for the losses)."""
+  table = np.asarray(params["table"], np.float64)
+  out = {a: [] for a in lm_eval.MIA_ATTACKS}
+  for ids, mask in zip(qa.input_ids, qa.loss_mask):
+    ids = [int(i) for i in ids]
+    targets = [t for t in range(1, len(ids)) if mask[t]]
+    no_eos = targets[:-1]
+    stats_ = np_row_stats(table, ids)
+    loss = -np.mean([stats_[t - 1][0] for t in targets])
+    ref_loss = -np.mean([np_row_stats(ref_params["table"], ids)[t - 1][0] for t in targets])
+    out["loss"].append(loss)
+    text = decode([ids[t] for t in no_eos])
+    out["zlib"].append(loss / len(zlib.compress(text.encode("utf-8"))))
+    out["reference"].append(loss - ref_loss)
+    out["min_k"].append(np_min_k([stats_[t - 1][0] for t in no_eos]))
+    out["min_k_plus_plus"].append(np_min_k([(stats_[t - 1][0] - stats_[t - 1][1]) / np.sqrt(max(stats_[t - 1][2], 1e-6))
+                                            for t in no_eos]))
+    # GradNorm: d(−mean log p)/d table, by the softmax gradient, then its L2 norm (one parameter array)
+    grad = np.zeros_like(table)
+    for t in no_eos:
+      p = np.exp(table[ids[t - 1]] - np.log(np.exp(table[ids[t - 1]]).sum()))
+      grad[ids[t - 1]] += (p - np.eye(V)[ids[t]]) / len(no_eos)
+    out["gradnorm"].append(np.sqrt((grad ** 2).sum()))
+  return out
+
+
+def test_mia_suite_matches_numpy_scores_and_pairwise_auc():
+  params, ref = make_table(0), make_table(7)
+  forget, holdout = make_set(1, n=6), make_set(4, n=5)
+  got = lm_eval.mia_suite(bigram_lm(), params, forget, holdout, decode=decode, reference_params=ref, batch_size=4)
+  want_f, want_h = np_scores(params, forget, ref), np_scores(params, holdout, ref)
+  for attack in lm_eval.MIA_ATTACKS:
+    np.testing.assert_allclose(got[f"mia_{attack}"], np_auc(want_f[attack], want_h[attack]), atol=1e-9,
+                               err_msg=attack)
+  assert len({round(v, 6) for v in got.values()}) > 2  # the attacks are different functions
+  # the per-row scores themselves
+  stats_ = lm_eval.token_stats(bigram_lm(), params, forget.input_ids, batch_size=4)
+  no_eos = lm_eval.answer_mask_without_eos(forget.loss_mask)
+  np.testing.assert_allclose(lm_eval.min_k_plus_plus_scores(stats_["logprob"], stats_["mu"], stats_["sigma"], no_eos),
+                             want_f["min_k_plus_plus"], rtol=1e-5)
+  np.testing.assert_allclose(lm_eval.gradnorm_scores(bigram_lm(), params, forget.input_ids, no_eos, batch_size=4),
+                             want_f["gradnorm"], rtol=1e-4)
+  # Swapping forget and holdout mirrors the AUC.
+  back = lm_eval.mia_suite(bigram_lm(), params, holdout, forget, attacks=("loss",))
+  np.testing.assert_allclose(back["mia_loss"], 1 - got["mia_loss"], atol=1e-9)
+  with pytest.raises(ValueError, match="reference_params"):
+    lm_eval.mia_suite(bigram_lm(), params, forget, holdout, attacks=("reference",))
+  with pytest.raises(ValueError, match="unknown attack"):
+    lm_eval.mia_suite(bigram_lm(), params, forget, holdout, attacks=("recall",))
+
+
+def test_exact_memorization_and_extraction_strength_by_hand():
+  mask = np.array([[0, 1, 1, 1, 1, 1], [0, 1, 1, 1, 1, 1], [0, 0, 1, 1, 1, 1], [0, 0, 0, 0, 0, 1]], np.float32)
+  correct = np.array([[0, 1, 1, 1, 1, 0],    # answer tokens (EOS excluded): 1 1 1 1 -> EM 1, ES 1
+                      [0, 1, 0, 1, 1, 1],    # 1 0 1 1 -> EM 3/4; the suffix after the 2nd token is right: ES 1 - 2/4
+                      [0, 0, 1, 1, 0, 1],    # 1 1 0 -> EM 2/3; nothing reproduces the end: ES 0 (paper), 1/3 (code)
+                      [0, 1, 1, 1, 1, 1]],   # only the EOS is a target: no answer token
+                     np.float32)
+  em = lm_eval.exact_memorization(correct, mask)
+  np.testing.assert_allclose(em[:3], [1.0, 0.75, 2 / 3])
+  assert np.isnan(em[3])
+  np.testing.assert_allclose(lm_eval.extraction_strength(correct, mask, unmatched="paper"), [1.0, 0.5, 0.0, 0.0])
+  np.testing.assert_allclose(lm_eval.extraction_strength(correct, mask), [1.0, 0.5, 1 / 3, 0.0])
+  # On the stand-in LM: the teacher-forced argmax against NumPy's.
+  params, qa = make_table(0), make_set(1, n=6)
+  got = lm_eval.memorization(bigram_lm(), params, qa, batch_size=4)
+  hits = np.zeros(qa.input_ids.shape)
+  for i, ids in enumerate(qa.input_ids):
+    for t, (_, _, _, c) in enumerate(np_row_stats(params["table"], [int(v) for v in ids]), start=1):
+      hits[i, t] = c
+  assert hits[0, 3:5].all()  # row 0 answers "cat sat", which the table predicts
+  np.testing.assert_allclose(got["exact_memorization"], np.nanmean(lm_eval.exact_memorization(hits, qa.loss_mask)))
+  np.testing.assert_allclose(got["extraction_strength"], lm_eval.extraction_strength(hits, qa.loss_mask).mean())
+  with pytest.raises(ValueError, match="unmatched"):
+    lm_eval.extraction_strength(correct, mask, unmatched="both")
+
+
+def np_rouge_l_f1(generation: str, reference: str) -> float:
+  a, b = generation.split(), reference.split()
+  if not a or not b:
+    return 0.0
+  lcs = lcs_recall(generation, reference) * len(b)
+  p, r = lcs / len(a), lcs / len(b)
+  return 0.0 if lcs == 0 else 2 * p * r / (p + r)
+
+
+def encode(text: str) -> list[int]:
+  return [BOS] + [WORDS.index(w) if w in WORDS else 4 for w in text.split()]
+
+
+def test_muse_verbmem_and_knowmem_against_numpy_rouge_f1():
+  params = make_table(0)
+  table = np.asarray(params["table"])
+  records = [{"prompt": "sun red", "gt": "cat sat mat"}, {"prompt": "dog", "gt": "cup"},
+             {"prompt": "red cat", "gt": "sat"}]
+  mean, scores = lm_eval.verbmem(bigram_lm(), params, records, encode=encode, decode=decode, max_new_tokens=5,
+                                 batch_size=2)
+  want = [np_rouge_l_f1(np_generate(table, encode(r["prompt"]), 5), r["gt"]) for r in records]
+  np.testing.assert_allclose(scores, want)
+  np.testing.assert_allclose(mean, np.mean(want))
+  assert 0 < mean < 1
+  qa = [{"question": "dog sat", "answer": "cat sat"}, {"question": "sun", "answer": "mat"}]
+  icl = [{"question": "red", "answer": "cup"}]
+  mean, scores = lm_eval.knowmem(bigram_lm(), params, qa, icl, encode=encode, decode=decode, max_new_tokens=4)
+  prompts = [encode(f"Question: red\nAnswer: cup\n\nQuestion: {r['question']}\nAnswer:") for r in qa]
+  want = [np_rouge_l_f1(np_generate(table, p, 4), r["answer"]) for p, r in zip(prompts, qa)]
+  np.testing.assert_allclose(scores, want)
+  with pytest.raises(ValueError, match="'gt'"):
+    lm_eval.verbmem(bigram_lm(), params, [{"prompt": "x"}], encode=encode, decode=decode)

@@ -27,11 +27,18 @@ def test_lm_study_tiny_runs_every_method_and_caches(tmp_path):
   assert "| Original |" in out["table"] and "| SAE |" in (tmp_path / "results.md").read_text()
   info = json.loads((tmp_path / "run.json").read_text())
   assert info["config"]["experiment"] == "lm_unlearning"
-  # second run: Original and Retrain come from the cache
+  # second run: Original and Retrain come from the cache; with the robustness probes and the relearning attack
   config.compare = ("ga",)
+  config.robustness.enabled = True
   again = run_lib.run(config, tmp_path)
   assert again["restored"] == {"Original": True, "Retrain": True}
   assert again["results"]["Original"]["forget_prob"] == pytest.approx(results["Original"]["forget_prob"], rel=1e-6)
+  for row in ("Original", "Retrain", "GA"):
+    r = again["results"][row]
+    for key in ("probe_recall", "relearn_recall", "rephrased_recall", "few_shot_recall"):
+      assert 0.0 <= r[key] <= 1.0, (row, key, r)
+    assert r["relearn_seconds"] > 0
+  assert "Robustness: recall of the probed forget facts" in again["table"]
 
 
 @pytest.mark.parametrize("key,value,match", [

@@ -1,5 +1,7 @@
 r"""Language-model unlearning metrics: TOFU's probability / ROUGE / truth ratio / forget quality / model utility,
-and MUSE's Min-K% membership attack with PrivLeak.
+MUSE's Min-K% membership attack with PrivLeak, VerbMem and KnowMem, and open-unlearning's membership-inference
+suite (LOSS, ZLib, Reference, GradNorm, Min-K%, Min-K%++: `mia_suite`), exact memorisation and extraction
+strength (`memorization`).
 
 Every score is computed from the `unlearn_jax.language.LanguageModel` contract and the fields of a QA set
 (`unlearn_jax.data.facts.QASet`, read as attributes). For one QA pair ``(q, a)`` with ``|a|`` target tokens (the
@@ -54,11 +56,18 @@ References:
     (github.com/swj0419/muse_bench, ``metrics/privleak.py``, ``eval.py``).
     Shi et al., "Detecting Pretraining Data from Large Language Models" (Min-K% Prob), ICLR 2024.
     Lin, "ROUGE: A Package for Automatic Evaluation of Summaries", 2004 (``rouge_score`` package).
+    open-unlearning ``src/evals/metrics/mia/*.py``, ``memorization.py`` (``exact_memorization``,
+    ``extraction_strength``), ``configs/eval/{tofu,muse}_metrics/*.yaml``; Yeom et al. 2018 (LOSS); Carlini et
+    al., "Extracting Training Data from Large Language Models", USENIX Security 2021 (ZLib, Reference);
+    Wang et al., "Con-ReCall" / Maini et al., "LLM Dataset Inference", 2024 (GradNorm); Zhang et al., "Min-K%++",
+    ICLR 2025; Tirumala et al., "Memorization Without Overfitting", 2022 (exact memorisation); extraction strength as
+    open-unlearning defines it after Carlini et al. 2021.
 """
 from __future__ import annotations
 
 import functools
 import re
+import zlib
 from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import jax
@@ -516,3 +525,290 @@ def recall_by_group(hits, groups: Mapping[str, Any]) -> dict[str, float]:
       rows = np.flatnonzero(rows)
     out[name] = float(hits[rows].mean()) if rows.size else float("nan")
   return out
+
+
+# ------------------------------------------------------------------- open-unlearning's MIA suite and memorisation
+# The attacks score every example so that a *higher* score means *less* member-like (open-unlearning's sign
+# convention), and `mia_auc` is its ROC-AUC with forget labelled 0 and holdout 1: 1 when the forget set is much
+# more likely under the model than the holdout set, ~0.5 when the two are indistinguishable (MUSE's
+# `min_k_auc` above is ``1 -`` this).
+MIA_ATTACKS = ("loss", "zlib", "reference", "gradnorm", "min_k", "min_k_plus_plus")
+MIN_K_PLUS_PLUS_SIGMA_FLOOR = 1e-6  # open-unlearning's ``torch.clamp(sigma, min=1e-6)``
+
+
+@functools.lru_cache(maxsize=None)
+def _token_stats_model(logits_fn: Callable[..., jax.Array]) -> Model:
+  """A `Model` from ``[B, T]`` ids to ``[B, 4 T]``: per target position ``t`` (predicted from ``t - 1``; 0 at
+  ``t = 0``) the token's log-probability, the mean ``μ_t = Σ_v p_v log p_v`` and variance
+  ``σ²_t = Σ_v p_v (log p_v)² − μ_t²`` of the log-probability under the model's own distribution, and whether
+  the argmax is the token (1/0)."""
+
+  def apply(params, state, ids, *, train=False, rng=None):
+    del train, rng
+    logp = jax.nn.log_softmax(logits_fn(params, ids)[:, :-1].astype(jnp.float32), axis=-1)
+    p = jnp.exp(logp)
+    mu = jnp.sum(p * logp, axis=-1)
+    sigma = jnp.sum(p * jnp.square(logp), axis=-1) - jnp.square(mu)
+    picked = jnp.take_along_axis(logp, ids[:, 1:, None], axis=-1)[..., 0]
+    correct = (jnp.argmax(logp, axis=-1) == ids[:, 1:]).astype(jnp.float32)
+    pad = lambda a: jnp.pad(a, ((0, 0), (1, 0)))
+    return jnp.concatenate([pad(picked), pad(mu), pad(sigma), pad(correct)], axis=1), state
+
+  return Model(apply=apply)
+
+
+def token_stats(lm: language.LanguageModel, params: Pytree, input_ids, *, batch_size: int = 64) -> dict:
+  """``{'logprob', 'mu', 'sigma', 'correct'}``, each ``[N, T]``, of every row (see `_token_stats_model`)."""
+  input_ids = np.asarray(input_ids, np.int32)
+  if input_ids.ndim != 2:
+    raise ValueError(f"token_stats: input_ids must be [N, T], got {input_ids.shape}")
+  out = metrics_lib.predict(_token_stats_model(lm.logits), params, {}, input_ids, batch_size=batch_size)
+  return dict(zip(("logprob", "mu", "sigma", "correct"), np.split(out.astype(np.float64), 4, axis=1)))
+
+
+def answer_mask_without_eos(loss_mask) -> np.ndarray:
+  """``loss_mask`` without each row's last target (the EOS): open-unlearning's ``actual_indices[:-1]``."""
+  mask = np.asarray(loss_mask) > 0
+  later = np.flip(np.cumsum(np.flip(mask, axis=1), axis=1), axis=1) > 1  # another target follows
+  return mask & later
+
+
+def mia_auc(forget_scores, holdout_scores) -> float:
+  """open-unlearning's ``mia_auc``: ``roc_auc_score`` with forget 0, holdout 1, the scores as decision values."""
+  forget_scores, holdout_scores = np.ravel(forget_scores), np.ravel(holdout_scores)
+  if forget_scores.size == 0 or holdout_scores.size == 0:
+    raise ValueError(f"mia_auc: needs forget and holdout scores, got {forget_scores.size} and "
+                     f"{holdout_scores.size}")
+  labels = np.concatenate([np.zeros(forget_scores.size), np.ones(holdout_scores.size)])
+  return float(sk_metrics.roc_auc_score(labels, np.concatenate([forget_scores, holdout_scores])))
+
+
+def min_k_plus_plus_scores(logprob, mu, sigma, mask, k: float = MIN_K) -> np.ndarray:
+  """Min-K%++: ``-mean`` of the ``max(1, floor(k n))`` lowest ``(log p_t − μ_t) / sqrt(max(σ²_t, 1e-6))`` over a
+  row's ``n`` masked tokens (0 for a row with none)."""
+  z = (np.asarray(logprob) - np.asarray(mu)) / np.sqrt(np.maximum(np.asarray(sigma), MIN_K_PLUS_PLUS_SIGMA_FLOOR))
+  return min_k_scores(z, mask, k)
+
+
+def zlib_scores(avg_loss, texts: Sequence[str]) -> np.ndarray:
+  """ZLib: the mean token NLL over the zlib-compressed byte length of the target text."""
+  if len(texts) != np.size(avg_loss):
+    raise ValueError(f"zlib_scores: {np.size(avg_loss)} losses but {len(texts)} texts")
+  return np.asarray(avg_loss, np.float64) / np.array([len(zlib.compress(str(t).encode("utf-8"))) for t in texts])
+
+
+@functools.lru_cache(maxsize=None)
+def _gradnorm_fn(logits_fn: Callable[..., jax.Array], p: float):
+  """Jitted ``(params, ids [B, T], mask [B, T]) -> [B]``: per example, the mean over parameter arrays of the
+  ``p``-norm of the gradient of ``−mean(masked token log-probabilities)``."""
+
+  def norm(g):
+    g = jnp.abs(g.astype(jnp.float32)).ravel()
+    return jnp.max(g) if p == np.inf else jnp.sum(g ** p) ** (1.0 / p)
+
+  def one(params, ids, mask):
+    def loss(q):
+      lp = language.token_logprobs(logits_fn(q, ids[None]), ids[None])[0]
+      return -jnp.sum(lp * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+    leaves = jax.tree.leaves(jax.grad(loss)(params))
+    return jnp.mean(jnp.stack([norm(g) for g in leaves]))
+
+  return jax.jit(jax.vmap(one, in_axes=(None, 0, 0)))
+
+
+def gradnorm_scores(lm: language.LanguageModel, params: Pytree, input_ids, mask, *, p: float = 2.0,
+                    batch_size: int = 16) -> np.ndarray:
+  """GradNorm attack score per row (open-unlearning's ``mia_gradnorm``, ``p = 2``): one gradient per example."""
+  if p not in (1, 2, np.inf):
+    raise ValueError(f"gradnorm_scores: p must be 1, 2 or inf, got {p}")
+  ids, mask = np.asarray(input_ids, np.int32), np.asarray(mask, np.float32)
+  fn = _gradnorm_fn(lm.logits, float(p))
+  out = []
+  for start in range(0, ids.shape[0], batch_size):
+    i, m = ids[start:start + batch_size], mask[start:start + batch_size]
+    pad = batch_size - i.shape[0]
+    out.append(fn(params, np.pad(i, ((0, pad), (0, 0))), np.pad(m, ((0, pad), (0, 0))))[:i.shape[0]])
+  return np.concatenate([np.asarray(o, np.float64) for o in jax.device_get(out)])
+
+
+def exact_memorization(correct, loss_mask) -> np.ndarray:
+  """EM per row: the share of answer tokens (EOS excluded) that the teacher-forced argmax predicts."""
+  mask = answer_mask_without_eos(loss_mask)
+  n = mask.sum(axis=1)
+  return np.where(n > 0, (np.asarray(correct) * mask).sum(axis=1) / np.maximum(n, 1), np.nan)
+
+
+def extraction_strength(correct, loss_mask, *, unmatched: str = "code") -> np.ndarray:
+  """ES per row: ``1 − k/n`` with ``k`` the shortest prefix of the ``n`` answer tokens (EOS excluded) after
+  which the teacher-forced argmax reproduces the whole rest of the answer.
+
+  ``unmatched='code'`` (open-unlearning): when not even the last token is reproduced the search loop ends at
+  ``k = n − 1``, scoring ``1/n``; ``'paper'``: ``k = n``, scoring 0 (Carlini et al.'s definition). Rows with no
+  answer token score 0.
+  """
+  if unmatched not in ("code", "paper"):
+    raise ValueError(f"extraction_strength: unmatched must be 'code' or 'paper', got {unmatched!r}")
+  mask = answer_mask_without_eos(loss_mask)
+  correct = np.asarray(correct) > 0
+  out = np.zeros(mask.shape[0])
+  for row in range(mask.shape[0]):
+    c = correct[row][mask[row]]
+    n = c.size
+    if n == 0:
+      continue
+    wrong = np.flatnonzero(~c)
+    k = 0 if wrong.size == 0 else wrong[-1] + 1  # the suffix after the last wrong token is all right
+    if k == n and unmatched == "code":
+      k = n - 1
+    out[row] = 1.0 - k / n
+  return out
+
+
+def _rows(qa, name: str) -> np.ndarray:
+  value = qa[name] if isinstance(qa, Mapping) else getattr(qa, name, None)
+  if value is None:
+    raise ValueError(f"the set has no field {name!r}")
+  return np.asarray(value)
+
+
+def mia_suite(lm: language.LanguageModel, params: Pytree, forget, holdout, *,
+              decode: Callable[[np.ndarray], str] | None = None, reference_params: Pytree | None = None,
+              attacks: Sequence[str] = MIA_ATTACKS, k: float = MIN_K, p: float = 2.0,
+              batch_size: int = 64) -> dict[str, float]:
+  """open-unlearning's membership-inference AUCs (`mia_auc`) of forget against holdout QA rows.
+
+  Per example (answer tokens = ``loss_mask``; "without EOS" as open-unlearning's token-wise attacks):
+
+  * ``loss``: the mean NLL of the answer tokens (EOS included);
+  * ``zlib``: that over the zlib length of the decoded answer (``decode`` of the answer tokens without EOS);
+  * ``reference``: that minus the same under ``reference_params`` (e.g. Retrain);
+  * ``gradnorm``: the mean over parameter arrays of the ``p``-norm of the answer NLL's gradient (without EOS);
+  * ``min_k`` / ``min_k_plus_plus``: `min_k_scores` / `min_k_plus_plus_scores` (without EOS, ``k = 0.4``).
+
+  Args:
+    forget, holdout: mappings or objects with ``input_ids`` and ``loss_mask`` ``[N, T]``.
+    attacks: which of `MIA_ATTACKS` (``'zlib'`` needs ``decode``, ``'reference'`` ``reference_params``).
+
+  Returns:
+    ``{'mia_<attack>': AUC}``.
+  """
+  unknown = sorted(set(attacks) - set(MIA_ATTACKS))
+  if unknown:
+    raise ValueError(f"mia_suite: unknown attack(s) {unknown}; choose from {MIA_ATTACKS}")
+  if "zlib" in attacks and decode is None:
+    raise ValueError("mia_suite: the 'zlib' attack needs decode")
+  if "reference" in attacks and reference_params is None:
+    raise ValueError("mia_suite: the 'reference' attack needs reference_params")
+  scores: dict[str, list[np.ndarray]] = {a: [] for a in attacks}
+  for qa in (forget, holdout):
+    ids, loss_mask = _rows(qa, "input_ids"), _rows(qa, "loss_mask")
+    no_eos = answer_mask_without_eos(loss_mask)
+    stats = token_stats(lm, params, ids, batch_size=batch_size)
+    full = np.asarray(loss_mask) > 0
+    avg_loss = -(stats["logprob"] * full).sum(1) / np.maximum(full.sum(1), 1)
+    for attack in attacks:
+      if attack == "loss":
+        s = avg_loss
+      elif attack == "zlib":
+        s = zlib_scores(avg_loss, [decode(row[m]) for row, m in zip(ids, no_eos)])
+      elif attack == "reference":
+        ref = token_stats(lm, reference_params, ids, batch_size=batch_size)["logprob"]
+        s = avg_loss + (ref * full).sum(1) / np.maximum(full.sum(1), 1)
+      elif attack == "gradnorm":
+        s = gradnorm_scores(lm, params, ids, no_eos, p=p, batch_size=min(batch_size, 16))
+      elif attack == "min_k":
+        s = min_k_scores(stats["logprob"], no_eos, k)
+      else:
+        s = min_k_plus_plus_scores(stats["logprob"], stats["mu"], stats["sigma"], no_eos, k)
+      scores[attack].append(s)
+  return {f"mia_{a}": mia_auc(*scores[a]) for a in attacks}
+
+
+def memorization(lm: language.LanguageModel, params: Pytree, qa, *, batch_size: int = 64) -> dict[str, float]:
+  """Mean exact memorisation and extraction strength (`exact_memorization`, `extraction_strength`) of a QA set."""
+  ids, loss_mask = _rows(qa, "input_ids"), _rows(qa, "loss_mask")
+  correct = token_stats(lm, params, ids, batch_size=batch_size)["correct"]
+  return {"exact_memorization": float(np.nanmean(exact_memorization(correct, loss_mask))),
+          "extraction_strength": float(np.mean(extraction_strength(correct, loss_mask)))}
+
+
+# ------------------------------------------------------------------------------------------- MUSE VerbMem, KnowMem
+# MUSE's knowledge-memorisation prompt: the in-context examples then the question, in its plain QA format
+# (open-unlearning renders the same turns through the model's chat template).
+KNOWMEM_TEMPLATE = "Question: {question}\nAnswer: {answer}"
+KNOWMEM_STOPWORDS = ("\n\n", "\nQuestion", "Question:")  # open-unlearning's muse knowmem generation_args
+
+
+@functools.cache
+def _rouge_f1_scorer():
+  return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+
+
+def rouge_l_f1(generations: Sequence[str], references: Sequence[str]) -> np.ndarray:
+  """ROUGE-L F1 of each generation against its reference (stemmed; open-unlearning's ``rougeL_f1``)."""
+  if len(generations) != len(references):
+    raise ValueError(f"rouge_l_f1: {len(generations)} generations but {len(references)} references")
+  scorer = _rouge_f1_scorer()
+  return np.array([scorer.score(ref, gen)["rougeL"].fmeasure for gen, ref in zip(generations, references)],
+                  np.float64)
+
+
+def _encode_prompts(encode: Callable[[str], Sequence[int]], texts: Sequence[str], pad_id: int):
+  rows = [list(encode(t)) for t in texts]
+  if any(not r for r in rows):
+    raise ValueError("a prompt encodes to no token")
+  width = max(len(r) for r in rows)
+  ids = np.full((len(rows), width), pad_id, np.int32)
+  for i, r in enumerate(rows):
+    ids[i, :len(r)] = r
+  return ids, np.array([len(r) for r in rows], np.int32)
+
+
+def _cut(text: str, stopwords: Sequence[str]) -> str:
+  for stop in stopwords:
+    text = text.split(stop)[0]
+  return text.strip()
+
+
+def verbmem(lm: language.LanguageModel, params: Pytree, records: Sequence[Mapping[str, str]], *,
+            encode: Callable[[str], Sequence[int]], decode: Callable[[np.ndarray], str],
+            max_new_tokens: int = 128, batch_size: int = 8) -> tuple[float, np.ndarray]:
+  """MUSE VerbMem: mean ROUGE-L F1 of the greedy continuation of each ``record['prompt']`` (the opening of a
+  forget-corpus excerpt) against ``record['gt']`` (its true continuation), MUSE's ``verbmem/forget`` format.
+
+  Returns:
+    ``(mean, per-record scores)``.
+  """
+  for key in ("prompt", "gt"):
+    if any(key not in r for r in records):
+      raise ValueError(f"verbmem: every record needs {key!r} (MUSE's verbmem rows are {{'prompt', 'gt'}})")
+  ids, lens = _encode_prompts(encode, [r["prompt"] for r in records], lm.pad_id)
+  gens = generate_answers(lm, params, ids, lens, decode=decode, max_new_tokens=max_new_tokens,
+                          batch_size=batch_size)
+  scores = rouge_l_f1(gens, [r["gt"] for r in records])
+  return float(scores.mean()), scores
+
+
+def knowmem(lm: language.LanguageModel, params: Pytree, records: Sequence[Mapping[str, str]],
+            icl: Sequence[Mapping[str, str]] = (), *, encode: Callable[[str], Sequence[int]],
+            decode: Callable[[np.ndarray], str], max_new_tokens: int = 32, batch_size: int = 16,
+            template: str = KNOWMEM_TEMPLATE, stopwords: Sequence[str] = KNOWMEM_STOPWORDS,
+            delimiter: str = "\n\n") -> tuple[float, np.ndarray]:
+  """MUSE KnowMem: mean ROUGE-L F1 of the greedy answer to each ``record['question']`` against
+  ``record['answer']``, asked after the ``icl`` examples (MUSE's ``knowmem/*_qa`` and ``*_qa_icl`` rows), the
+  answer cut at the first of ``stopwords``.
+
+  Returns:
+    ``(mean, per-record scores)``.
+  """
+  for rows, name in ((records, "records"), (icl, "icl")):
+    if any("question" not in r or "answer" not in r for r in rows):
+      raise ValueError(f"knowmem: every row of {name} needs 'question' and 'answer'")
+  shots = [template.format(question=r["question"], answer=r["answer"]) for r in icl]
+  query = template.split("{answer}")[0].rstrip()
+  prompts = [delimiter.join(shots + [query.format(question=r["question"])]) for r in records]
+  ids, lens = _encode_prompts(encode, prompts, lm.pad_id)
+  gens = generate_answers(lm, params, ids, lens, decode=decode, max_new_tokens=max_new_tokens,
+                          batch_size=batch_size)
+  scores = rouge_l_f1([_cut(g, stopwords) for g in gens], [r["answer"] for r in records])
+  return float(scores.mean()), scores
