@@ -13,8 +13,8 @@ their config with `lm_config`. Sections, in order:
      its options from ``config.method_options.<name>``; its wall time is measured with ``block_until_ready``.
   5. Every model is scored by `unlearn_jax.evaluation.language.evaluate_lm` (Retrain first, so forget quality and
      PrivLeak of the others are relative to it).
-  6. Robustness of forgetting (``config.robustness.enabled``, `robustness`): every model, Retrain included (the
-     floor), is probed on the forget facts that an attacker does *not* relearn: recall of the facts' values by
+  6. Robustness of forgetting (``config.robustness.enabled``; fictitious facts only, `robustness`): every model,
+     Retrain included (the floor), is probed on the forget facts that an attacker does *not* relearn: recall of the facts' values by
      greedy answers to the original questions, to rephrased questions (`facts.PARAPHRASED_QUESTIONS`) and after
      ``few_shot`` solved examples of the same relation about retain people; then a relearning attack fine-tunes
      it (the one loop, NLL) for a few steps on the other ``relearn_fraction`` of the forget QAs (other facts of
@@ -408,7 +408,7 @@ def run_lm(config, workdir) -> dict:
   title = f"LM unlearning on fictitious facts ({d.forget}, {config.model.preset} GPT, " \
           f"{model_lib.num_params(like):,} parameters)"
   table = format_lm_table(results, title=title)
-  if config.robustness.enabled:
+  if config.robustness.enabled and isinstance(bench, facts.FactsBenchmark):  # the probes are built from the facts
     probes = robustness(config, lm, bench, sets, {row: p for row, (p, _) in models.items()})
     for row, values in probes.items():
       results[row].update(values)
