@@ -31,5 +31,7 @@ setuptools.setup(
         "benchmarks": ["tokenizers>=0.15", "pyarrow>=14"],  # TOFU / MUSE / WMDP files (data/lm_benchmarks.py)
         "tfds": ["tensorflow-datasets>=4.9.7"],
         "plots": ["matplotlib>=3.8"],
+        # what benchmarks/*.py import beyond the library: PyTorch (CPU build from PyPI; pinned, as in "test")
+        "bench": ["torch==2.13.0"],
     },
 )

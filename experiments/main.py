@@ -18,6 +18,11 @@ Config sections:
                   (rebasin, width_lmc); data, methods, compare, cache_dir (language-model studies); diffusion,
                   unet, classifier, sampling (diffusion study)
 
+Compiled programs: JAX's persistent compilation cache is on, in ``~/.cache/unlearn_jax/xla`` (or
+``$JAX_COMPILATION_CACHE_DIR``); ``--compilation_cache=DIR`` moves it, ``--compilation_cache=off`` turns it off.
+Learning rates and a method's main coefficient are arguments of the compiled programs, so a second run, or one with
+another learning rate, loads them instead of compiling again.
+
 Output: only the result table (and short progress bars on a terminal). Library INFO logs (Orbax, JAX) are hidden;
 ``--verbosity=0`` (or ``-v 0``) shows them, ``--verbosity=1`` adds debug logs.
 
@@ -249,6 +254,9 @@ def cli(argv: list[str] | None = None) -> None:
   argv = switch_method(list(sys.argv if argv is None else argv))
   config, workdir = define_flags(flags.FLAGS, argv)
   flags.mark_flags_as_required(["config"])
+  cache = flags.DEFINE_string(
+      "compilation_cache", None, "JAX's persistent compilation cache directory (default: $JAX_COMPILATION_CACHE_DIR "
+      "or ~/.cache/unlearn_jax/xla); 'off' turns it off.")
 
   def parser(args):
     rest = parse_flags(args)
@@ -258,6 +266,11 @@ def cli(argv: list[str] | None = None) -> None:
   def main(rest):
     if len(rest) > 1:
       fail(f"unexpected argument {rest[1]!r}: give options as --config.<key>=<value> or --workdir=<dir>")
+    from unlearn_jax import compilation  # pylint: disable=g-import-not-at-top
+    try:
+      compilation.enable_cache(cache.value)
+    except ValueError as e:
+      fail(e)
     execute(config.value, workdir.value, flags.FLAGS["config"].config_filename)
 
   app.run(main, argv=argv, flags_parser=parser)

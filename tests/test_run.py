@@ -235,7 +235,8 @@ def test_verdict_says_whether_the_method_beats_the_original():
   better = {"UA": 0.08, "RA": 1.0, "TA": 0.9, "MIA": 0.2}  # gap 0.5
   worse = {"UA": 0.5, "RA": 0.8, "TA": 0.7, "MIA": 0.9}
   line = run_lib.verdict({"Retrain": retrain, "Original": original, "m": better}, "m")
-  assert line == "verdict: m is closer to Retrain than the Original is (Avg. Gap 0.50 vs 7.50)."
+  assert line == ("verdict: m is closer to Retrain than the Original is (Avg. Gap 0.50 vs 7.50); m vs Retrain per "
+                  "column (points): UA 2.00, RA 0.00, TA 0.00, MIA 0.00.")
   assert "does NOT beat" in run_lib.verdict({"Retrain": retrain, "Original": original, "m": worse}, "m")
 
 

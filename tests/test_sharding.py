@@ -285,8 +285,9 @@ def test_memory_report_of_the_original_config():
   _, params, _ = model_lib.init(module, jax.random.key(0), jnp.zeros((1, 8, 8, 1)))
   n = model_lib.num_params(params)
   assert report["params"]["total"] == 4 * n and report["params"]["per_device"] == 4 * n  # one device
-  # SGD with momentum: one float32 trace per parameter, and the cosine schedule's int32 step count
-  assert report["opt_state"]["total"] == 4 * n + 4
+  # SGD with momentum: one float32 trace per parameter, the cosine schedule's int32 step count, and the injected
+  # learning rate (float32) with its own step count (train.make_optimizer: optax.inject_hyperparams)
+  assert report["opt_state"]["total"] == 4 * n + 4 + 8
   step = report["step"]
   assert step["argument"] >= 8 * n and step["alias"] >= 8 * n  # params and momentum, donated
   assert step["peak"] == step["argument"] + step["output"] - step["alias"] + step["temp"] + step["generated_code"]

@@ -58,7 +58,8 @@ from unlearn_jax import unlearning
 from unlearn_jax.unlearning import _fisher as fisher
 
 # Bump when a change to training code makes cached Original/Retrain checkpoints stale.
-CACHE_VERSION = 2  # 2: per-epoch keys fold_in(rng, epoch) instead of split(rng, epochs)
+CACHE_VERSION = 3  # 2: per-epoch keys fold_in(rng, epoch) instead of split(rng, epochs)
+# 3: the optimiser state holds the learning rate (train.make_optimizer: optax.inject_hyperparams)
 
 
 @dataclasses.dataclass
@@ -416,12 +417,16 @@ def run_unlearning(config, workdir: str | os.PathLike) -> dict:
 
 
 def verdict(results: dict, name: str) -> str:
-  """One line: whether method ``name`` ends closer to Retrain than the Original (Avg. Gap, in points)."""
+  """One line: whether method ``name`` ends closer to Retrain than the Original (Avg. Gap, in points), and how
+  far from Retrain it is on each column."""
   ours, original = (100 * evaluation.avg_gap(results[k], results["Retrain"]) for k in (name, "Original"))
+  columns = ", ".join(f"{k} {100 * abs(results[name][k] - results['Retrain'][k]):.2f}" for k in evaluation.GAP_KEYS)
+  per_column = f"; {name} vs Retrain per column (points): {columns}."
   if ours < original:
-    return f"verdict: {name} is closer to Retrain than the Original is (Avg. Gap {ours:.2f} vs {original:.2f})."
+    return (f"verdict: {name} is closer to Retrain than the Original is (Avg. Gap {ours:.2f} vs {original:.2f})"
+            + per_column)
   return (f"verdict: {name} does NOT beat doing nothing here: its Avg. Gap {ours:.2f} is not below the "
-          f"Original's {original:.2f}.")
+          f"Original's {original:.2f}" + per_column)
 
 
 def _write_plots(results: dict, workdir: pathlib.Path, reference: str) -> None:

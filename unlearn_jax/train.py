@@ -67,20 +67,28 @@ def make_optimizer(cfg, steps_per_epoch: int, lr=None) -> optax.GradientTransfor
 
   ``sgd`` adds L2 weight decay to the gradient before momentum, as ``torch.optim.SGD`` does; ``adamw`` uses
   decoupled decay; ``adam`` uses L2 like ``torch.optim.Adam``. ``lr`` replaces ``cfg.lr`` (see `make_schedule`).
+
+  The learning rate lives in the optimiser state (`optax.inject_hyperparams`, the schedule's shape times the
+  state's ``learning_rate``: every schedule here is proportional to its peak rate), so a jitted step takes it as an
+  argument: runs that differ only in their learning rate share one compiled program (and the persistent
+  compilation cache's entry).
   """
-  schedule = make_schedule(cfg, steps_per_epoch, lr)
-  wd = cfg.get("weight_decay", 0.0)
   name = cfg.get("optimizer", "sgd")
-  if name == "sgd":
-    momentum = cfg.get("momentum", 0.0) or None
-    opt = optax.sgd(schedule, momentum=momentum, nesterov=bool(cfg.get("nesterov", False)) and bool(momentum))
-  elif name == "adam":
-    opt = optax.adam(schedule)
-  elif name == "adamw":
-    return optax.adamw(schedule, weight_decay=wd)
-  else:
+  if name not in OPTIMIZERS:
     raise ValueError(f"optimizer: unknown {name!r}; choose one of {OPTIMIZERS}")
-  return optax.chain(optax.add_decayed_weights(wd), opt) if wd else opt
+  shape = make_schedule(cfg, steps_per_epoch, 1.0)
+  wd = cfg.get("weight_decay", 0.0)
+  momentum = cfg.get("momentum", 0.0) or None
+  nesterov = bool(cfg.get("nesterov", False)) and bool(momentum)
+
+  def build(learning_rate):
+    schedule = lambda count: learning_rate * shape(count)
+    if name == "adamw":
+      return optax.adamw(schedule, weight_decay=wd)
+    opt = optax.sgd(schedule, momentum=momentum, nesterov=nesterov) if name == "sgd" else optax.adam(schedule)
+    return optax.chain(optax.add_decayed_weights(wd), opt) if wd else opt
+
+  return optax.inject_hyperparams(build)(learning_rate=cfg.lr if lr is None else lr)
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:

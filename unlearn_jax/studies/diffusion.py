@@ -54,7 +54,7 @@ from unlearn_jax.unlearning import generation
 
 Pytree = Any
 EXPERIMENT = "diffusion"
-CACHE_VERSION = 2  # 2: train.run_epochs keys epochs with fold_in
+CACHE_VERSION = 3  # 2: train.run_epochs keys epochs with fold_in; 3: the optimiser state holds the learning rate
 DATASETS = ("digits", "cifar10")
 COMPARED = ("salun", "rl", "ga", "esd")
 ROW_NAMES = {"salun": "SalUn", "rl": "RL", "ga": "GA", "esd": "ESD"}

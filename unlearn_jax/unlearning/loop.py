@@ -227,14 +227,17 @@ def unlearn_loop(model, params, state, forget: split_lib.Split | None, retain: s
                  forget_batch_size: int | None = None, mask: Pytree | None = None, mask_mode: str = "freeze",
                  augment=None, mesh=None, rules=None, log: Callable[[str], None] | None = None,
                  desc: str = "unlearn", anchor: str = "retain",
-                 on_epoch: Callable[[int, Pytree, Pytree], bool | None] | None = None):
+                 on_epoch: Callable[[int, Pytree, Pytree], bool | None] | None = None, coef=None):
   """Runs an unlearning objective with an optax optimiser; returns ``(params, state, history)``.
 
   Args:
     model: the network (the objective's terms close over it; kept for symmetry with methods).
     params, state: starting point (the Original); not modified.
     forget, retain: the splits the forget and retain terms read; a term whose split is None must be None.
-    objective: the forget and retain terms.
+    objective: the forget and retain terms; with ``coef``, a function ``objective(coef) -> Objective``.
+    coef: optional scalar (a method's main coefficient: NegGrad+'s beta, l1-sparse's alpha) handed to
+      ``objective`` as a traced argument of the jitted epochs, so runs that differ only in it share one program,
+      as runs that differ only in the learning rate do (`unlearn_jax.train.make_optimizer`).
     tx: the optimiser. A ``mask`` is chained after it (``'freeze'``) or before it (``'gradient'``).
     epochs: passes over the data. The current epoch (an int32 scalar) is handed to the terms, so
       epoch-dependent weights (l1-sparse's decaying alpha) need no recompilation.
@@ -273,7 +276,9 @@ def unlearn_loop(model, params, state, forget: split_lib.Split | None, retain: s
   tx = masked_optimizer(tx, mask, mask_mode)
   params, state = jax.tree.map(jnp.copy, (params, state))  # donation never touches the caller's arrays
   opt_state = sharding_lib.init_opt_state(tx, params, mesh, rules)
-  return _run(lambda hyper: (objective, tx), None, params, state, opt_state, forget, retain, epochs=epochs,
+  make = (lambda c: (objective(c), tx)) if coef is not None else (lambda _: (objective, tx))
+  hyper = jnp.asarray(coef, jnp.float32) if coef is not None else None
+  return _run(make, hyper, params, state, opt_state, forget, retain, epochs=epochs,
               batch_size=batch_size, rng=rng, schedule=schedule, forget_epochs=forget_epochs,
               forget_batch_size=forget_batch_size, augment=augment, mesh=mesh, log=log, desc=desc, anchor=anchor,
               on_epoch=on_epoch)

@@ -108,8 +108,12 @@ def run_plan(model, params, state, forget, retain, plan: Plan, opts, rng):
   kw = loop_kwargs(plan, opts, forget, retain)
   tx = train_lib.make_optimizer(opts, kw.pop("steps"))
   mask = plan.mask(coef) if plan.mask is not None else None
+  # a scalar coefficient (beta, alpha) is a traced argument of the loop; a mask coefficient (SalUn's fraction)
+  # only shapes the mask, which the optimiser state carries
+  scalar = plan.coef is not None and plan.mask is None
   params, state, _ = loop.unlearn_loop(model, params, state, kw.pop("forget"), kw.pop("retain"),
-                                       objective=plan.objective(coef), tx=tx, rng=rng, mask=mask, **kw)
+                                       objective=plan.objective if scalar else plan.objective(coef), tx=tx,
+                                       rng=rng, mask=mask, coef=coef if scalar else None, **kw)
   return params, state
 
 

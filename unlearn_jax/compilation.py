@@ -1,0 +1,98 @@
+"""Compile once: JAX's persistent compilation cache for the runner, and a counter of real XLA compilations.
+
+The experiment runner (`experiments.main`, flag ``--compilation_cache``) turns the cache on by default, in
+`default_dir`, so a second run, and a run that differs only in a learning rate or a method's main coefficient
+(both enter the jitted programs as arguments: `unlearn_jax.train.make_optimizer`, `unlearn_jax.unlearning.loop`),
+loads its compiled programs instead of compiling them again.
+
+Example:
+    >>> compilation.enable_cache()               # ~/.cache/unlearn_jax/xla, or $JAX_COMPILATION_CACHE_DIR
+    >>> with compilation.count() as compiled:
+    ...   run.run(config, workdir)
+    >>> compiled.misses                          # programs XLA really compiled (not loaded from the cache)
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+
+import jax
+from jax import monitoring
+
+OFF = ("off", "none", "false", "0", "")
+# Programs compiling faster than this are not written: reading many tiny entries costs about what compiling them
+# does, so the cache holds the programs that matter (the training and unlearning epochs, the evaluators).
+MIN_COMPILE_SECONDS = 0.1
+
+
+def default_dir() -> str:
+  """``$JAX_COMPILATION_CACHE_DIR`` if set (the test suite's session cache), else
+  ``$XDG_CACHE_HOME/unlearn_jax/xla`` (``~/.cache/unlearn_jax/xla``)."""
+  if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+    return os.environ["JAX_COMPILATION_CACHE_DIR"]
+  base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+  return os.path.join(base, "unlearn_jax", "xla")
+
+
+def enable_cache(directory: str | None = None) -> str | None:
+  """Turns JAX's persistent compilation cache on in ``directory`` (default `default_dir`); ``'off'`` turns it
+  off. Call before the first compilation. Returns the directory used, or None when off.
+
+  Raises:
+    ValueError: if ``directory`` exists and is not a directory.
+  """
+  directory = default_dir() if directory is None else str(directory)
+  if directory.strip().lower() in OFF:
+    jax.config.update("jax_enable_compilation_cache", False)
+    return None
+  directory = os.path.expanduser(directory)
+  if os.path.exists(directory) and not os.path.isdir(directory):
+    raise ValueError(f"--compilation_cache={directory}: not a directory")
+  jax.config.update("jax_enable_compilation_cache", True)
+  jax.config.update("jax_compilation_cache_dir", directory)
+  if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", MIN_COMPILE_SECONDS)
+  return directory
+
+
+@dataclasses.dataclass
+class Compilations:
+  """What `count` saw: ``misses`` programs compiled by XLA (the persistent cache did not have them), ``hits``
+  programs loaded from it, ``requests`` lowered programs handed to the compiler in all."""
+  misses: int = 0
+  hits: int = 0
+  requests: int = 0
+
+
+_EVENTS = {"/jax/compilation_cache/cache_misses": "misses", "/jax/compilation_cache/cache_hits": "hits",
+           "/jax/core/compile/backend_compile_duration": "requests"}
+_ACTIVE: list[Compilations] = []
+
+
+def _on_event(event: str, *args, **kwargs) -> None:
+  del args, kwargs
+  field = _EVENTS.get(event)
+  if field is not None:
+    for counter in _ACTIVE:
+      setattr(counter, field, getattr(counter, field) + 1)
+
+
+_registered = []
+
+
+@contextlib.contextmanager
+def count():
+  """Counts, inside the ``with`` block, the programs XLA compiles and those the persistent cache serves (JAX's
+  monitoring events; ``misses``/``hits`` need the cache on). A program the in-memory jit cache already holds is
+  neither."""
+  if not _registered:
+    monitoring.register_event_listener(_on_event)
+    monitoring.register_event_duration_secs_listener(_on_event)
+    _registered.append(True)
+  counter = Compilations()
+  _ACTIVE.append(counter)
+  try:
+    yield counter
+  finally:
+    _ACTIVE.remove(counter)
