@@ -28,7 +28,11 @@ Output: only the result table (and short progress bars on a terminal). Library I
 
 Errors: a bad config value, an unknown key or a bad config path prints one line (``error: config.forget.fraction=
 1.5: must be in (0, 1)``) and exits with status 2 before any work, as does a config file that fails to import
-(``error: --config=x.py, line 3: SyntaxError: ...``) or a stray argument; other errors show their traceback.
+(``error: --config=x.py, line 3: SyntaxError: ...``), a stray argument or an empty ``--workdir=``. Faults print one
+line and exit with status 1: a workdir that is a file, unwritable or busy with another run (``error: workdir W: in
+use by another run (pid 123) ...``), a full disk or read-only mount (the temporary files of the write are removed),
+a corrupt checkpoint brought in by ``from_checkpoint``; ``--verbosity`` keeps their traceback. Other errors show
+their traceback.
 
 Switching method: ``--config.method.name=X`` on a method config runs ``configs/X.py`` (same ``:arg``) instead, so X
 starts from its own defaults and ``--config.method.<X option>=v`` works (a method without a config file starts from
@@ -49,6 +53,7 @@ from ml_collections import config_dict
 from ml_collections import config_flags
 
 EXIT_CONFIG_ERROR = 2
+EXIT_FAULT = 1
 _METHOD_NAME = re.compile(r"^--?config\.method\.name=(.*)$")
 _CONFIG_PATH = re.compile(r"^--?config=(.*)$")
 _OVERRIDE = re.compile(r"^--?(?:no)?config\.([^=]+)")
@@ -222,6 +227,19 @@ def parse_flags(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) ->
   return []
 
 
+def fault(error: BaseException):
+  """A fault of the machine or the files (full disk, read-only or busy workdir, a corrupt checkpoint): prints
+  ``error: <what and where>`` (one line) to stderr and exits with status 1; ``--verbosity`` keeps the traceback."""
+  if flags.FLAGS.is_parsed() and flags.FLAGS["verbosity"].present:
+    raise error
+  if isinstance(error, OSError) and error.strerror:
+    message = error.strerror + (f": {error.filename}" if error.filename else "")
+  else:
+    message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+  print(f"error: {' '.join(message.split())}", file=sys.stderr)
+  sys.exit(EXIT_FAULT)
+
+
 def is_config_error(error: BaseException) -> bool:
   """Whether ``error`` is a bad config value (a ValueError naming ``config.<key>``), not a runtime failure."""
   message = str(error)
@@ -230,17 +248,23 @@ def is_config_error(error: BaseException) -> bool:
 
 def execute(config, workdir: str | None, config_path: str) -> dict:
   """Runs ``config`` (default workdir ``workdir/<config file name>``); config errors exit via `fail`."""
-  from unlearn_jax import run  # pylint: disable=g-import-not-at-top
+  from unlearn_jax import checkpoint, run  # pylint: disable=g-import-not-at-top
+  if workdir == "":
+    fail("--workdir=: empty; give a directory, or leave the flag out for workdir/<config name>")
   if workdir is None:
     same = os.path.abspath(config_path) == os.path.abspath(__file__)  # the `get_config` fallback: name the method
     name = config.method.name if same else os.path.splitext(os.path.basename(config_path))[0]
     workdir = os.path.join("workdir", name)
   try:
     return run.run(config, workdir)
+  except checkpoint.CorruptCheckpointError as e:
+    fault(e)
   except ValueError as e:
     if is_config_error(e):
       fail(e)
     raise
+  except OSError as e:
+    fault(e)
 
 
 def quiet_logging() -> None:

@@ -233,3 +233,20 @@ def test_corrupt_newest_progress_step_resumes_from_the_older_one(tmp_path, caplo
   warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
   assert len(warnings) == 1 and str(tmp_path / "p") in warnings[0] and "resuming after epoch 1" in warnings[0]
   assert sorted(os.listdir(tmp_path / "p")) == ["2"] and len(list(tmp_path.glob("p.corrupt-*"))) == 1
+
+
+def test_a_save_that_fails_half_way_leaves_nothing_and_says_where(tmp_path, monkeypatch):
+  import errno  # pylint: disable=g-import-not-at-top
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  written = []
+
+  async def full_disk(self, directory, *args, **kwargs):  # fails when awaited, as a real write does
+    written.append(os.fspath(directory))  # inside the step's temporary directory, which exists by now
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+  monkeypatch.setattr(ocp.StandardCheckpointHandler, "async_save", full_disk)
+  with pytest.raises(checkpoint.CheckpointWriteError, match=f"cannot write checkpoint {tmp_path / 'ck'}: "
+                                                            "OSError: .*No space left on device"):
+    checkpoint.save(tmp_path / "ck", PARAMS, STATE)
+  assert written and "orbax-checkpoint-tmp" in written[0]
+  assert not (tmp_path / "ck").exists()  # the temporary step directory (and the empty checkpoint one) removed

@@ -361,3 +361,26 @@ def test_entry_point_stray_argument_exits_2_with_one_line(tmp_path):
   assert out.returncode == 2 and out.stderr.count("\n") == 1 and "unexpected argument 'stray'" in out.stderr, \
       out.stderr
   assert not (tmp_path / "w").exists()
+
+
+def fault_line(capsys, fn, *args) -> str:
+  """Calls ``fn(*args)``, which must exit with status 1 printing one line; returns that line."""
+  with pytest.raises(SystemExit) as exit_info:
+    fn(*args)
+  assert exit_info.value.code == 1
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1 and err.startswith("error: "), err
+  return err.strip()
+
+
+def test_unusable_workdirs_are_one_line(tmp_path, capsys):
+  from unlearn_jax import files  # pylint: disable=g-import-not-at-top
+  config = parse("--config=configs/original.py", *TINY)
+  (tmp_path / "file").write_text("")
+  line = fault_line(capsys, cli.execute, config, str(tmp_path / "file"), "configs/original.py")
+  assert line == f"error: workdir {tmp_path / 'file'}: is a file, not a directory"
+  with files.workdir_lock(tmp_path / "busy"):
+    line = fault_line(capsys, cli.execute, config, str(tmp_path / "busy"), "configs/original.py")
+    assert line.startswith(f"error: workdir {tmp_path / 'busy'}: in use by another run (pid {os.getpid()})")
+    assert sorted(os.listdir(tmp_path / "busy")) == [".lock"]
+  assert error_line(capsys, cli.execute, config, "", "configs/original.py").startswith("error: --workdir=: empty")

@@ -43,11 +43,16 @@ Example:
 """
 from __future__ import annotations
 
+import contextlib
+import errno
+import glob
 import hashlib
 import json
+import logging as pylogging
 import os
 import shutil
 import sys
+import threading
 import time
 from typing import Any, Callable
 
@@ -113,9 +118,25 @@ def _save_step(mngr: ocp.CheckpointManager, step: int, tree: Pytree, metadata: d
     mngr.delete(step)
   meta = _canonical(metadata or {})
   meta[DIGEST_KEY] = {"arrays": digest(tree), "meta": _json_digest(meta)}
-  mngr.save(step, args=ocp.args.Composite(model=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(meta)),
-            force=True)
-  mngr.wait_until_finished()
+  threads = set(threading.enumerate())
+  try:
+    with _quiet_orbax_errors():
+      mngr.save(step, args=ocp.args.Composite(model=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(meta)),
+                force=True)
+      mngr.wait_until_finished()
+  except Exception as e:  # pylint: disable=broad-except  (a full disk, a read-only mount: TensorStore wraps them)
+    directory = os.fspath(mngr.directory)
+    _quiet_closed_loops()
+    with contextlib.suppress(Exception), _quiet_orbax_errors():
+      mngr.close()  # the caller drops mngr
+      deadline = time.monotonic() + 30
+      for thread in set(threading.enumerate()) - threads:  # Orbax's threads of this save are done with the
+        thread.join(timeout=max(0.0, deadline - time.monotonic()))  # temporary directory before it goes
+    for tmp in glob.glob(os.path.join(glob.escape(directory), f"{step}.orbax-checkpoint-tmp*")):
+      shutil.rmtree(tmp, ignore_errors=True)  # nothing half-written stays behind
+    with contextlib.suppress(OSError):
+      os.rmdir(directory)  # if it holds nothing else now
+    raise CheckpointWriteError(errno.EIO, f"cannot write checkpoint {directory}: {_first_line(e)}") from e
 
 
 def _verify(directory, tree: Pytree, meta: dict) -> dict:
@@ -190,6 +211,10 @@ def _compare(directory, stored: Pytree, expected: Pytree) -> None:
                      f"in the model")
 
 
+class CheckpointWriteError(OSError):
+  """A checkpoint that could not be written (full disk, read-only mount...); its temporary directory is removed."""
+
+
 class CorruptCheckpointError(ValueError):
   """A checkpoint directory whose metadata or arrays cannot be read (not a mismatch with the model)."""
 
@@ -202,15 +227,39 @@ def _first_line(error: BaseException) -> str:
   return f"{type(error).__name__}: " + (line if len(line) <= 400 else line[:400] + "...")
 
 
+class _DropOrbaxErrors(pylogging.Filter):
+
+  def filter(self, record: pylogging.LogRecord) -> bool:
+    return not (record.levelno >= pylogging.ERROR and f"{os.sep}orbax{os.sep}" in record.pathname)
+
+
+@contextlib.contextmanager
+def _quiet_orbax_errors():
+  """While Orbax reads or writes here, its own ERROR logs (each a traceback of the failure, from its threads) are
+  dropped when absl logs at WARNING or above (the command line's default): the failure reaches the caller as
+  one `CheckpointWriteError` / `CorruptCheckpointError` line instead. ``--verbosity=0`` keeps them."""
+  if logging.get_verbosity() >= logging.INFO:
+    yield
+    return
+  _quiet_closed_loops()
+  logger, drop = pylogging.getLogger("absl"), _DropOrbaxErrors()
+  logger.addFilter(drop)
+  try:
+    yield
+  finally:
+    logger.removeFilter(drop)
+
+
 def _closed_loop_noise(unraisable) -> bool:
   return unraisable.exc_type is RuntimeError and str(unraisable.exc_value) == "Event loop is closed"
 
 
 def _quiet_closed_loops() -> None:
   """Drops the ``RuntimeError: Event loop is closed`` tracebacks that TensorStore reads still in flight print
-  (through `sys.unraisablehook`, from their threads, possibly after the restore has returned) once a failed
-  read made Orbax close its event loop; any other unraisable exception reaches the previous hook. Installed
-  once, when a corrupt checkpoint is found, so that it reads as the one-line warning it is."""
+  (through `sys.unraisablehook`, from their threads, possibly after the call has returned) once a failed read or
+  write made Orbax close its event loop; any other unraisable exception reaches the previous hook. Installed
+  once, by the first quiet Orbax call (`_quiet_orbax_errors`) or corrupt checkpoint, so that a failure reads as
+  the one line it is."""
   previous = sys.unraisablehook
   if getattr(previous, "_drops_closed_loops", False):
     return
@@ -225,7 +274,8 @@ def _quiet_closed_loops() -> None:
 
 def _check_step(directory, mngr: ocp.CheckpointManager, step: int, expected: Pytree) -> None:
   try:
-    stored = mngr.item_metadata(step)["model"]
+    with _quiet_orbax_errors():
+      stored = mngr.item_metadata(step)["model"]
   except (ValueError, KeyError, TypeError, OSError) as e:
     _quiet_closed_loops()
     raise CorruptCheckpointError(f"checkpoint {directory}: cannot read its metadata ({_first_line(e)})") from e
@@ -238,8 +288,9 @@ def _check_step(directory, mngr: ocp.CheckpointManager, step: int, expected: Pyt
 def _restore_step(directory, mngr: ocp.CheckpointManager, step: int, expected: Pytree) -> tuple[Pytree, dict]:
   _check_step(directory, mngr, step, expected)
   try:
-    out = mngr.restore(step, args=ocp.args.Composite(model=ocp.args.StandardRestore(_abstract(expected)),
-                                                     meta=ocp.args.JsonRestore()))
+    with _quiet_orbax_errors():
+      out = mngr.restore(step, args=ocp.args.Composite(model=ocp.args.StandardRestore(_abstract(expected)),
+                                                       meta=ocp.args.JsonRestore()))
   except Exception as e:  # pylint: disable=broad-except  (the tree matched: TensorStore / JSON cannot read it)
     _quiet_closed_loops()
     raise CorruptCheckpointError(f"checkpoint {directory}: cannot read it ({_first_line(e)})") from e
@@ -454,7 +505,11 @@ class EpochCheckpoints:
     """Saves ``tree`` and ``metadata`` (which must hold ``epoch`` and ``epochs``) as step ``epoch``."""
     if metadata.get("epoch") != epoch or "epochs" not in metadata:
       raise ValueError(f"metadata must hold 'epoch'={epoch} and 'epochs', got keys {sorted(metadata)}")
-    _save_step(self._manager(create=True), epoch, tree, metadata)
+    try:
+      _save_step(self._manager(create=True), epoch, tree, metadata)
+    except CheckpointWriteError:
+      self._mngr = None  # closed by the failed save
+      raise
     self._last = time.monotonic()
 
   def close(self) -> None:

@@ -50,6 +50,7 @@ from unlearn_jax import checkpoint
 from unlearn_jax import config as config_lib
 from unlearn_jax import data
 from unlearn_jax import evaluation
+from unlearn_jax import files
 from unlearn_jax import model as model_lib
 from unlearn_jax import models
 from unlearn_jax import sharding
@@ -363,10 +364,16 @@ def eval_splits(splits: data.UnlearningSplits) -> data.UnlearningSplits:
 def run(config, workdir: str | os.PathLike) -> dict:
   """Runs the pipeline ``config.experiment`` names (``unlearning`` by default) and writes its results.
 
+  The run holds ``workdir``'s lock (`unlearn_jax.files.workdir_lock`) throughout: a second run on the same
+  directory stops at once naming this one's pid.
+
   Raises:
     ValueError: for an unknown ``config.experiment`` or any bad config value, before any work.
+    unlearn_jax.files.WorkdirError: ``workdir`` is empty, a file, unwritable or busy with another run.
   """
-  return pipeline(config.get("experiment", "unlearning"))(config, workdir)
+  fn = pipeline(config.get("experiment", "unlearning"))
+  with files.workdir_lock(workdir):
+    return fn(config, workdir)
 
 
 def run_unlearning(config, workdir: str | os.PathLike) -> dict:
