@@ -17,10 +17,11 @@ Kaplan et al. 2020 / PaLM approximation: forward + backward, attention FLOPs ign
 
 ``--methods=npo,undial,...`` times instead one optimiser step of each LM unlearning method of
 `unlearn_jax.unlearning.language` (its forget term on one batch and its retain term on another, AdamW, the
-method's mask applied to the gradients) at the same shape, and prints each one's step time relative to NPO's:
+method's mask applied to the gradients) at the same shape, and prints each one's step time relative to NPO's
+(``relearn``: one step of the study's relearning attack, NLL fine-tuning on forget QAs):
 
   python benchmarks/lm_step.py --config=tiny --batch=32 --seq=48 --steps=20 \
-      --methods=npo,graddiff,simnpo,altpo,undial,ceu,satimp,wga,pdu,flat,wagle
+      --methods=npo,graddiff,simnpo,altpo,undial,ceu,satimp,wga,pdu,flat,wagle,relearn
 
 ``--lora_rank=8`` times instead NPO's unlearning step as the loop runs it
 (`unlearn_jax.unlearning.language.unlearning_step`: forget + retain batch, AdamW) with all weights trained and
@@ -47,6 +48,7 @@ from absl import flags
 from unlearn_jax import language
 from unlearn_jax.data.split import Split
 from unlearn_jax.unlearning import language as lm_unlearning
+from unlearn_jax.unlearning import loop
 from unlearn_jax.unlearning import teachers
 from unlearn_jax.unlearning.language import tokenwise
 from unlearn_jax.model import num_params
@@ -118,10 +120,14 @@ def method_step_times(cfg: gpt.GPTConfig, name: str) -> list[float]:
   params = gpt.init_params(cfg, jax.random.key(0))
   fx, rx = _qa_batch(cfg, 1), _qa_batch(cfg, 2)
   split = lambda x: Split(x, jnp.zeros((_BATCH.value,), jnp.int32))
-  opts = lm_unlearning.method_config(name, {"batch_size": _BATCH.value})
-  objective, frozen, mask = lm_unlearning.build(name, lm, params, opts, forget=split(fx), retain=split(rx),
-                                                holdout=None, rng=jax.random.key(1))
-  state = teachers.carry(tokenwise.init_dual(opts.alpha) if name == "pdu" else {}, frozen)
+  if name == "relearn":  # the relearning attack: plain NLL fine-tuning on forget QAs (the study's robustness)
+    objective, frozen, mask, alpha = loop.Objective(forget=lm_unlearning.objectives.nll(lm)), {}, None, 0.0
+  else:
+    opts = lm_unlearning.method_config(name, {"batch_size": _BATCH.value})
+    objective, frozen, mask = lm_unlearning.build(name, lm, params, opts, forget=split(fx), retain=split(rx),
+                                                  holdout=None, rng=jax.random.key(1))
+    alpha = opts.get("alpha", 0.0)
+  state = teachers.carry(tokenwise.init_dual(alpha) if name == "pdu" else {}, frozen)
   tx = optax.adamw(_LR.value, weight_decay=0.01)
   params = jax.tree.map(jnp.copy, params)  # the frozen reference keeps the Original's buffers: donate a copy
   opt_state = tx.init(params)

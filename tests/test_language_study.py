@@ -7,6 +7,7 @@ import pytest
 from configs import lm_npo
 from tests import subprocesses
 from unlearn_jax import run as run_lib
+from unlearn_jax.evaluation import language as lm_eval
 from unlearn_jax.studies import language
 
 
@@ -30,6 +31,7 @@ def test_lm_study_tiny_runs_every_method_and_caches(tmp_path):
   # second run: Original and Retrain come from the cache; with the robustness probes and the relearning attack
   config.compare = ("ga",)
   config.robustness.enabled = True
+  config.eval.open_unlearning = True
   again = run_lib.run(config, tmp_path)
   assert again["restored"] == {"Original": True, "Retrain": True}
   assert again["results"]["Original"]["forget_prob"] == pytest.approx(results["Original"]["forget_prob"], rel=1e-6)
@@ -38,6 +40,7 @@ def test_lm_study_tiny_runs_every_method_and_caches(tmp_path):
     for key in ("probe_recall", "relearn_recall", "rephrased_recall", "few_shot_recall"):
       assert 0.0 <= r[key] <= 1.0, (row, key, r)
     assert r["relearn_seconds"] > 0
+    assert all(0.0 <= r[f"mia_{a}"] <= 1.0 for a in lm_eval.MIA_ATTACKS) and 0.0 <= r["extraction_strength"] <= 1.0
   assert "Robustness: recall of the probed forget facts" in again["table"]
 
 

@@ -106,7 +106,8 @@ def lm_config(method: str, arg: str | None = None, *, compare: tuple[str, ...] |
     train / retrain: fine-tuning of the Original (all facts) and Retrain (without the forget people).
     compare: methods run, in table order; methods: every method's options (``--config.methods.npo.lr=...``).
     eval: ``batch_size``, ``max_new_tokens`` of the greedy answers, ``rouge_rows`` (None: every row),
-      ``sae`` (score the SAE separation with the SAE probe of ``methods.sae``: its ``layer`` and ``sae_*``
+      ``open_unlearning`` (add open-unlearning's MIA AUCs ``mia_*`` with Retrain as the reference model, and the
+      forget set's ``exact_memorization`` / ``extraction_strength``), ``sae`` (score the SAE separation with the SAE probe of ``methods.sae``: its ``layer`` and ``sae_*``
       options; the SAE method unlearns against the same probe).
   """
   if method not in lm_unlearning.METHODS:
@@ -130,7 +131,7 @@ def lm_config(method: str, arg: str | None = None, *, compare: tuple[str, ...] |
                                          for name in lm_unlearning.METHODS})
   c.methods[method].update(options)
   c.eval = ml_collections.ConfigDict(dict(batch_size=128, max_new_tokens=16, rouge_rows=config_dict.placeholder(int),
-                                          sae=True))
+                                          sae=True, open_unlearning=False))
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, multihost=False))
   # Relearning attack: constant-lr AdamW fine-tuning (NLL) on ``relearn_fraction`` of the forget QAs.
   c.robustness = ml_collections.ConfigDict(dict(
@@ -402,6 +403,10 @@ def run_lm(config, workdir) -> dict:
     metrics = {k: float(v) for k, v in metrics.items()}
     if probe is not None:
       metrics["sae_separation"] = lm_unlearning.sae_separation(lm, params, probe, forget.x)
+    if e.open_unlearning and "holdout" in sets:  # MIA suite (Retrain as the reference model), EM and ES
+      metrics.update(lm_eval.mia_suite(lm, params, sets["forget"], sets["holdout"], decode=bench.tokenizer.decode,
+                                       reference_params=models["Retrain"][0], batch_size=e.batch_size))
+      metrics.update(lm_eval.memorization(lm, params, sets["forget"], batch_size=e.batch_size))
     metrics["seconds"] = float(seconds) if seconds is not None else float("nan")
     metrics.update(trained.get(row, {}))
     results[row] = metrics
