@@ -186,29 +186,17 @@ def test_simnpo_normalises_by_length_and_subtracts_delta_inside():
   assert abs(gamma * wrong - got) > 0.05 * abs(got)
 
 
-def test_idk_dpo_prefers_idk_over_true_answer():
+@pytest.mark.parametrize("win,beta", [("idk", 0.1), ("alt", 0.3)])  # IdkDPO, AltPO
+def test_dpo_prefers_idk_or_alternate_over_true_answer(win, beta):
   ref, cur, x = setup()
   lose, _ = np_seq(cur, x["input_ids"], x["loss_mask"])
   lose_ref, _ = np_seq(ref, x["input_ids"], x["loss_mask"])
-  win, _ = np_seq(cur, x["idk_input_ids"], x["idk_loss_mask"])
-  win_ref, _ = np_seq(ref, x["idk_input_ids"], x["idk_loss_mask"])
-  beta = 0.1
-  want = -(2 / beta) * np.mean(log_sigmoid(beta * ((win - win_ref) - (lose - lose_ref))))
-  got, _ = term_value(obj.idk_dpo(LM, beta=beta), cur, {obj.REFERENCE: ref}, x)
+  won, _ = np_seq(cur, x[f"{win}_input_ids"], x[f"{win}_loss_mask"])
+  won_ref, _ = np_seq(ref, x[f"{win}_input_ids"], x[f"{win}_loss_mask"])
+  want = -(2 / beta) * np.mean(log_sigmoid(beta * ((won - won_ref) - (lose - lose_ref))))
+  got, m = term_value(obj.idk_dpo(LM, beta=beta, win=win), cur, {obj.REFERENCE: ref}, x)
   np.testing.assert_allclose(got, want, rtol=1e-5)
-
-
-def test_altpo_prefers_alternate_answer():
-  ref, cur, x = setup()
-  lose, _ = np_seq(cur, x["input_ids"], x["loss_mask"])
-  lose_ref, _ = np_seq(ref, x["input_ids"], x["loss_mask"])
-  win, _ = np_seq(cur, x["alt_input_ids"], x["alt_loss_mask"])
-  win_ref, _ = np_seq(ref, x["alt_input_ids"], x["alt_loss_mask"])
-  beta = 0.3
-  want = -(2 / beta) * np.mean(log_sigmoid(beta * ((win - win_ref) - (lose - lose_ref))))
-  got, m = term_value(obj.idk_dpo(LM, beta=beta, win="alt"), cur, {obj.REFERENCE: ref}, x)
-  np.testing.assert_allclose(got, want, rtol=1e-5)
-  np.testing.assert_allclose(float(m["alt_logp"]), win.mean(), rtol=1e-5)
+  np.testing.assert_allclose(float(m[f"{win}_logp"]), won.mean(), rtol=1e-5)
 
 
 # ---- token-level objectives (UNDIAL, CE-U, WGA, SatImp, PDU, FLAT) -------------------------------------------
