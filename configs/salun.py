@@ -1,13 +1,14 @@
 r"""SalUn (saliency unlearning): random labels on the forget set, only the most salient weights move.
 
-Command (2-core CPU, digits, MLP, 10% random forget; about 30 s including training Original and Retrain,
-a few seconds once they are cached; this is `make demo`):
-
-  python -m experiments.main --config=configs/salun.py --workdir=workdir/salun
-
-MNIST-1D (4000 train rows, an MLP that memorises them, so Retrain forgets a third of the forget set):
+MNIST-1D (4000 train rows, an MLP that memorises them, so Retrain forgets a third of the forget set; this is
+`make demo`, 26-47 s on a quiet 2-core CPU including training Original and Retrain, a third of that once they,
+the generated data and the compiled programs are cached; README's first table):
 
   python -m experiments.main --config=configs/salun.py:mnist1d --workdir=workdir/salun_mnist1d
+
+Digits (MLP, 10% random forget; about 30 s including training Original and Retrain):
+
+  python -m experiments.main --config=configs/salun.py --workdir=workdir/salun
 
 GPU command, the SalUn paper's CIFAR-10 setting (ResNet-18, 10% random forget; Original trained 182 epochs
 at lr 0.1; SalUn 10 epochs at lr 0.013 with mask fraction 0.5, as in the SalUn README):

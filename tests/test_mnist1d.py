@@ -82,3 +82,20 @@ def test_cnn1d_matches_numpy_convolution():
   want = h @ np.asarray(params["fc"]["kernel"]) + np.asarray(params["fc"]["bias"])
   got = module.apply({"params": params}, x)
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_mnist1d_arrays_are_kept_on_disk_and_read_back(tmp_path, no_network):
+  a = load_dataset("mnist1d", num_samples=200, data_dir=str(tmp_path), normalization="none")  # generated, written
+  (stored,) = tmp_path.glob("mnist1d-*-n200-shuffle0-seed42.npz")
+  b = load_dataset("mnist1d", num_samples=200, data_dir=str(tmp_path), normalization="none")  # read back
+  for s, t in ((a.train, b.train), (a.test, b.test)):
+    np.testing.assert_array_equal(s.x, t.x)
+    np.testing.assert_array_equal(s.y, t.y)
+  with np.load(stored) as raw:
+    arrays = {k: raw[k] for k in raw.files}
+  np.testing.assert_array_equal(arrays["x"].astype(np.float32)[..., None], a.train.x)
+  arrays["x"] = arrays["x"] + 1.0  # the file, not a regeneration, is what a later call reads
+  with open(stored, "wb") as f:
+    np.savez(f, **arrays)
+  c = load_dataset("mnist1d", num_samples=200, data_dir=str(tmp_path), normalization="none")
+  np.testing.assert_allclose(c.train.x, a.train.x + 1.0, rtol=1e-6, atol=1e-6)

@@ -20,6 +20,8 @@ import os
 import jax
 from jax import monitoring
 
+from unlearn_jax import files
+
 OFF = ("off", "none", "false", "0", "")
 # Programs compiling faster than this are not written: reading many tiny entries costs about what compiling them
 # does, so the cache holds the programs that matter (the training and unlearning epochs, the evaluators).
@@ -29,10 +31,7 @@ MIN_COMPILE_SECONDS = 0.1
 def default_dir() -> str:
   """``$JAX_COMPILATION_CACHE_DIR`` if set (the test suite's session cache), else
   ``$XDG_CACHE_HOME/unlearn_jax/xla`` (``~/.cache/unlearn_jax/xla``)."""
-  if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
-    return os.environ["JAX_COMPILATION_CACHE_DIR"]
-  base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-  return os.path.join(base, "unlearn_jax", "xla")
+  return os.environ.get("JAX_COMPILATION_CACHE_DIR") or files.user_cache_dir("xla")
 
 
 def enable_cache(directory: str | None = None) -> str | None:

@@ -2,6 +2,7 @@
 
 * `atomic_file` writes next to the target and renames, with the mode an ordinary ``open`` would give (the
   process umask applied to 0o666), not `tempfile.mkstemp`'s 0600.
+* `user_cache_dir`: where the library keeps its user caches (compiled programs, generated data).
 * `workdir_lock` holds an advisory ``fcntl.flock`` lock on ``<workdir>/.lock`` (which records the holder's pid)
   for the length of a run, so a second run on a busy working directory stops at once with one line naming the
   first one's pid instead of racing it (two runs would train the same stages twice and remove each other's
@@ -120,3 +121,9 @@ def workdir_lock(workdir: str | os.PathLike) -> Iterator[str]:
     if created:
       with contextlib.suppress(OSError):
         os.rmdir(workdir)  # only if empty
+
+
+def user_cache_dir(*parts: str) -> str:
+  """``$XDG_CACHE_HOME/unlearn_jax/<parts>`` (``~/.cache/unlearn_jax/<parts>``): compiled programs, generated data."""
+  base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+  return os.path.join(base, "unlearn_jax", *parts)
