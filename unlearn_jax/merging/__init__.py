@@ -50,4 +50,12 @@ __all__ = [
     "task_vectors",
     "ties",
 ]
-from unlearn_jax.merging import connectivity, permutation  # noqa: E402,F401
+
+
+def __getattr__(name):
+  # connectivity and permutation pull in the evaluation stack (sklearn, flax): imported on first use, so that
+  # `python -m experiments.merge` and the merges themselves start quickly.
+  if name in ("connectivity", "permutation", "mergekit"):
+    import importlib
+    return importlib.import_module(f"unlearn_jax.merging.{name}")
+  raise AttributeError(f"module 'unlearn_jax.merging' has no attribute {name!r}")

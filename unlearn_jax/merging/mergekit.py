@@ -25,7 +25,8 @@ della_linear, model_stock, slerp, nuslerp, multislerp, karcher, nearswap, sce, p
 Everything is checked before anything is written: unknown keys, unknown methods or parameters, missing models,
 missing tensors, mismatched shapes, mismatched layer counts and tokenizers each raise one ``ValueError`` naming the
 YAML key, the model and the tensor. The checkpoints are then read lazily, one transformer layer (one group of
-tensors that share parameters) at a time, so memory holds k layers of inputs plus the output; each group is one
+tensors that share parameters) at a time, so memory holds one layer of each input and of the output, which is streamed to disk
+as it is merged (the header of ``model.safetensors`` is known from the plan); each group is one
 jitted call, and layers of the same shapes and parameters reuse one compiled program. The output directory
 (``model.safetensors``, ``config.json`` with the layer count of the slices, the donor's tokenizer files and the
 YAML as ``mergekit_config.yml``) is written next to its destination and renamed into place.
@@ -58,7 +59,6 @@ import jax.numpy as jnp
 import numpy as np
 import yaml
 from safetensors import safe_open
-from safetensors.numpy import save_file
 
 from unlearn_jax import progress
 from unlearn_jax.merging import arithmetic
@@ -748,20 +748,67 @@ _TOKENIZER_FILES = ("tokenizer_config.json", "special_tokens_map.json", "tokeniz
                     "chat_template.json")
 
 
-def _merge_group(group: Group, ckpts, method: Method, compute_dtype, out_dtype, rng) -> dict[str, np.ndarray]:
-  raw = [[ckpts[m].load(n) for n in names] for m, names in zip(group.models, group.in_names)]
-  if not all(np.issubdtype(np.asarray(x).dtype, np.floating) or str(np.asarray(x).dtype) == "bfloat16"
-             for x in raw[0]):
-    return dict(zip(group.out_names, raw[0]))  # integer buffers: the first input's, as mergekit
+_ST_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": jnp.bfloat16, "I64": np.int64,
+              "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
+_ST_NAMES = {np.dtype(v): k for k, v in _ST_DTYPES.items()}
+
+
+def _group_dtypes(group: Group, ckpts, compute_dtype, out_dtype):
+  """``(compute dtype, output dtype)`` of a group, or ``(None, input dtype)`` for non-float buffers (copied from
+  the first input, as mergekit). Without a YAML ``dtype`` the inputs' promoted dtype is used, as mergekit."""
+  in_dtypes = [np.dtype(_ST_DTYPES[ckpts[m].specs[n][1]]) for m, names in zip(group.models, group.in_names)
+               for n in names]
+  if not all(jnp.issubdtype(d, jnp.floating) for d in in_dtypes):
+    return None, in_dtypes[0]
+  compute = np.dtype(compute_dtype or jnp.result_type(*in_dtypes))
+  return compute, np.dtype(out_dtype or compute)
+
+
+def _merge_group(group: Group, ckpts, method: Method, compute_dtype, out_dtype, rng) -> list[np.ndarray]:
+  """The group's merged tensors, in ``group.out_names`` order. Each input is converted as it is read, so the
+  group's inputs are held once."""
+  compute, out = _group_dtypes(group, ckpts, compute_dtype, out_dtype)
+  if compute is None:
+    return [ckpts[group.models[0]].load(n) for n in group.in_names[0]]
   keys = [f"t{j}" for j in range(len(group.out_names))]
-  dtype = compute_dtype or jnp.result_type(*[x.dtype for xs in raw for x in xs])
-  entries = [{k: jnp.asarray(x, dtype) for k, x in zip(keys, xs)} for xs in raw]
-  del raw
-  shared = dict(group.shared)
-  per = [dict(p) for p in group.per_input]
-  merged = method.run(entries, group.base_index, shared, per, rng)
-  return {name: np.asarray(jnp.asarray(merged[k]).astype(out_dtype or dtype))
-          for k, name in zip(keys, group.out_names)}
+  entries = [{k: jnp.asarray(ckpts[m].load(n), compute) for k, n in zip(keys, names)}
+             for m, names in zip(group.models, group.in_names)]
+  merged = method.run(entries, group.base_index, dict(group.shared), [dict(p) for p in group.per_input], rng)
+  del entries
+  return [np.asarray(jnp.asarray(merged[k]).astype(out)) for k in keys]
+
+
+class _SafetensorsWriter:
+  """Streams tensors into one ``.safetensors`` file whose header (names, dtypes, shapes, offsets) is known up
+  front, so that each merged group is written and freed at once instead of the whole model being held."""
+
+  def __init__(self, path: str, layout: Sequence[tuple[str, np.dtype, tuple[int, ...]]]):
+    header, offset = {"__metadata__": {"format": "pt"}}, 0
+    for name, dtype, shape in layout:
+      size = math.prod(shape) * np.dtype(dtype).itemsize
+      header[name] = {"dtype": _ST_NAMES[np.dtype(dtype)], "shape": list(shape), "data_offsets": [offset,
+                                                                                               offset + size]}
+      offset += size
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    self._order = [(name, np.dtype(dtype), tuple(shape)) for name, dtype, shape in layout]
+    self._next = 0
+    self._file = open(path, "wb")
+    self._file.write(len(text).to_bytes(8, "little") + text)
+
+  def write(self, name: str, array: np.ndarray) -> None:
+    expected = self._order[self._next]
+    if (name, array.dtype, tuple(array.shape)) != expected:
+      raise RuntimeError(f"safetensors writer: got {name} {array.dtype}{list(array.shape)}, expected {expected}")
+    np.ascontiguousarray(array).reshape(-1).view(np.uint8).tofile(self._file)
+    self._next += 1
+
+  def finish(self) -> None:
+    if self._next != len(self._order):
+      raise RuntimeError(f"safetensors writer: {len(self._order) - self._next} tensors were not written")
+
+  def close(self) -> None:
+    self._file.close()
 
 
 def merge_config(config: MergeConfig, out: str, *, seed: int = 0, show_progress: bool | None = None) -> str:
@@ -777,12 +824,19 @@ def merge_config(config: MergeConfig, out: str, *, seed: int = 0, show_progress:
   shutil.rmtree(tmp, ignore_errors=True)
   try:
     os.makedirs(tmp)
-    tensors: dict[str, np.ndarray] = {}
-    key = jax.random.key(seed)
-    for i, group in enumerate(progress.progress(the_plan.groups, desc=config.merge_method, force=show_progress)):
-      tensors.update(_merge_group(group, ckpts, method, compute_dtype, out_dtype, jax.random.fold_in(key, i)))
-    save_file(tensors, os.path.join(tmp, hf.WEIGHTS), metadata={"format": "pt"})
-    del tensors
+    layout = [(name, _group_dtypes(g, ckpts, compute_dtype, out_dtype)[1], ckpts[g.models[0]].specs[n][0])
+              for g in the_plan.groups for name, n in zip(g.out_names, g.in_names[0])]
+    writer = _SafetensorsWriter(os.path.join(tmp, hf.WEIGHTS), layout)
+    try:
+      key = jax.random.key(seed)
+      for i, group in enumerate(progress.progress(the_plan.groups, desc=config.merge_method, force=show_progress)):
+        merged = _merge_group(group, ckpts, method, compute_dtype, out_dtype, jax.random.fold_in(key, i))
+        for name, array in zip(group.out_names, merged):
+          writer.write(name, array)
+        del merged
+      writer.finish()
+    finally:
+      writer.close()
     with open(os.path.join(tmp, hf.CONFIG), "w") as f:
       json.dump(the_plan.config_json, f, indent=2)
     for name in _TOKENIZER_FILES:
