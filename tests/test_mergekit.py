@@ -184,7 +184,8 @@ def _yaml(zoo, text):
 
 
 def test_bad_files_fail_in_one_line_naming_model_and_tensor_before_writing(zoo, tmp_path):
-  ok = "merge_method: ties\nbase_model: {z}/gpt2_base\nmodels:\n  - model: {z}/gpt2_ft0\n    parameters: {{weight: 1}}\n"
+  ok = ("merge_method: ties\nbase_model: {z}/gpt2_base\nmodels:\n"
+        "  - model: {z}/gpt2_ft0\n    parameters: {{weight: 1}}\n")
   broken = tmp_path / "broken"
   shutil_copy = lambda src, dst: __import__("shutil").copytree(src, dst)
   shutil_copy(zoo / "gpt2_ft1", broken)

@@ -25,8 +25,8 @@ della_linear, model_stock, slerp, nuslerp, multislerp, karcher, nearswap, sce, p
 Everything is checked before anything is written: unknown keys, unknown methods or parameters, missing models,
 missing tensors, mismatched shapes, mismatched layer counts and tokenizers each raise one ``ValueError`` naming the
 YAML key, the model and the tensor. The checkpoints are then read lazily, one transformer layer (one group of
-tensors that share parameters) at a time, so memory holds one layer of each input and of the output, which is streamed to disk
-as it is merged (the header of ``model.safetensors`` is known from the plan); each group is one
+tensors that share parameters) at a time, so memory holds one layer of each input and of the output, which is
+streamed to disk as it is merged (the header of ``model.safetensors`` is known from the plan); each group is one
 jitted call, and layers of the same shapes and parameters reuse one compiled program. The output directory
 (``model.safetensors``, ``config.json`` with the layer count of the slices, the donor's tokenizer files and the
 YAML as ``mergekit_config.yml``) is written next to its destination and renamed into place.
