@@ -330,56 +330,49 @@ def _kth_largest(bits: Sequence[jax.Array], keeps: Sequence[Any]) -> list[jax.Ar
 
 
 def _keep_count(density: float, size: int, count: str) -> int:
-  """How many entries a magnitude trim keeps: ``round`` (at least 1) or, as mergekit, ``floor`` (at least 1)."""
+  """How many entries a magnitude trim keeps: ``round`` (at least 1) or, as mergekit, ``floor`` (at least 1);
+  every entry at density 1."""
+  if density >= 1.0:
+    return size
   n = int(density * size) if count == "floor" else round(density * size)
   return min(size, max(1, n))
 
 
-def _magnitude_trim(ds: Sequence[jax.Array], densities: Sequence[float], count: str) -> list[jax.Array]:
-  """TIES trim: each task vector keeps its ``_keep_count`` largest-magnitude entries (density 1 keeps all).
+def _outlier_band(density: float, gamma: float, size: int) -> tuple[int, int]:
+  """``(kept, dropped above)`` of mergekit's ``magnitude_outliers``: of ``size`` entries the ``int(gamma size)``
+  largest magnitudes are dropped (fewer where needed to keep ``int(density size)``), then ``int(density size)``
+  kept; density 1 keeps everything (no outlier removal)."""
+  if density >= 1.0:
+    return size, 0
+  target = int(density * size)
+  return target, size - max(0, size - target - int(gamma * size)) - target
+
+
+def _magnitude_trim(ds: Sequence[jax.Array], keeps: jax.Array) -> list[jax.Array]:
+  """TIES trim: task vector ``i`` keeps its ``keeps[i]`` largest-magnitude entries (a traced count, so that
+  densities enter the compiled program as values).
 
   The threshold is the exact ``keep``-th largest magnitude (entries tied with it are all kept), found on the
   fp32 bit patterns (`_kth_largest`).
   """
-  size = math.prod(ds[0].shape)
-  trimmed = [i for i, p in enumerate(densities) if p < 1.0 and size > 0]
-  bits = {i: _magnitude_bits(ds[i]) for i in trimmed}
-  kth = _kth_largest([bits[i] for i in trimmed], [_keep_count(densities[i], size, count) for i in trimmed])
-  out = list(ds)
-  for i, t in zip(trimmed, kth):
-    out[i] = jnp.where(bits[i] >= t, ds[i], 0)
-  return out
+  if math.prod(ds[0].shape) == 0:
+    return list(ds)
+  bits = [_magnitude_bits(d) for d in ds]
+  kth = _kth_largest(bits, [keeps[i] for i in range(len(ds))])
+  return [jnp.where(b >= t, d, 0) for b, t, d in zip(bits, kth, ds)]
 
 
-def _outlier_trim(ds: Sequence[jax.Array], densities: Sequence[float], gammas: Sequence[float]) -> list[jax.Array]:
-  """Model Breadcrumbs' mask, as mergekit's ``magnitude_outliers``: of ``n`` entries, drop the ``int(gamma n)``
-  largest magnitudes (fewer where needed to keep ``int(density n)``), then keep the ``int(density n)`` next
-  largest; the rest are 0. Density 1 keeps everything (no outlier removal), as mergekit.
-  """
-  n = math.prod(ds[0].shape)
-  bits, keeps, bands = [], [], {}
-  for i, (p, g) in enumerate(zip(densities, gammas)):
-    if p >= 1.0 or n == 0:
-      continue
-    target = int(p * n)
-    above = n - max(0, n - target - int(g * n)) - target  # entries dropped above the kept band
-    bands[i] = (target, above)
-    if target > 0:
-      b = _magnitude_bits(ds[i])
-      bits += [b] * (2 if above > 0 else 1)
-      keeps += [above + target] + ([above] if above > 0 else [])
-  kth = iter(_kth_largest(bits, keeps))
-  out = list(ds)
-  for i, (target, above) in bands.items():
-    if target == 0:
-      out[i] = jnp.zeros_like(ds[i])
-      continue
-    b = _magnitude_bits(ds[i])
-    keep = b >= next(kth)
-    if above > 0:
-      keep = keep & (b < next(kth))
-    out[i] = jnp.where(keep, ds[i], 0)
-  return out
+def _outlier_trim(ds: Sequence[jax.Array], bands: jax.Array) -> list[jax.Array]:
+  """Model Breadcrumbs' mask: task vector ``i`` drops its ``bands[i, 1]`` largest magnitudes and keeps the next
+  ``bands[i, 0]`` (`_outlier_band`); the rest are 0."""
+  if math.prod(ds[0].shape) == 0:
+    return list(ds)
+  bits = [_magnitude_bits(d) for d in ds]
+  kept, above = [bands[i, 0] for i in range(len(ds))], [bands[i, 1] for i in range(len(ds))]
+  low = _kth_largest(bits, [jnp.maximum(a + n, 1) for a, n in zip(above, kept)])
+  high = _kth_largest(bits, [jnp.maximum(a, 1) for a in above])
+  return [jnp.where((b >= lo) & ((a == 0) | (b < hi)) & (n > 0), d, 0)
+          for b, lo, hi, a, n, d in zip(bits, low, high, above, kept, ds)]
 
 
 def _inverse_permutation(order: jax.Array, ax: int) -> jax.Array:
@@ -430,48 +423,47 @@ def _l1_rescale(d: jax.Array, kept: jax.Array, eps: float = 1e-7) -> jax.Array:
 
 
 class _Spec(NamedTuple):
-  """The static description of one generalized task-arithmetic merge (mergekit's ``GeneralizedTaskArithmetic``).
+  """The static description of one generalized task-arithmetic merge (mergekit's ``GeneralizedTaskArithmetic``);
+  the densities, epsilons and keep counts are traced arguments of `_gta`.
 
   sparsify: None, ``magnitude`` (TIES trim), ``random`` (DARE), ``outliers`` (Breadcrumbs) or ``della``.
-  densities, gammas, epsilons: one per model. rescale: None, ``inverse`` (divide kept entries by their keep
-  probability) or ``l1`` (match each task vector's L1 norm). count: ``round`` or ``floor`` (TIES keep count).
+  active: some model has a density below 1 (otherwise nothing is dropped and no mask is computed). rescale:
+  None, ``inverse`` (divide kept entries by their keep probability) or ``l1`` (match each task vector's L1 norm).
   consensus: TIES sign election. zero_sign: ``majority`` (TIES code) or ``positive`` (mergekit). normalize:
   divide by the summed weights (of the agreeing models under consensus).
   """
   sparsify: str | None = None
-  densities: tuple[float, ...] = ()
-  gammas: tuple[float, ...] = ()
-  epsilons: tuple[float, ...] = ()
+  active: bool = False
   rescale: str | None = None
-  count: str = "round"
   axis: int = -1
   consensus: bool = False
   zero_sign: str = "majority"
   normalize: bool = False
 
 
-def _sparsify(spec: _Spec, ds: list[jax.Array], probs, key_data) -> list[jax.Array]:
+def _sparsify(spec: _Spec, ds: list[jax.Array], densities: jax.Array, counts, probs, key_data) -> list[jax.Array]:
+  """Drops entries of each task vector as ``spec.sparsify`` says; ``counts`` are this tensor's keep counts
+  (magnitude) or bands (outliers), ``probs`` DELLA's keep probabilities. A model of density 1 keeps everything."""
+  if not spec.active:
+    return ds
   if spec.sparsify in ("random", "della"):
-    live = [i for i, p in enumerate(spec.densities) if p < 1.0]  # density 1: kept whole, no draws
-    if not live:
-      return ds
     if spec.sparsify == "random":
-      probs = spec.densities
+      probs = [densities[i].astype(d.dtype) for i, d in enumerate(ds)]
     us = _uniforms(key_data, ds[0], len(ds))
-    out = list(ds)
-    for i in live:
-      # The division sits inside the select: XLA will not fuse a divided select into the merge's sum, and each
-      # unfused term then recomputes its hash.
-      out[i] = jnp.where(us[i] < probs[i], ds[i] / probs[i] if spec.rescale == "inverse" else ds[i], 0)
-    kept = out
+    # The division sits inside the select: XLA will not fuse a divided select into the merge's sum, and each
+    # unfused term then recomputes its hash.
+    kept = [jnp.where((u < p) | (densities[i] >= 1), d / p if spec.rescale == "inverse" else d, 0)
+            for i, (d, u, p) in enumerate(zip(ds, us, probs))]
+    if spec.rescale == "inverse":  # density 1 (DELLA's probabilities may then pass 1): the delta as it is
+      kept = [jnp.where(densities[i] >= 1, d, k) for i, (d, k) in enumerate(zip(ds, kept))]
   elif spec.sparsify == "magnitude":
-    kept = _magnitude_trim(ds, spec.densities, spec.count)
+    kept = _magnitude_trim(ds, counts)
   elif spec.sparsify == "outliers":
-    kept = _outlier_trim(ds, spec.densities, spec.gammas)
+    kept = _outlier_trim(ds, counts)
   else:
     return ds
   if spec.rescale == "l1":
-    kept = [k if p >= 1.0 else _l1_rescale(d, k) for d, k, p in zip(ds, kept, spec.densities)]
+    kept = [_l1_rescale(d, k) for d, k in zip(ds, kept)]
   return kept
 
 
@@ -514,14 +506,15 @@ def _combine(spec: _Spec, ds: Sequence[jax.Array], w: jax.Array) -> jax.Array:
 
 
 def _apply_deltas(fn: str, params_list, base, merge_tensor: Callable, scale, *, rng=None,
-                  first_pass: Callable | None = None) -> Pytree:
+                  first_pass: Callable | None = None, per_leaf: Pytree | None = None) -> Pytree:
   """``base + scale * merge_tensor(ds)``, leaf by leaf, in base's dtype; ``ds`` lists the k task vectors.
 
   With ``first_pass``, ``stats = first_pass(ds)`` is computed in a pass of its own and the call becomes
   ``merge_tensor(ds, stats)``. An optimization barrier between the two makes XLA recompute ``ds`` from the inputs
   for the second pass instead of storing the k task vectors for both (k tensors of temporaries, written and
-  read back). With ``rng``, ``merge_tensor`` also gets, last, this leaf's ``(ceil(k / 2), 2)`` uint32 Threefry
-  keys (see :func:`_uniforms`), fresh for each leaf.
+  read back). With ``per_leaf`` (a pytree like ``base``), ``merge_tensor`` gets this leaf's entry next. With
+  ``rng``, it also gets, last, this leaf's ``(ceil(k / 2), 2)`` uint32 Threefry keys (see :func:`_uniforms`),
+  fresh for each leaf.
   """
   k = _check_list(params_list, fn, base=base)
   leaves, treedef = jax.tree.flatten(base)
@@ -535,17 +528,19 @@ def _apply_deltas(fn: str, params_list, base, merge_tensor: Callable, scale, *, 
     key_data = jax.random.bits(rng, (len(leaves), (k + 1) // 2, 2), jnp.uint32)
     keys = (jax.tree.unflatten(treedef, list(key_data)),)
 
+  extras = keys if per_leaf is None else (per_leaf,) + keys
+
   def leaf(b, *rest):
-    leaf_keys, ps = rest[:len(keys)], rest[len(keys):]
+    leaf_extras, ps = rest[:len(extras)], rest[len(extras):]
     stats = ()
     if first_pass is not None:
       first = first_pass([p - b for p in ps])
       first, b, ps = jax.lax.optimization_barrier((first, b, ps))
       stats = (first,)
     ds = [p - b for p in ps]
-    return (b + scale * merge_tensor(ds, *stats, *leaf_keys)).astype(b.dtype)
+    return (b + scale * merge_tensor(ds, *stats, *leaf_extras)).astype(b.dtype)
 
-  return jax.tree.map(leaf, base, *keys, *params_list)
+  return jax.tree.map(leaf, base, *extras, *params_list)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -599,23 +594,29 @@ def task_vectors(params_list: Sequence[Pytree], base: Pytree) -> list[Pytree]:
 
 
 @functools.partial(jax.jit, static_argnames=("spec",))
-def _gta(params_list, base, weights, scale, rng, *, spec: _Spec) -> Pytree:
-  """``base + scale * combine(w_i * sparsify(tau_i))`` per tensor: the one engine of the task-vector merges."""
+def _gta(params_list, base, weights, scale, rng, densities, epsilons, counts, *, spec: _Spec) -> Pytree:
+  """``base + scale * combine(w_i * sparsify(tau_i))`` per tensor: the one engine of the task-vector merges.
+
+  ``densities`` and ``epsilons`` are ``(k,)`` arrays and ``counts`` a pytree like ``base`` of per-tensor keep
+  counts (or None), all traced: sweeping them, or a density gradient over layers, reuses one program.
+  """
   k = len(params_list)
   w = _weight_vector(weights, k, "merge")
   first_pass = None
-  if spec.sparsify == "della" and any(p < 1.0 for p in spec.densities):
-    first_pass = lambda ds: _della_keep_probs(ds, spec.densities, spec.epsilons, spec.axis)
-  random = spec.sparsify in ("random", "della") and any(p < 1.0 for p in spec.densities)
+  if spec.sparsify == "della" and spec.active:
+    first_pass = lambda ds: _della_keep_probs(ds, [densities[i] for i in range(k)], [epsilons[i] for i in range(k)],
+                                              spec.axis)
+  random = spec.sparsify in ("random", "della") and spec.active
 
   def merge_tensor(ds, *extra):
     probs = extra[0] if first_pass is not None else None
+    leaf_counts = extra[1 if first_pass is not None else 0] if counts is not None else None
     key_data = extra[-1] if random else None
-    ds = _sparsify(spec, ds, probs, key_data)
+    ds = _sparsify(spec, ds, densities, leaf_counts, probs, key_data)
     return _combine(spec, [w[i].astype(d.dtype) * d for i, d in enumerate(ds)], w)
 
   return _apply_deltas("merge", params_list, base, merge_tensor, scale, rng=rng if random else None,
-                       first_pass=first_pass)
+                       first_pass=first_pass, per_leaf=counts)
 
 
 def _rescale_mode(rescale, *, random: bool, mergekit: bool, fn: str) -> str | None:
@@ -653,11 +654,21 @@ def _task_vector_merge(fn: str, params_list, base, *, scale, weights, rng=None, 
   random = sparsify in ("random", "della")
   if random and rng is None and any(p < 1.0 for p in densities):
     raise ValueError(f"{fn}: rng is required for random drops (density < 1)")
-  spec = _Spec(sparsify=sparsify, densities=densities, gammas=gammas, epsilons=epsilons,
+  active = sparsify is not None and any(p < 1.0 for p in densities)
+  spec = _Spec(sparsify=sparsify, active=active,
                rescale=_rescale_mode(rescale, random=random, mergekit=mergekit, fn=fn) if sparsify else None,
-               count="floor" if mergekit else "round", axis=axis, consensus=combine == "ties",
-               zero_sign="positive" if mergekit else "majority", normalize=bool(normalize))
-  return _gta(list(params_list), base, weights, scale, rng, spec=spec)
+               axis=axis, consensus=combine == "ties", zero_sign="positive" if mergekit else "majority",
+               normalize=bool(normalize))
+  counts = None  # per tensor, computed here from the static shapes: int(density * size) exactly as mergekit
+  if active and sparsify == "magnitude":
+    count = "floor" if mergekit else "round"
+    counts = jax.tree.map(lambda b: np.array([_keep_count(p, math.prod(jnp.shape(b)), count) for p in densities],
+                                             np.int32), base)
+  elif active and sparsify == "outliers":
+    counts = jax.tree.map(lambda b: np.array([_outlier_band(p, g, math.prod(jnp.shape(b)))
+                                              for p, g in zip(densities, gammas)], np.int32), base)
+  return _gta(list(params_list), base, weights, scale, rng, np.asarray(densities, np.float32),
+              np.asarray(epsilons, np.float32), counts, spec=spec)
 
 
 @functools.partial(_checked, jitted=_gta)
