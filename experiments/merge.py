@@ -16,6 +16,7 @@ import sys
 
 from absl import app
 from absl import flags
+from absl import logging
 
 _CONFIG = flags.DEFINE_string("config", None, "A mergekit YAML file.")
 _OUT = flags.DEFINE_string("out", None, "The output directory (replaced atomically if it exists).")
@@ -34,6 +35,7 @@ def main(argv):
     _fail("--config: give a mergekit YAML file")
   if not _OUT.value:
     _fail("--out: give the output directory")
+  logging.set_verbosity(logging.WARNING)  # results, not machinery: no INFO logs from jax
   from unlearn_jax.merging import mergekit  # after flag parsing: importing jax is the slow part
   try:
     with open(_CONFIG.value) as f:

@@ -132,6 +132,18 @@ def _keys(value: dict, known: Sequence[str], where: str) -> None:
       _fail(f"{where}.{key}" if where else str(key), f"unknown key (known: {', '.join(known)})")
 
 
+def _entries(value, where: str, known: Sequence[str]) -> list[tuple[str, dict]]:
+  """``[(where[i], entry)]`` of a non-empty YAML list of mappings, each with only ``known`` keys."""
+  if not isinstance(value, list) or not value:
+    _fail(where, "must be a non-empty list")
+  out = []
+  for i, entry in enumerate(value):
+    entry = _mapping(entry, f"{where}[{i}]")
+    _keys(entry, known, f"{where}[{i}]")
+    out.append((f"{where}[{i}]", entry))
+  return out
+
+
 def _model_ref(value, where: str) -> str:
   if isinstance(value, dict) and set(value) <= {"model", "path"}:  # mergekit's {model: {path: ...}} form
     value = value.get("path", value.get("model"))
@@ -195,31 +207,14 @@ def parse_config(text: str) -> MergeConfig:
     _fail("models", "give exactly one of 'models' and 'slices'")
   models = slices = None
   if raw.get("models") is not None:
-    if not isinstance(raw["models"], list) or not raw["models"]:
-      _fail("models", "must be a non-empty list")
-    models = []
-    for i, entry in enumerate(raw["models"]):
-      where = f"models[{i}]"
-      entry = _mapping(entry, where)
-      _keys(entry, _MODEL_KEYS, where)
-      models.append(Source(_model_ref(entry.get("model"), f"{where}.model"), None,
-                           _parameters(entry.get("parameters"), f"{where}.parameters")))
-    models = tuple(models)
+    models = tuple(Source(_model_ref(entry.get("model"), f"{where}.model"), None,
+                          _parameters(entry.get("parameters"), f"{where}.parameters"))
+                   for where, entry in _entries(raw["models"], "models", _MODEL_KEYS))
   else:
-    if not isinstance(raw["slices"], list) or not raw["slices"]:
-      _fail("slices", "must be a non-empty list")
     slices = []
-    for i, entry in enumerate(raw["slices"]):
-      where = f"slices[{i}]"
-      entry = _mapping(entry, where)
-      _keys(entry, _SLICE_KEYS, where)
-      if not isinstance(entry.get("sources"), list) or not entry["sources"]:
-        _fail(f"{where}.sources", "must be a non-empty list")
+    for where, entry in _entries(raw["slices"], "slices", _SLICE_KEYS):
       sources = []
-      for j, src in enumerate(entry["sources"]):
-        w = f"{where}.sources[{j}]"
-        src = _mapping(src, w)
-        _keys(src, _SOURCE_KEYS, w)
+      for w, src in _entries(entry.get("sources"), f"{where}.sources", _SOURCE_KEYS):
         lr = src.get("layer_range")
         if not (isinstance(lr, list) and len(lr) == 2 and all(isinstance(x, int) and x >= 0 for x in lr)
                 and lr[0] < lr[1]):
@@ -318,7 +313,7 @@ def evaluate_setting(setting, tensor_name: str, t: float, param: Param, where: s
 
 
 def _resolve(param: Param, scopes: Sequence[tuple[str, Mapping[str, Any] | None]], tensor_name: str, t: float,
-             model: str | None):
+             model: str | None, method: str):
   for where, scope in scopes:
     if scope and param.name in scope:
       value = evaluate_setting(scope[param.name], tensor_name, t, param, f"{where}.{param.name}")
@@ -326,15 +321,8 @@ def _resolve(param: Param, scopes: Sequence[tuple[str, Mapping[str, Any] | None]
         return value
   if param.default is _MISSING:
     who = f"model {model}, tensor {tensor_name}" if model else f"tensor {tensor_name}"
-    _fail(f"parameters.{param.name}", f"missing (required by {_method_label()} for {who})")
+    _fail(f"parameters.{param.name}", f"missing (required by {method} for {who})")
   return param.default
-
-
-_CURRENT_METHOD = [""]
-
-
-def _method_label() -> str:
-  return _CURRENT_METHOD[0] or "the merge method"
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -577,7 +565,7 @@ class Plan(NamedTuple):
   tokenizer_from: str
 
 
-def _scopes(config: MergeConfig, out_slice: Slice | None, model: str | None, model_index: int | None):
+def _scopes(config: MergeConfig, out_slice: Slice | None, model: str | None):
   scopes = []
   if model is not None:
     if config.models is not None:
@@ -596,12 +584,13 @@ def _scopes(config: MergeConfig, out_slice: Slice | None, model: str | None, mod
 
 
 def _resolved(config: MergeConfig, method: Method, out_slice, models, base, out_name, in_names, t):
-  shared = tuple((p.name, _resolve(p, _scopes(config, out_slice, None, None), out_name, t, None))
+  name = config.merge_method
+  shared = tuple((p.name, _resolve(p, _scopes(config, out_slice, None), out_name, t, None, name))
                  for p in method.params if p.scope == "shared")
   per = []
   for model, in_name in zip(models, in_names):
     is_base = model == base and method.base != "ignored"
-    per.append(tuple((p.name, _resolve(p, _scopes(config, out_slice, model, None), in_name, t, model))
+    per.append(tuple((p.name, _resolve(p, _scopes(config, out_slice, model), in_name, t, model, name))
                      for p in method.params
                      if p.scope == "input" or (p.scope == "non_base" and not is_base)))
   return shared, tuple(per)
@@ -638,7 +627,6 @@ def _vocab(path: str) -> dict | None:
 def plan(config: MergeConfig) -> tuple[Plan, dict[str, Checkpoint]]:
   """Checks every model, tensor, shape, parameter and tokenizer the merge needs; returns the plan and the open
   checkpoints. Raises ``ValueError`` (one line naming the key, model and tensor) before anything is read."""
-  _CURRENT_METHOD[0] = config.merge_method
   method = METHODS[config.merge_method]
   where = {}
   if config.base_model:
@@ -735,7 +723,8 @@ def plan(config: MergeConfig) -> tuple[Plan, dict[str, Checkpoint]]:
     config_json[key] = out_layer
   dtype = config.out_dtype or config.dtype
   if dtype:
-    config_json["torch_dtype" if "torch_dtype" in config_json or "dtype" not in config_json else "dtype"] = \
+    # transformers 5 writes "dtype" (older configs "torch_dtype")
+    config_json["torch_dtype" if "torch_dtype" in config_json and "dtype" not in config_json else "dtype"] = \
         {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}.get(dtype, dtype)
   return Plan(tuple(groups), config_json, donor, tokenizer_from), ckpts
 
