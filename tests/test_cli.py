@@ -44,11 +44,12 @@ def parse(*args):
   return config.value
 
 
-def error_line(capsys, fn, *args) -> str:
-  """Calls ``fn(*args)``, which must exit with status 2 printing one line; returns that line."""
+def error_line(capsys, fn, *args, code=2) -> str:
+  """Calls ``fn(*args)``, which must exit with status ``code`` (2: a config error, 1: a fault) printing one line;
+  returns that line."""
   with pytest.raises(SystemExit) as exit_info:
     fn(*args)
-  assert exit_info.value.code == 2
+  assert exit_info.value.code == code
   err = capsys.readouterr().err
   assert err.count("\n") == 1 and err.startswith("error: "), err
   return err.strip()
@@ -363,24 +364,14 @@ def test_entry_point_stray_argument_exits_2_with_one_line(tmp_path):
   assert not (tmp_path / "w").exists()
 
 
-def fault_line(capsys, fn, *args) -> str:
-  """Calls ``fn(*args)``, which must exit with status 1 printing one line; returns that line."""
-  with pytest.raises(SystemExit) as exit_info:
-    fn(*args)
-  assert exit_info.value.code == 1
-  err = capsys.readouterr().err
-  assert err.count("\n") == 1 and err.startswith("error: "), err
-  return err.strip()
-
-
 def test_unusable_workdirs_are_one_line(tmp_path, capsys):
   from unlearn_jax import files  # pylint: disable=g-import-not-at-top
   config = parse("--config=configs/original.py", *TINY)
   (tmp_path / "file").write_text("")
-  line = fault_line(capsys, cli.execute, config, str(tmp_path / "file"), "configs/original.py")
+  line = error_line(capsys, cli.execute, config, str(tmp_path / "file"), "configs/original.py", code=1)
   assert line == f"error: workdir {tmp_path / 'file'}: is a file, not a directory"
   with files.workdir_lock(tmp_path / "busy"):
-    line = fault_line(capsys, cli.execute, config, str(tmp_path / "busy"), "configs/original.py")
+    line = error_line(capsys, cli.execute, config, str(tmp_path / "busy"), "configs/original.py", code=1)
     assert line.startswith(f"error: workdir {tmp_path / 'busy'}: in use by another run (pid {os.getpid()})")
     assert sorted(os.listdir(tmp_path / "busy")) == [".lock"]
   assert error_line(capsys, cli.execute, config, "", "configs/original.py").startswith("error: --workdir=: empty")

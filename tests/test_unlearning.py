@@ -296,3 +296,30 @@ def test_joint_anchor_sets_which_split_an_epoch_walks():
   with pytest.raises(ValueError, match="anchor"):
     loop.unlearn_loop(None, {"w": jnp.ones(())}, {}, forget, retain, objective=objective, tx=optax.sgd(0.1),
                       epochs=1, batch_size=4, rng=jax.random.key(0), schedule="joint", anchor="both")
+
+
+def test_every_method_refuses_labels_outside_the_model_and_an_empty_forget_split():
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  model, params, state, splits = digits_setup()
+  f, r = splits.forget, splits.retain
+  bad_forget = dataclasses.replace(f, y=f.y.at[3].set(10))  # the MLP scores classes 0..9
+  bad_retain = dataclasses.replace(r, y=r.y.at[0].set(-1))
+  empty = f.take(np.zeros(0, np.int32))
+  labels = [((bad_forget, r), r"forget: label 10 is not a class of the model \(its logits score 10 classes"),
+            ((f, bad_retain), "retain: label -1 is not a class")]
+  names = [n for n in unlearning.names() if n not in unlearning.BASELINES]
+  for i, name in enumerate(names):  # one shared check: each method meets one of the label cases, and the empty
+    method = unlearning.get_method(name)
+    for (forget, retain), match in (labels[i % 2], ((empty, r), r"forget: the split is empty \(0 rows\)")):
+      with pytest.raises(ValueError, match=match):
+        method(model, params, state, forget, retain, rng=jax.random.key(0))
+
+
+def test_split_take_refuses_rows_outside_the_split():
+  _, _, _, splits = digits_setup()
+  f = splits.forget
+  np.testing.assert_array_equal(f.take(np.array([f.size - 1, 0])).y, np.asarray(f.y)[[-1, 0]])
+  for rows in ([f.size], [-1], [0, f.size + 5]):
+    with pytest.raises(ValueError, match=rf"Split.take: rows: position -?\d+ is outside \[0, {f.size}\)"):
+      f.take(np.array(rows))
+  assert jax.jit(lambda rows: f.take(rows).y)(jnp.arange(2)).shape == (2,)  # traced rows pass unchecked

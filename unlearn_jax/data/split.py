@@ -48,8 +48,17 @@ class Split:
     return int(self.y.shape[0])
 
   def take(self, rows) -> "Split":
-    """The sub-split of the given row positions (positions in this split, not source indices)."""
+    """The sub-split of the given row positions (positions in this split, not source indices).
+
+    Raises:
+      ValueError: for a position outside ``[0, size)`` (checked unless ``rows`` is traced), instead of JAX's
+        clamping it to the last row.
+    """
     rows = jnp.asarray(rows)
+    if rows.size and jnp.issubdtype(rows.dtype, jnp.integer) and jax.core.is_concrete(rows):
+      low, high = (int(v) for v in jax.device_get((rows.min(), rows.max())))
+      if low < 0 or high >= self.size:
+        raise ValueError(f"Split.take: rows: position {low if low < 0 else high} is outside [0, {self.size})")
     return jax.tree.map(lambda a: a[rows], self)
 
   def num_batches(self, batch_size: int, drop_remainder: bool = True) -> int:

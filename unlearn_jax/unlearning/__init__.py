@@ -20,7 +20,10 @@ import inspect
 import sys
 from typing import Any, Callable
 
+import jax
+import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 BASELINES = ("original", "retrain")
 
@@ -40,7 +43,8 @@ def register(name: str, **defaults) -> Callable[[Callable], Callable]:
   def wrap(fn):
     if name in REGISTRY or name in BASELINES:
       raise ValueError(f"unlearning method {name!r} is registered twice")
-    method = keyword_method(name, fn, defaults, options_fn=lambda config: options(config, name))
+    method = keyword_method(name, fn, defaults, options_fn=lambda config: options(config, name),
+                            inputs_fn=check_inputs)
     REGISTRY[name] = method
     DEFAULTS[name] = defaults
     setattr(sys.modules[__name__], name, method)
@@ -64,13 +68,51 @@ def _section(doc: str, title: str) -> str | None:
   return "\n".join(out).rstrip() or None
 
 
+def _classes(model, params, state, x) -> int | None:
+  """The number of classes ``model`` scores (its logits' last axis, from `jax.eval_shape`), or None."""
+  spec = lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype) if hasattr(a, "dtype") else a
+  try:
+    logits = jax.eval_shape(lambda p, s, v: model.apply(p, s, v, train=False)[0],
+                            *jax.tree.map(spec, (params, state, x[:1])))
+  except Exception:  # pylint: disable=broad-except  (not a classifier's apply: nothing to check labels against)
+    return None
+  return int(logits.shape[-1]) if getattr(logits, "ndim", 0) >= 1 else None
+
+
+def check_inputs(model, params, state, forget, retain) -> None:
+  """What every unlearning method needs of its inputs, checked once here (by `register`'s wrapper) before any
+  work: a non-empty ``forget`` split, and ``forget``/``retain`` labels that are classes of ``model`` (its logits'
+  width), so a label of 10 for a 10-class model fails naming the argument instead of silently indexing past the
+  logits. Traced arguments (a method called inside ``jit``/``vmap``) are not checked.
+
+  Raises:
+    ValueError: naming ``forget`` or ``retain``, the bad label and the number of classes, or the empty split.
+  """
+  if forget is None or forget.size == 0:
+    raise ValueError("forget: the split is empty (0 rows); an unlearning method needs examples to forget")
+  num = None
+  for arg, split in (("forget", forget), ("retain", retain)):
+    y = getattr(split, "y", None)
+    if y is None or not np.size(y) or not jnp.issubdtype(y.dtype, jnp.integer) or not jax.core.is_concrete(y):
+      continue
+    num = num or _classes(model, params, state, forget.x)
+    if num is None:
+      return
+    low, high = (int(v) for v in jax.device_get((jnp.min(y), jnp.max(y))))
+    if low < 0 or high >= num:
+      raise ValueError(f"{arg}: label {low if low < 0 else high} is not a class of the model (its logits score "
+                       f"{num} classes: labels 0..{num - 1})")
+
+
 def keyword_method(name: str, fn: Callable, defaults: dict, *, options_fn: Callable | None = None,
-                   first: str = "model", where: str = "unlearn_jax.unlearning") -> Callable:
+                   inputs_fn: Callable | None = None, first: str = "model",
+                   where: str = "unlearn_jax.unlearning") -> Callable:
   """``fn(first, params, state, forget, retain, *, config, rng)`` as a function that also takes keyword options.
 
   The result is ``method(first, params, state, forget, retain, *, rng, config=None, **options)``: ``options``
   (each a key of ``defaults``) update ``config``; an unknown one raises ValueError naming it, before any work
-  (``options_fn(config)``, when given, runs first and checks the values). Keyword-only parameters of ``fn``
+  (``options_fn(config)``, when given, runs first and checks the values; then ``inputs_fn(model, params, state,
+  forget, retain)``, e.g. `check_inputs`). Keyword-only parameters of ``fn``
   besides ``config`` and ``rng`` (inputs that are not options) pass through. Its ``__signature__`` and docstring list
   every option with its type and default; the ``References:`` of ``fn``'s module are added when ``fn``'s own
   docstring has none.
@@ -89,6 +131,8 @@ def keyword_method(name: str, fn: Callable, defaults: dict, *, options_fn: Calla
       config = {**(dict(config.items()) if config is not None else {}), **kwargs}
     if options_fn is not None:
       options_fn(config)
+    if inputs_fn is not None:
+      inputs_fn(model, params, state, forget, retain)
     return fn(model, params, state, forget, retain, config=config, rng=rng, **given)
 
   method.__signature__ = inspect.Signature(
