@@ -509,6 +509,7 @@ PIPELINES: dict[str, Callable] = {"unlearning": run_unlearning}
 # experiment name -> the study module that registers it, imported on first use. The layers run one way: studies
 # import this module (its stages), this module names them only here, as strings, and never imports them itself.
 STUDIES: dict[str, str] = {
+    "attribution": "unlearn_jax.studies.attribution",
     "benchmark": "unlearn_jax.studies.benchmark",
     "diffusion": "unlearn_jax.studies.diffusion",
     "lm_concept": "unlearn_jax.studies.lm_concept",

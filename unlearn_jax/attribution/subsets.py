@@ -65,18 +65,34 @@ def check_outputs(outputs: SubsetOutputs) -> None:
     raise ValueError(f"logits: shape {lg} does not fit masks of shape {m} (need [{m[0]}, rows, classes])")
 
 
-def save_outputs(directory, outputs: SubsetOutputs, metadata: dict | None = None) -> None:
-  """Writes ``outputs`` (and JSON ``metadata``) as one checkpoint in ``directory``."""
+def save_outputs(directory, outputs: SubsetOutputs, metadata: dict | None = None, members=None) -> None:
+  """Writes ``outputs`` (and JSON ``metadata``; and the members' stacked ``(params, state)`` if given, for TRAK)
+  as one checkpoint in ``directory``."""
   check_outputs(outputs)
-  checkpoint.save(directory, {"masks": jnp.asarray(outputs.masks, bool),
-                              "logits": jnp.asarray(outputs.logits, jnp.float32)}, {}, metadata)
+  tree = {"masks": jnp.asarray(outputs.masks, bool), "logits": jnp.asarray(outputs.logits, jnp.float32)}
+  state = {}
+  if members is not None:
+    tree["members"], state = members
+  checkpoint.save(directory, tree, state, metadata)
+
+
+def _load(directory):
+  found = checkpoint.restore_stored(directory)
+  if found is None or not {"masks", "logits"} <= set(found[0]):
+    raise ValueError(f"attribution {directory}: no subset-model outputs there (see "
+                     "unlearn_jax.attribution.subsets.save_outputs)")
+  return found
 
 
 def load_outputs(directory) -> tuple[SubsetOutputs, dict]:
   """``(SubsetOutputs, metadata)`` from `save_outputs`' ``directory``; ValueError naming it if there is none."""
-  found = checkpoint.restore_stored(directory)
-  if found is None or set(found[0]) != {"masks", "logits"}:
-    raise ValueError(f"attribution {directory}: no subset-model outputs there (see "
-                     "unlearn_jax.attribution.subsets.save_outputs)")
-  tree, _, meta = found
+  tree, _, meta = _load(directory)
   return SubsetOutputs(tree["masks"], tree["logits"]), meta
+
+
+def load_members(directory):
+  """The members' stacked ``(params, state)`` saved with the outputs; ValueError if they were not saved."""
+  tree, state, _ = _load(directory)
+  if "members" not in tree:
+    raise ValueError(f"attribution {directory}: the members' parameters were not saved")
+  return tree["members"], state

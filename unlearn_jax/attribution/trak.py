@@ -15,13 +15,14 @@ random α-subsets) the reference code averages the two factors separately:
 
 and so does `trak_scores` (``Q`` is the mean over models, per training row).
 
-How the work is bounded:
+How the work is bounded (`featurize` is one jitted program per model and row count):
 
-* per-example gradients are one ``jax.vmap(jax.grad(f))`` over a chunk of ``chunk_size`` rows (one jitted program
-  per chunk shape), never a Python loop over rows;
-* the projection matrix is never held whole: its ``block_size`` columns at a time are regenerated from the key
-  (``jax.random.fold_in(key, block)``) inside a `jax.lax.scan`, as the reference ``BasicProjector`` regenerates
-  its blocks, so memory is ``chunk_size × P`` gradients plus one ``P × block_size`` block;
+* per-example gradients are ``jax.vmap(jax.grad(f))`` over chunks of ``chunk_size`` rows (`jax.lax.map`), never a
+  Python loop over rows;
+* the projection matrix is never held whole: its ``block_size`` columns at a time are drawn from the key
+  (``jax.random.fold_in(key, block)``, as the reference ``BasicProjector`` draws blocks), each block once per call,
+  in the outer loop; the chunk's gradients (cheap next to the projection) are recomputed for each block instead of
+  stored, so memory is ``chunk_size × P`` gradients plus one ``P × block_size`` block plus the ``n × k`` output;
 * scores are computed for ``target_chunk_size`` targets at a time.
 
 A model's features ``(Φ, Q)`` (and a target set's ``φ``) can be cached in a directory (``cache_dir``) through
@@ -98,15 +99,26 @@ def check_projection(projection: str, proj_dim: int | None, num_params: int | No
     raise ValueError(f"proj_dim={proj_dim}: must be an integer k >= 1")
 
 
+def _draw(projection: str):
+  if projection == "rademacher":
+    return lambda k, shape: jax.random.rademacher(k, shape, dtype=jnp.float32)
+  return lambda k, shape: jax.random.normal(k, shape, dtype=jnp.float32)
+
+
+def _blocks(proj_dim: int, block_size: int) -> tuple[int, int]:
+  bs = max(1, min(int(block_size), int(proj_dim)))
+  return bs, -(-int(proj_dim) // bs)
+
+
 def project(grads: jax.Array, key: jax.Array, *, proj_dim: int, projection: str = "rademacher",
             block_size: int = 512) -> jax.Array:
   """``grads @ R`` for the random matrix R ∈ ℝ^{P×k} of ``key``, built ``block_size`` columns at a time.
 
   Entries of R are ±1 (``'rademacher'``) or N(0, 1) (``'normal'``), unscaled as in the reference projectors;
   column block ``b`` is drawn from ``jax.random.fold_in(key, b)``, so the same key gives the same R whatever
-  the rows. Johnson–Lindenstrauss: for fixed u, v, ``⟨Rᵀu, Rᵀv⟩ / k`` is an unbiased estimate of ``⟨u, v⟩``
-  whose standard deviation is at most ``√(2/k) ‖u‖ ‖v‖`` (exactly ``√((‖u‖²‖v‖² + ⟨u,v⟩²)/k)`` for Gaussian R,
-  no more than that for Rademacher R).
+  the rows (and `featurize` uses the same R). Johnson–Lindenstrauss: for fixed u, v, ``⟨Rᵀu, Rᵀv⟩ / k`` is an
+  unbiased estimate of ``⟨u, v⟩`` whose standard deviation is at most ``√(2/k) ‖u‖ ‖v‖`` (exactly
+  ``√((‖u‖²‖v‖² + ⟨u,v⟩²)/k)`` for Gaussian R, no more than that for Rademacher R).
 
   Args:
     grads: [rows, P].
@@ -122,10 +134,8 @@ def project(grads: jax.Array, key: jax.Array, *, proj_dim: int, projection: str 
   if projection == "identity":
     raise ValueError("project: projection='identity' needs no projection")
   rows, p = grads.shape
-  bs = max(1, min(int(block_size), int(proj_dim)))
-  nblocks = -(-int(proj_dim) // bs)
-  draw = (lambda k, s: jax.random.rademacher(k, s, dtype=jnp.float32)) if projection == "rademacher" else \
-      (lambda k, s: jax.random.normal(k, s, dtype=jnp.float32))
+  bs, nblocks = _blocks(proj_dim, block_size)
+  draw = _draw(projection)
 
   def block(carry, b):
     return carry, grads.astype(jnp.float32) @ draw(jax.random.fold_in(key, b), (p, bs))
@@ -145,14 +155,35 @@ def _output_grads_fn(model: Model, params, state, output: Callable):
   return flat, jax.vmap(jax.grad(one), in_axes=(None, 0, 0))
 
 
-@functools.partial(jax.jit, static_argnames=("model", "output", "proj_dim", "projection", "block_size"))
-def _featurize_chunk(model, params, state, x, y, key, *, output, proj_dim, projection, block_size):
+@functools.partial(jax.jit, static_argnames=("model", "output", "proj_dim", "projection", "block_size", "chunk"))
+def _featurize(model, params, state, x, y, key, *, output, proj_dim, projection, block_size, chunk):
+  """φ and Q of all rows in one program: the rows in chunks of ``chunk`` (`jax.lax.map`), and for a random
+  projection the column blocks of R outermost (`jax.lax.scan`), so each block is drawn once and the cheap
+  per-example gradients of a chunk are recomputed per block instead of stored: memory ``chunk × P`` gradients
+  plus one ``P × block_size`` block."""
   flat, grads_fn = _output_grads_fn(model, params, state, output)
-  g = grads_fn(flat, x, y) / jnp.sqrt(jnp.float32(flat.size))
-  phi = g if projection == "identity" else project(g, key, proj_dim=proj_dim, projection=projection,
-                                                   block_size=block_size)
-  logits, _ = model.apply(params, state, x, train=False)
-  return phi, out_to_loss(logits, y)
+  n = y.shape[0]
+  nc = -(-n // chunk)
+  pad = nc * chunk - n
+  padded = lambda a: jnp.concatenate([a, jnp.repeat(a[-1:], pad, 0)]) if pad else a
+  xb = jax.tree.map(lambda a: padded(a).reshape((nc, chunk) + a.shape[1:]), x)
+  yb = padded(y).reshape(nc, chunk)
+  scale = 1.0 / jnp.sqrt(jnp.float32(flat.size))
+  grads = lambda c: grads_fn(flat, *c) * scale
+  if projection == "identity":
+    phi = jax.lax.map(grads, (xb, yb)).reshape(nc * chunk, flat.size)
+  else:
+    bs, nblocks = _blocks(proj_dim, block_size)
+    draw = _draw(projection)
+
+    def block(carry, b):
+      r = draw(jax.random.fold_in(key, b), (flat.size, bs))
+      return carry, jax.lax.map(lambda c: grads(c) @ r, (xb, yb))  # [nc, chunk, bs]
+
+    _, out = jax.lax.scan(block, None, jnp.arange(nblocks))  # [nblocks, nc, chunk, bs]
+    phi = jnp.transpose(out, (1, 2, 0, 3)).reshape(nc * chunk, nblocks * bs)[:, :proj_dim]
+  q = jax.lax.map(lambda c: out_to_loss(model.apply(params, state, c[0], train=False)[0], c[1]), (xb, yb))
+  return phi[:n], q.reshape(-1)[:n]
 
 
 def _check_rows(x, y, name: str) -> None:
@@ -165,8 +196,8 @@ def _check_rows(x, y, name: str) -> None:
 
 def featurize(model: Model, params, state, x, y, *, proj_dim: int | None = 2048, projection: str = "rademacher",
               seed: int = 0, model_id: int = 0, output: Callable = margin, chunk_size: int = 256,
-              block_size: int = 512, desc: str | None = None) -> Features:
-  """TRAK features of rows ``(x, y)`` under one model: ``φ = Rᵀ∇f/√P`` and ``Q = 1 − p``.
+              block_size: int = 512) -> Features:
+  """TRAK features of rows ``(x, y)`` under one model: ``φ = Rᵀ∇f/√P`` and ``Q = 1 − p``, in one jitted program.
 
   Args:
     model, params, state: the network (evaluated in eval mode).
@@ -177,8 +208,7 @@ def featurize(model: Model, params, state, x, y, *, proj_dim: int | None = 2048,
       reference (``seed + 10⁴·model_id``) does; targets and training rows of a model must use the same pair.
     output: ``output(logits [1, C], y [1]) -> [1]``, the model output function (default `margin`).
     chunk_size: rows whose per-example gradients are held at once (``chunk_size × P`` floats).
-    block_size: projection columns drawn at once (see `project`).
-    desc: label of a progress bar over the chunks (shown on a terminal only).
+    block_size: projection columns drawn at once (see `project`); each block is drawn once per call.
 
   Returns:
     `Features` with ``phi`` [n, k] and ``q`` [n].
@@ -188,24 +218,11 @@ def featurize(model: Model, params, state, x, y, *, proj_dim: int | None = 2048,
   check_projection(projection, proj_dim, num_params)
   if int(chunk_size) < 1:
     raise ValueError(f"chunk_size={chunk_size}: must be >= 1")
-  n = y.shape[0]
   key = jax.random.fold_in(jax.random.key(seed), model_id)
-  chunk = min(int(chunk_size), n)
-  phis, qs = [], []
-  starts = range(0, n, chunk)
-  for s in (progress(starts, desc=desc, unit="chunk") if desc else starts):
-    xs = jax.tree.map(lambda a: a[s:s + chunk], x)
-    ys = y[s:s + chunk]
-    pad = chunk - ys.shape[0]
-    if pad:  # the last chunk is padded to the same shape, so one program serves every chunk
-      xs = jax.tree.map(lambda a: jnp.concatenate([a, jnp.repeat(a[-1:], pad, 0)]), xs)
-      ys = jnp.concatenate([ys, jnp.repeat(ys[-1:], pad)])
-    phi, q = _featurize_chunk(model, params, state, xs, ys, key, output=output,
-                              proj_dim=None if projection == "identity" else int(proj_dim),
-                              projection=projection, block_size=int(block_size))
-    phis.append(phi[:chunk - pad])
-    qs.append(q[:chunk - pad])
-  return Features(jnp.concatenate(phis), jnp.concatenate(qs))
+  phi, q = _featurize(model, params, state, x, jnp.asarray(y), key, output=output,
+                      proj_dim=None if projection == "identity" else int(proj_dim), projection=projection,
+                      block_size=int(block_size), chunk=min(int(chunk_size), int(y.shape[0])))
+  return Features(phi, q)
 
 
 def kernel_features(phi: jax.Array, *, ridge: float = 0.0, normalization: str = "mean_abs") -> jax.Array:

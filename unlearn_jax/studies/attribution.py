@@ -3,8 +3,8 @@
 * ``dmm``: a population of ``method.num_models`` models, each trained with the Original's settings on a random
   ``method.alpha`` fraction of the training rows (`unlearn_jax.population`, one vmapped program), and their
   logits on every training row (`unlearn_jax.attribution.subsets`), cached under ``workdir/cache/subsets-<hash>``
-  keyed by what determines them (seed, dataset, model, training settings, size, α) — not by the forget set, so
-  every forget set, method setting and re-run of the same Original reuses it.
+  keyed by what determines them (dataset, model, training settings, size, α) — not by the seed or the forget set,
+  so every seed, forget set and method setting on the same training setup reuses it (as the paper's datamodels).
 * ``oracle_matching``: the run's own Retrain (restored from its cache, or trained and cached).
 
 Both are named in `unlearn_jax.run.METHOD_INPUTS`; `unlearn_jax.run.unlearn` builds them before the
@@ -13,15 +13,23 @@ its training took when it was built).
 """
 from __future__ import annotations
 
+import json
 import pathlib
 import time
 
 import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
 
 from unlearn_jax import checkpoint
 from unlearn_jax import config as config_lib
+from unlearn_jax import evaluation
 from unlearn_jax import run as run_lib
+from unlearn_jax.attribution import datamodels
+from unlearn_jax.attribution.lds import spearman_per_target
 from unlearn_jax.attribution import subsets
+from unlearn_jax.attribution import trak
 
 
 def check_alpha(alpha: float, key: str = "method.alpha") -> None:
@@ -31,21 +39,26 @@ def check_alpha(alpha: float, key: str = "method.alpha") -> None:
 
 def subset_population(exp: run_lib.Experiment, workdir, *, num_models: int, alpha: float, salt: int = 5,
                       key: str = "method"):
-  """``(directory, seconds)``: the cached outputs of ``num_models`` α-subset models of ``exp``'s training set
-  (trained and saved if absent); ``seconds`` is the time building them took."""
+  """``(directory, seconds)``: the cached outputs (and parameters) of ``num_models`` α-subset models of ``exp``'s
+  training set, trained and saved if absent; ``seconds`` is the time building them took.
+
+  The population depends on the training set, the network and its training settings, ``num_models``, ``alpha``
+  and ``salt`` (which seeds the subsets, initialisations and data orders) — not on ``config.seed`` or the forget
+  set: as the paper's datamodels, it is computed once per training setup and shared by every seed and forget set.
+  """
   check_alpha(alpha, f"{key}.alpha")
   if int(num_models) < 3:
     raise ValueError(f"{key}.num_models={num_models}: datamodels need at least 3 subset models")
   c = exp.config
-  parts = (run_lib.CACHE_VERSION, c.seed, c.dataset, c.model, config_lib.training_fields(c.train), int(num_models),
-           float(alpha), salt)
+  parts = (run_lib.CACHE_VERSION, c.dataset, c.model, config_lib.training_fields(c.train), int(num_models),
+           float(alpha), int(salt))
   directory = pathlib.Path(workdir) / "cache" / f"subsets-{checkpoint.config_hash(*parts)}"
   if checkpoint.exists(directory):
     return directory, float(subsets.load_outputs(directory)[1].get("seconds") or 0.0)
   from unlearn_jax import population  # pylint: disable=g-import-not-at-top
   start = time.perf_counter()
   train = exp.dataset.train
-  mask_rng, init_rng, fit_rng = jax.random.split(jax.random.fold_in(jax.random.key(c.seed), salt), 3)
+  mask_rng, init_rng, fit_rng = jax.random.split(jax.random.key(int(salt)), 3)
   masks = population.subset_masks(train.size, int(num_models), float(alpha), mask_rng)
   module = run_lib.build_model(c, exp.dataset.num_classes)
   params, state = population.init(module, jax.random.split(init_rng, int(num_models)), train.x[:1])
@@ -54,7 +67,8 @@ def subset_population(exp: run_lib.Experiment, workdir, *, num_models: int, alph
   logits = subsets.population_logits(exp.model, params, state, train.x)
   seconds = time.perf_counter() - start
   subsets.save_outputs(directory, subsets.SubsetOutputs(masks, logits),
-                       {"seconds": seconds, "num_models": int(num_models), "alpha": float(alpha)})
+                       {"seconds": seconds, "num_models": int(num_models), "alpha": float(alpha)},
+                       members=(params, state))
   return directory, seconds
 
 
@@ -73,3 +87,98 @@ def oracle_inputs(exp, workdir, params, state):
   run_lib.retrain(exp, workdir)  # restored from the cache, or trained and cached
   return {"oracle_dirs": (str(run_lib.stage_dir(exp, workdir, "retrain")),)}, time.perf_counter() - start
 
+
+# ---------------------------------------------------------------------------------------------------------------
+# The attribution study: LDS of TRAK and of datamodels on held-out α-subset models.
+# ---------------------------------------------------------------------------------------------------------------
+def attribution_section(*, num_models: int = 128, num_heldout: int = 32, alpha: float = 0.5, num_targets: int = 500,
+                        trak_models=(1, 4), proj_dim: int = 2048, regressions=("ridge", "lasso"),
+                        num_lambdas: int = 10, lasso_steps: int = 100) -> ml_collections.ConfigDict:
+  """``config.attribution`` of the study (see `run_attribution`)."""
+  return ml_collections.ConfigDict(dict(num_models=num_models, num_heldout=num_heldout, alpha=alpha,
+                                        num_targets=num_targets, trak_models=tuple(trak_models), proj_dim=proj_dim,
+                                        regressions=tuple(regressions), num_lambdas=num_lambdas,
+                                        lasso_steps=lasso_steps))
+
+
+def _validate(config) -> None:
+  a = config.get("attribution")
+  if a is None:
+    raise ValueError("config.attribution is missing (see unlearn_jax.studies.attribution.attribution_section)")
+  config_lib.check_keys(a, attribution_section(), "config.attribution")
+  check_alpha(a.alpha, "attribution.alpha")
+  config_lib.require(a.num_models >= 3, "attribution.num_models", a.num_models, "datamodels need at least 3")
+  config_lib.require(a.num_heldout >= 3, "attribution.num_heldout", a.num_heldout, "a rank correlation needs >= 3")
+  config_lib.require(a.num_targets >= 1, "attribution.num_targets", a.num_targets, "must be >= 1")
+  config_lib.require(a.proj_dim >= 1, "attribution.proj_dim", a.proj_dim, "k must be >= 1")
+  for k in a.trak_models:
+    config_lib.require(1 <= k <= a.num_models, "attribution.trak_models", tuple(a.trak_models),
+                       f"each in [1, num_models={a.num_models}]")
+  for r in a.regressions:
+    config_lib.require(r in datamodels.METHODS, "attribution.regressions", tuple(a.regressions),
+                       f"choose from {datamodels.METHODS}")
+
+
+def run_attribution(config, workdir) -> dict:
+  """LDS of datamodels and TRAK on MNIST-1D (or ``config.dataset``): writes ``results.json`` and ``results.md``.
+
+  Two populations of α-subset models (`subset_population`): ``num_models`` to fit datamodels (and whose first
+  ``k`` members are TRAK's ensembles, for each ``k`` in ``trak_models``) — the same population DMM uses — and
+  ``num_heldout`` more, never seen by either estimator, on which the LDS is measured. Targets are the first
+  ``num_targets`` test rows; the output is the margin.
+  """
+  _validate(config)
+  a = config.attribution
+  workdir = pathlib.Path(workdir)
+  exp = run_lib.setup(config, extra_sections=("attribution",))
+  fit_dir, fit_seconds = subset_population(exp, workdir, num_models=a.num_models, alpha=a.alpha, key="attribution")
+  held_dir, held_seconds = subset_population(exp, workdir, num_models=a.num_heldout, alpha=a.alpha, salt=6,
+                                             key="attribution")
+  test = exp.dataset.test
+  targets = test.take(np.arange(min(int(a.num_targets), test.size)))
+
+  def margins(directory):
+    params, state = subsets.load_members(directory)
+    logits = subsets.population_logits(exp.model, params, state, targets.x)
+    return np.asarray(trak.margin(logits, jnp.broadcast_to(targets.y, logits.shape[:2]))), (params, state)
+
+  fit_out, _ = subsets.load_outputs(fit_dir)
+  held_out, _ = subsets.load_outputs(held_dir)
+  fit_margins, members = margins(fit_dir)
+  held_margins, _ = margins(held_dir)
+  rows = []
+  for reg in a.regressions:
+    start = time.perf_counter()
+    dm = datamodels.fit_datamodels(fit_out.masks, fit_margins, method=reg, num_lambdas=a.num_lambdas,
+                                   steps=a.lasso_steps)
+    score = spearman_per_target(datamodels.predict(dm, held_out.masks), held_margins)
+    rows.append(dict(estimator=f"datamodels ({reg})", models=int(a.num_models), lds=float(np.nanmean(score)),
+                     sem=float(np.nanstd(score) / np.sqrt(np.sum(np.isfinite(score)))),
+                     seconds=time.perf_counter() - start))
+  for k in a.trak_models:
+    start = time.perf_counter()
+    ensemble = trak.unstack(*jax.tree.map(lambda v: v[:k], members))
+    scores = trak.trak_scores(exp.model, ensemble, exp.dataset.train, targets, proj_dim=a.proj_dim,
+                              cache_dir=workdir / "cache" / "trak", desc=f"TRAK, {k} models")
+    score = spearman_per_target(trak.predicted_outputs(scores, held_out.masks), held_margins)
+    rows.append(dict(estimator=f"TRAK (k={a.proj_dim})", models=int(k), lds=float(np.nanmean(score)),
+                     sem=float(np.nanstd(score) / np.sqrt(np.sum(np.isfinite(score)))),
+                     seconds=time.perf_counter() - start))
+  title = (f"LDS on {config.dataset.name} ({config.model.name}): {len(targets)} test targets (margins), "
+           f"α={a.alpha}, {a.num_heldout} held-out subset models")
+  lines = [f"## {title}", "", "| estimator | models used | LDS (mean ± s.e. over targets) | seconds |",
+           "|---|---|---|---|"]
+  lines += [f"| {r['estimator']} | {r['models']} | {r['lds']:.3f} ± {r['sem']:.3f} | {r['seconds']:.1f} |"
+            for r in rows]
+  lines += ["", f"Training the populations took {fit_seconds:.0f} s ({a.num_models} models) and "
+                f"{held_seconds:.0f} s ({a.num_heldout} held-out models), cached under {workdir / 'cache'}."]
+  table = "\n".join(lines) + "\n"
+  workdir.mkdir(parents=True, exist_ok=True)
+  evaluation.atomic_write(str(workdir / "results.md"), table)
+  evaluation.atomic_write(str(workdir / "results.json"), json.dumps(
+      {"rows": rows, "population_seconds": {"fit": fit_seconds, "heldout": held_seconds}}, indent=1))
+  print(table)
+  return {"rows": rows, "table": table}
+
+
+run_lib.register_pipeline("attribution", run_attribution)
