@@ -41,7 +41,7 @@ METHODS = ("ft", "ga", "neggrad_plus", "rl", "l1_sparse", "salun", "salun_soft")
 # chosen by `unlearn_jax.studies.sweep.select` on seed 100, reported on seeds 0, 1, 2) with a 10% random forget
 # set, or with class 0 forgotten.
 PRESETS = ("mnist1d", "mnist1d_class")
-TUNED_METHODS = METHODS[:8] + ("lfssd",) + METHODS[8:]
+TUNED_METHODS = METHODS[:8] + ("lfssd",) + METHODS[8:] + ("dmm", "oracle_matching")
 
 
 def digits_options(name: str) -> dict:

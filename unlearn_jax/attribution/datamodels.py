@@ -197,12 +197,12 @@ def _lasso(x, y, fit_rows, val_rows, grid, *, num_lambdas: int, eps: float, step
   return w, yam - xam @ w, chosen
 
 
-def _ridge_solve(xc, yc, lam):
-  """``θ = xcᵀ (xc xcᵀ + M λ I)⁻¹ yc`` for a λ per column, through the eigendecomposition of the Gram matrix."""
+def _ridge_dual(xc, yc, lam):
+  """``α = (xc xcᵀ + M λ I)⁻¹ yc`` for a λ per column (through the eigendecomposition of the M×M Gram matrix), so
+  that ``θ = xcᵀ α``."""
   m = xc.shape[0]
   evals, evecs = jnp.linalg.eigh(xc @ xc.T)
-  coef = (evecs.T @ yc) / (jnp.maximum(evals, 0.0)[:, None] + m * lam[None, :])
-  return xc.T @ (evecs @ coef)
+  return evecs @ ((evecs.T @ yc) / (jnp.maximum(evals, 0.0)[:, None] + m * lam[None, :]))
 
 
 @functools.partial(jax.jit, static_argnames=("num_lambdas",))
@@ -213,14 +213,16 @@ def _ridge(x, y, fit_rows, val_rows, grid, *, num_lambdas: int):
     grid = scale * jnp.logspace(-3.0, 2.0, num_lambdas, dtype=jnp.float32)
   xv, yv = x[val_rows], y[val_rows]
 
+  kernel = (xv - xm) @ xf.T  # validation predictions are kernel @ α: θ is never formed for the grid
+
   def val_mse(lam):
-    w = _ridge_solve(xf, yf, jnp.full((yf.shape[1],), lam))
-    return jnp.mean(((xv - xm) @ w + ym - yv) ** 2, axis=0)
+    alpha = _ridge_dual(xf, yf, jnp.full((yf.shape[1],), lam))
+    return jnp.mean((kernel @ alpha + ym - yv) ** 2, axis=0)
 
   best = jnp.argmin(jax.lax.map(val_mse, grid), axis=0)
   lam = grid[best]
   xa, ya, xam, yam = _centre(x, y)
-  w = _ridge_solve(xa, ya, lam)
+  w = xa.T @ _ridge_dual(xa, ya, lam)
   return w, yam - xam @ w, lam
 
 

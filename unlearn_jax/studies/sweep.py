@@ -14,8 +14,8 @@ forget sets. This pipeline (``experiment='sweep'``, `configs/sweep.py`) does tha
 `select` is also what the benchmark study (``config.benchmark.tune``) uses for each method. `GRIDS` holds the
 default grids: 24 settings per method (8 learning rates × 3 coefficient values, 24 learning rates for a method
 without a coefficient, 24 coefficient values for a one-shot method); the methods without a vectorised form
-(SCRUB, bad teacher, boundary, LAF: its ``lr_ue``) get 8 learning rates, run one after the other. Where the
-first MNIST-1D study chose a grid's edge, the grid was widened past it.
+(SCRUB, bad teacher, boundary, LAF: its ``lr_ue``, DMM, oracle matching) get 8 learning rates, run one after the
+other. Where the first MNIST-1D study chose a grid's edge, the grid was widened past it.
 
 References:
   Fan et al., "SalUn", ICLR 2024 (Avg. Gap, Table 1).
@@ -59,6 +59,8 @@ GRIDS = {
     "boundary_shrink": dict(lrs=_geom(1e-5, 1e-2, 8)),
     "boundary_expanding": dict(lrs=_geom(1e-5, 1e-2, 8)),
     "laf": dict(lrs=_geom(1e-5, 1e-2, 8)),
+    "dmm": dict(lrs=_geom(1e-4, 3e-2, 8)),
+    "oracle_matching": dict(lrs=_geom(1e-4, 3e-2, 8)),
 }
 
 
