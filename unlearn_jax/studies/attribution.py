@@ -91,8 +91,8 @@ def oracle_inputs(exp, workdir, params, state):
 # ---------------------------------------------------------------------------------------------------------------
 # The attribution study: LDS of TRAK and of datamodels on held-out α-subset models.
 # ---------------------------------------------------------------------------------------------------------------
-def attribution_section(*, num_models: int = 128, num_heldout: int = 32, alpha: float = 0.5, num_targets: int = 500,
-                        trak_models=(1, 4), proj_dim: int = 2048, regressions=("ridge", "lasso"),
+def attribution_section(*, num_models: int = 64, num_heldout: int = 16, alpha: float = 0.5, num_targets: int = 200,
+                        trak_models=(1, 3), proj_dim: int = 2048, regressions=("ridge", "lasso"),
                         num_lambdas: int = 10, lasso_steps: int = 100) -> ml_collections.ConfigDict:
   """``config.attribution`` of the study (see `run_attribution`)."""
   return ml_collections.ConfigDict(dict(num_models=num_models, num_heldout=num_heldout, alpha=alpha,

@@ -25,7 +25,7 @@ has ``shuffle=False``) and the last partial batch is dropped, as everywhere in t
 fitted by ridge regression by default (``regression='ridge'``: closed form, λ chosen per target on held-out
 models), where the paper fits ℓ1-regularised ones (``regression='lasso'``, the `fit_datamodels` default, whose
 cost grows with steps × λ path × models × training rows × targets × classes — minutes to hours on a CPU for
-thousands of targets); and ``num_models`` defaults to 128, where the paper uses 1,000-20,000 models trained on 50%
+thousands of targets); and ``num_models`` defaults to 64, where the paper uses 1,000-20,000 models trained on 50%
 subsets. The paper's matching set is forget ∪ a retain sample, as here; no test rows are used.
 
 References:
@@ -65,7 +65,7 @@ MATCH_DEFAULTS = dict(methods.LOOP_DEFAULTS, epochs=5, lr=5e-4, optimizer="adam"
                       schedule="exponential", gamma=0.95, batch_size=512, loss="mse", retain_multiplier=3.0,
                       forget_multiplier=1.0, l2_to_original=0.0)
 DMM_DEFAULTS = dict(MATCH_DEFAULTS, dm_multiplier=1.0, regression="ridge", num_lambdas=10, lasso_eps=1e-2,
-                    lasso_steps=300, num_models=128, alpha=0.5, attribution_dir="")
+                    lasso_steps=300, num_models=64, alpha=0.5, attribution_dir="")
 
 
 def _check_match_options(opts) -> None:
