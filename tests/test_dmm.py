@@ -106,6 +106,22 @@ def test_dmm_targets_subtract_the_forget_sets_datamodel_effect():
   assert np.abs(want - original).max() > 0.5  # the effect is not negligible
 
 
+def test_dmm_diagonal_targets_subtract_each_forget_rows_difference_of_means():
+  model, params, state, _ = method_checks.digits_setup()
+  splits = tiny_splits()
+  outputs, _ = linear_population(model, params, state, splits, m=40)
+  opts = unlearning.options({"retain_multiplier": 1.0, "dm_terms": "diagonal"}, "dmm")
+  x, predicted = dmm.dmm_targets(model, params, state, splits.forget, splits.retain, outputs, opts,
+                                 jax.random.key(0))
+  original = np.asarray(model.apply(params, state, x, train=False)[0])
+  masks, logits = np.asarray(outputs.masks), np.asarray(outputs.logits)
+  for pos, row in enumerate(np.asarray(splits.forget.index)):  # the forget rows come first
+    inside = masks[:, row]
+    effect = logits[inside, row].mean(0) - logits[~inside, row].mean(0)
+    np.testing.assert_allclose(predicted[pos], original[pos] - effect, rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(predicted[4:], original[4:], rtol=1e-6)  # retain rows keep the Original's logits
+
+
 def test_dmm_runs_from_a_saved_population_and_moves_the_weights(tmp_path):
   model, params, state, _ = method_checks.digits_setup()
   splits = tiny_splits()

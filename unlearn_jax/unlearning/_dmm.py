@@ -12,7 +12,10 @@ reference's alternative: cross-entropy to the targets' softmax), run by the one 
 * ``dmm``: the targets are *predicted*: the Original's logits minus the forget set's attributed effect,
   ``z(x) − dm_multiplier · Σ_{i∈forget} θ_x[i]``, where ``θ_x`` are the datamodels of every logit of x fitted on
   the outputs of a population of models trained on random α-subsets of the training set
-  (`unlearn_jax.attribution.datamodels`). The population's outputs (`unlearn_jax.attribution.subsets`) are given
+  (`unlearn_jax.attribution.datamodels`); with ``dm_terms='diagonal'`` (the reference ``dm_direct``'s
+  ``diagonal_only``) only each forget row's effect on its own logits is kept, estimated from its own indicator
+  alone (`self_effects`: the difference of the means over models with and without it), which is what few subset
+  models can estimate. The population's outputs (`unlearn_jax.attribution.subsets`) are given
   as ``subset_outputs=`` or a directory ``attribution_dir``; `unlearn_jax.run` trains and caches them once per
   Original (``num_models`` members, subsets of a fraction ``alpha``) before the method's clock starts, so the
   table's run time is DMM's own (the attribution's time is reported apart).
@@ -64,7 +67,9 @@ LOSSES = ("mse", "ce")
 MATCH_DEFAULTS = dict(methods.LOOP_DEFAULTS, epochs=5, lr=5e-4, optimizer="adam", momentum=0.0, weight_decay=0.0,
                       schedule="exponential", gamma=0.95, batch_size=512, loss="mse", retain_multiplier=3.0,
                       forget_multiplier=1.0, l2_to_original=0.0)
-DMM_DEFAULTS = dict(MATCH_DEFAULTS, dm_multiplier=1.0, regression="ridge", num_lambdas=10, lasso_eps=1e-2,
+DM_TERMS = ("all", "diagonal")
+DMM_DEFAULTS = dict(MATCH_DEFAULTS, dm_multiplier=1.0, dm_terms="all", regression="ridge", num_lambdas=10,
+                    lasso_eps=1e-2,
                     lasso_steps=300, num_models=64, alpha=0.5, attribution_dir="")
 
 
@@ -186,6 +191,23 @@ def _train_positions(split: split_lib.Split, n: int, name: str) -> np.ndarray:
   return index
 
 
+def self_effects(subset_outputs: subsets_lib.SubsetOutputs, rows) -> jax.Array:
+  """Each row's datamodel restricted to its own indicator, for its logits: ``mean(z_r | r ∈ S) − mean(z_r | r ∉ S)``
+  over the subset models ([len(rows), C]; the least-squares coefficient of that one-feature regression).
+
+  ValueError if a row is in every subset model or in none (its effect cannot be estimated).
+  """
+  rows = np.asarray(rows)
+  inside = np.asarray(subset_outputs.masks)[:, rows].astype(np.float32)  # [M, R]
+  n_in, n_out = inside.sum(0), (1 - inside).sum(0)
+  if (n_in == 0).any() or (n_out == 0).any():
+    raise ValueError("subset_outputs.masks: a matching row is in every subset model or in none; its self-effect "
+                     "cannot be estimated (use more subset models)")
+  logits = jnp.asarray(subset_outputs.logits)[:, rows]  # [M, R, C]
+  w = jnp.asarray(inside)[..., None]
+  return jnp.sum(w * logits, 0) / n_in[:, None] - jnp.sum((1 - w) * logits, 0) / n_out[:, None]
+
+
 def dmm_targets(model: Model, params, state, forget, retain, subset_outputs: subsets_lib.SubsetOutputs, opts,
                 rng: jax.Array):
   """``(x, predicted)``: DMM's matching inputs and their predicted Retrain logits (``opts`` as `dmm`'s)."""
@@ -197,13 +219,17 @@ def dmm_targets(model: Model, params, state, forget, retain, subset_outputs: sub
   f_rows, r_rows = matching_rows(forget, retain, retain_multiplier=opts.retain_multiplier,
                                  forget_multiplier=opts.forget_multiplier, rng=rng)
   rows = np.concatenate([f_index[f_rows], r_index[r_rows]])  # training-row numbers of the matching set
+  x = jax.tree.map(lambda a, b: jnp.concatenate([a[f_rows], b[r_rows]]), forget.x, retain.x)
+  original = _eval_logits(model, params, state, x)
+  if opts.dm_terms == "diagonal":
+    effect = self_effects(subset_outputs, rows) * jnp.asarray(np.isin(rows, f_index), jnp.float32)[:, None]
+    return x, original - opts.dm_multiplier * effect
   unique, inverse = np.unique(rows, return_inverse=True)  # each row's datamodels fitted once
   dm = dm_lib.fit_datamodels(subset_outputs.masks, jnp.asarray(subset_outputs.logits)[:, unique],
                              method=opts.regression, num_lambdas=opts.num_lambdas, eps=opts.lasso_eps,
                              steps=opts.lasso_steps)
-  x = jax.tree.map(lambda a, b: jnp.concatenate([a[f_rows], b[r_rows]]), forget.x, retain.x)
-  predicted = predicted_retrain_logits(_eval_logits(model, params, state, x),
-                                       dm._replace(weight=dm.weight[:, inverse]), f_index, opts.dm_multiplier)
+  predicted = predicted_retrain_logits(original, dm._replace(weight=dm.weight[:, inverse]), f_index,
+                                       opts.dm_multiplier)
   return x, predicted
 
 
@@ -215,7 +241,9 @@ def dmm(model, params, state, forget, retain, *, config, rng, subset_outputs: su
     model, params, state: the Original.
     forget, retain: the splits, with ``index`` (training-row numbers, the columns of the subset masks).
     config: options (defaults in `DMM_DEFAULTS`): those of `oracle_matching` (but ``oracle_dirs``), and
-      ``dm_multiplier``, ``regression`` (``'ridge'`` | ``'lasso'``), ``num_lambdas``, ``lasso_eps``,
+      ``dm_multiplier``, ``dm_terms`` (``'all'``; ``'diagonal'``: only each forget row's effect on itself, the
+      reference's ``diagonal_only``, estimated by `self_effects`), ``regression`` (``'ridge'`` | ``'lasso'``),
+      ``num_lambdas``, ``lasso_eps``,
       ``lasso_steps`` (`unlearn_jax.attribution.fit_datamodels`), ``attribution_dir`` (a directory of
       `unlearn_jax.attribution.subsets.save_outputs`, used when ``subset_outputs`` is not given), and
       ``num_models`` / ``alpha``, the population `unlearn_jax.run` builds for it.
@@ -229,6 +257,8 @@ def dmm(model, params, state, forget, retain, *, config, rng, subset_outputs: su
   _check_match_options(opts)
   if opts.regression not in dm_lib.METHODS:
     raise ValueError(f"method.regression={opts.regression!r}: unknown; choose one of {dm_lib.METHODS}")
+  if opts.dm_terms not in DM_TERMS:
+    raise ValueError(f"method.dm_terms={opts.dm_terms!r}: unknown; choose one of {DM_TERMS}")
   if subset_outputs is None:
     if not opts.attribution_dir:
       raise ValueError("method.attribution_dir: empty; give the outputs of an α-subset population "
