@@ -151,3 +151,20 @@ def test_exponential_schedule_decays_per_epoch():
   cfg = ml_collections.ConfigDict(dict(lr=1.0, schedule="exponential", gamma=0.5, epochs=3))
   sched = train.make_schedule(cfg, steps_per_epoch=4)
   np.testing.assert_allclose([sched(i) for i in (0, 3, 4, 8, 11)], [1.0, 1.0, 0.5, 0.25, 0.25])
+
+
+def test_run_inputs_read_the_methods_own_options(monkeypatch):
+  """The run builds DMM's population from the options it is given (a benchmark's, not config.method's)."""
+  import types  # pylint: disable=g-import-not-at-top
+  from unlearn_jax import run as run_lib  # pylint: disable=g-import-not-at-top
+  from unlearn_jax.studies import attribution as study  # pylint: disable=g-import-not-at-top
+  seen = {}
+  monkeypatch.setattr(study, "subset_population", lambda exp, workdir, **kw: (seen.update(kw), ("/pop", 3.0))[1])
+  exp = types.SimpleNamespace(config=types.SimpleNamespace(method=unlearning.method_config("ft")))
+  method, seconds = run_lib.method_inputs(exp, "/tmp/w", None, None, unlearning.method_config("dmm", num_models=7,
+                                                                                              alpha=0.25))
+  assert seen == {"num_models": 7, "alpha": 0.25} and seconds == 3.0
+  assert method.attribution_dir == "/pop" and method.num_models == 7
+  assert run_lib.method_inputs(exp, None, None, None)[1] == 0.0  # ft needs nothing
+  with pytest.raises(ValueError, match="config.attribution.alpha=1.0"):
+    study.check_alpha(1.0, "config.attribution.alpha")

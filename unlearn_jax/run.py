@@ -302,7 +302,8 @@ def method_rng(exp: Experiment) -> jax.Array:
   return jax.random.fold_in(jax.random.key(exp.config.seed), 3)
 
 
-# method name -> ``'module:function'`` of ``inputs(exp, workdir, params, state) -> ({option: value}, seconds)``:
+# method name -> ``'module:function'`` of ``inputs(exp, workdir, params, state, method) -> ({option: value},
+# seconds)`` (``method``: the method's options):
 # what a method needs from the run besides its splits (DMM's α-subset population, oracle matching's Retrain),
 # built or restored from the workdir's cache before the method's clock starts (the module is imported on first use).
 METHOD_INPUTS: dict[str, str] = {"dmm": "unlearn_jax.studies.attribution:dmm_inputs",
@@ -319,7 +320,7 @@ def method_inputs(exp: Experiment, workdir, params, state, method=None):
   inputs = getattr(importlib.import_module(module), function)
   if workdir is None:
     raise ValueError(f"method {method.name!r} builds its inputs in the run's workdir; give workdir=")
-  extra, seconds = inputs(exp, pathlib.Path(workdir), params, state)
+  extra, seconds = inputs(exp, pathlib.Path(workdir), params, state, method)
   method = ml_collections.ConfigDict(method.to_dict())
   method.update(extra)
   return method, seconds

@@ -33,6 +33,7 @@ from unlearn_jax.attribution import trak
 
 
 def check_alpha(alpha: float, key: str = "method.alpha") -> None:
+  """ValueError ``<key>=<alpha>: ...`` unless 0 < α < 1."""
   if not 0.0 < float(alpha) < 1.0:
     raise ValueError(f"{key}={alpha}: an α-subset fraction must be in (0, 1)")
 
@@ -72,17 +73,16 @@ def subset_population(exp: run_lib.Experiment, workdir, *, num_models: int, alph
   return directory, seconds
 
 
-def dmm_inputs(exp, workdir, params, state):
-  """``({'attribution_dir': ...}, seconds)`` for ``dmm`` (see `subset_population`)."""
+def dmm_inputs(exp, workdir, params, state, method):
+  """``({'attribution_dir': ...}, seconds)`` for ``dmm`` with options ``method`` (see `subset_population`)."""
   del params, state
-  m = exp.config.method
-  directory, seconds = subset_population(exp, workdir, num_models=m.num_models, alpha=m.alpha)
+  directory, seconds = subset_population(exp, workdir, num_models=method.num_models, alpha=method.alpha)
   return {"attribution_dir": str(directory)}, seconds
 
 
-def oracle_inputs(exp, workdir, params, state):
+def oracle_inputs(exp, workdir, params, state, method):
   """``({'oracle_dirs': (Retrain's checkpoint,)}, seconds)`` for ``oracle_matching``."""
-  del params, state
+  del params, state, method
   start = time.perf_counter()
   run_lib.retrain(exp, workdir)  # restored from the cache, or trained and cached
   return {"oracle_dirs": (str(run_lib.stage_dir(exp, workdir, "retrain")),)}, time.perf_counter() - start
