@@ -39,9 +39,8 @@ def test_lm_study_tiny_runs_every_method_and_caches(tmp_path):
     r = again["results"][row]
     for key in ("probe_recall", "relearn_recall", "rephrased_recall", "few_shot_recall"):
       assert 0.0 <= r[key] <= 1.0, (row, key, r)
-    assert r["relearn_seconds"] > 0
     assert all(0.0 <= r[f"mia_{a}"] <= 1.0 for a in lm_eval.MIA_ATTACKS) and 0.0 <= r["extraction_strength"] <= 1.0
-  assert "Robustness: recall of the probed forget facts" in again["table"]
+  assert "Robustness: recall of the probed forget facts (relearning all 3 models" in again["table"]
 
 
 @pytest.mark.parametrize("key,value,match", [

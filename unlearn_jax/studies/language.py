@@ -17,7 +17,7 @@ their config with `lm_config`. Sections, in order:
      Retrain included (the floor), is probed on the forget facts that an attacker does *not* relearn: recall of the facts' values by
      greedy answers to the original questions, to rephrased questions (`facts.PARAPHRASED_QUESTIONS`) and after
      ``few_shot`` solved examples of the same relation about retain people; then a relearning attack fine-tunes
-     it (the one loop, NLL) for a few steps on the other ``relearn_fraction`` of the forget QAs (other facts of
+     it (the one loop, NLL; every model at once, `loop.unlearn_grid`) for a few steps on the other ``relearn_fraction`` of the forget QAs (other facts of
      the same people) and the original questions are asked again.
   7. ``results.json``, ``results.md`` (forget quality, model utility, forget ROUGE-L, PrivLeak, forget truth ratio,
      run time; the robustness table) and ``run.json`` are written; the tables are printed.
@@ -71,8 +71,7 @@ COLUMNS = (("forget_quality", "Forget quality", 1.0, 4), ("model_utility", "Mode
            ("seconds", "Run time s", 1.0, 1))
 # The robustness table: recall of the probed forget facts (`robustness`).
 ROBUSTNESS_COLUMNS = (("probe_recall", "After unlearning", 1.0, 3), ("relearn_recall", "After relearning", 1.0, 3),
-                      ("rephrased_recall", "Rephrased", 1.0, 3), ("few_shot_recall", "Few-shot", 1.0, 3),
-                      ("relearn_seconds", "Relearn s", 1.0, 1))
+                      ("rephrased_recall", "Rephrased", 1.0, 3), ("few_shot_recall", "Few-shot", 1.0, 3))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -414,11 +413,12 @@ def run_lm(config, workdir) -> dict:
           f"{model_lib.num_params(like):,} parameters)"
   table = format_lm_table(results, title=title)
   if config.robustness.enabled and isinstance(bench, facts.FactsBenchmark):  # the probes are built from the facts
-    probes = robustness(config, lm, bench, sets, {row: p for row, (p, _) in models.items()})
+    probes, seconds = robustness(config, lm, bench, sets, {row: p for row, (p, _) in models.items()})
     for row, values in probes.items():
       results[row].update(values)
-    table += "\n" + format_lm_table(results, title="Robustness: recall of the probed forget facts",
-                                     columns=ROBUSTNESS_COLUMNS)
+    table += "\n" + format_lm_table(
+        results, columns=ROBUSTNESS_COLUMNS,
+        title=f"Robustness: recall of the probed forget facts (relearning all {len(probes)} models: {seconds:.1f} s)")
   evaluation.atomic_write(str(workdir / "results.json"), json.dumps(results, indent=1))
   evaluation.atomic_write(str(workdir / "results.md"), table)
   run_lib.write_run_record(workdir, config, started=start, finished=time.time(), restored=restored)
@@ -437,16 +437,18 @@ def _people(split):
   return split.take(people) if people.size else split
 
 
-def robustness(config, lm, bench: facts.FactsBenchmark, sets: dict, models: dict) -> dict[str, dict[str, float]]:
+def robustness(config, lm, bench: facts.FactsBenchmark, sets: dict, models: dict):
   """Recall of the probed forget facts for every model of ``models`` (``{row: params}``), and after relearning.
 
   The forget QAs are split once (seeded): ``relearn_fraction`` of them are the attacker's relearning data, the
   rest are probed. Recall (`evaluation.language.value_recalled`: the greedy answer states the value) is measured
   with the original questions, rephrased questions and ``few_shot``-shot prompts, then again with the original
-  questions after fine-tuning the model on the relearning data (``config.robustness.relearn``, by the one loop).
+  questions after fine-tuning the model on the relearning data (``config.robustness.relearn``: token-mean NLL by
+  the one loop). Every model is relearned at once, as one vmapped program (`loop.unlearn_grid` with stacked
+  parameters), on the same batches.
 
   Returns:
-    ``{row: {'probe_recall', 'rephrased_recall', 'few_shot_recall', 'relearn_recall', 'relearn_seconds'}}``.
+    ``({row: {'probe_recall', 'rephrased_recall', 'few_shot_recall', 'relearn_recall'}}, relearning seconds)``.
   """
   r, e = config.robustness, config.eval
   forget = sets["forget"]
@@ -462,17 +464,23 @@ def robustness(config, lm, bench: facts.FactsBenchmark, sets: dict, models: dict
   recall = lambda params, ids, lens: float(lm_eval.fact_recall(
       lm, params, ids, lens, values, decode=bench.tokenizer.decode, max_new_tokens=e.max_new_tokens,
       batch_size=e.batch_size)[0].mean())
-  out = {}
-  for row, params in models.items():
-    scores = {name: recall(params, *p) for name, p in prompts.items()}
-    t0 = time.perf_counter()
-    relearned, _ = _finetune(lm, params, relearn_set, r.relearn, jax.random.fold_in(jax.random.key(config.seed), 17),
-                             f"relearn {row}")
-    jax.block_until_ready(relearned)
-    scores["relearn_seconds"] = time.perf_counter() - t0
-    scores["relearn_recall"] = recall(relearned, *prompts["probe_recall"])
-    out[row] = scores
-  return out
+  out = {row: {name: recall(params, *p) for name, p in prompts.items()} for row, params in models.items()}
+
+  rows = list(models)
+  bs = min(int(r.relearn.batch_size), relearn_set.size)
+  tx = train.make_optimizer(r.relearn, relearn_set.num_batches(bs))
+  objective = loop.Objective(retain=lm_unlearning.objectives.nll(lm))
+  t0 = time.perf_counter()
+  stacked, _, _ = loop.unlearn_grid(
+      jax.tree.map(lambda *p: jnp.stack(p), *[models[row] for row in rows]), lm_unlearning.teachers.carry({}, {}),
+      None, relearn_set,
+      make=lambda _: (objective, tx), hypers=jnp.zeros((len(rows),)), epochs=int(r.relearn.epochs),
+      batch_size=bs, rng=jax.random.fold_in(jax.random.key(config.seed), 17), desc="relearn", stacked=True)
+  jax.block_until_ready(stacked)
+  seconds = time.perf_counter() - t0
+  for g, row in enumerate(rows):
+    out[row]["relearn_recall"] = recall(jax.tree.map(lambda p: p[g], stacked), *prompts["probe_recall"])
+  return out, seconds
 
 
 def format_lm_table(results: dict, *, title: str, columns=None) -> str:
