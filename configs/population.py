@@ -11,6 +11,15 @@ settings, `configs/benchmark.py:mnist1d`; the class kind reads ``benchmark_mnist
 file the study runs the benchmark's own selection (seed 100, the same grids) for each method and caches it in
 ``<workdir>/selection_<kind>/``. ``:tiny_test`` is the test's shrunken version.
 
+Measured (benchmarks/RESULTS.md, "Population study"): the full default did not fit this session's time on the
+loaded 2-core CPU; the reduced run ``--config.population.size=8 --config.population.kinds='("random",)'
+--config.population.member_batch=4`` took 29 minutes from scratch at load average 12-24 (17 of them the benchmark's
+selection, which re-chose the tuned benchmark's settings exactly). Result: the floor (Retrain vs Retrain) has U-LiRA
+accuracy 0.50 and challenge score 0.195; FT, NegGrad+ and l1-sparse come closest (U-LiRA 0.62-0.63, score
+0.14-0.16), while SalUn, RL and SalUn-soft, which lead on Avg. Gap, are told from Retrain 74-76% of the time (the
+Original: 81%). Expect the default (32 models, two kinds, the selection cached after the first run) to take well
+over the 15-minute goal on a loaded machine: about 2 x (17 min selection + 3 x ~4 min populations + ~15 min methods).
+
 Methods: those of the tuned benchmark (`configs/benchmark.TUNED_METHODS`) that run over the model axis in one
 program: every Plan and every one-shot method. Writes results.md, results.json and klom_<kind>.png; measured
 figures and their reading are in benchmarks/RESULTS.md ("Population study").
