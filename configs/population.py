@@ -20,6 +20,9 @@ accuracy 0.50 and challenge score 0.195; FT, NegGrad+ and l1-sparse come closest
 Original: 81%). Expect the default (32 models, two kinds, the selection cached after the first run) to take well
 over the 15-minute goal on a loaded machine: about 2 x (17 min selection + 3 x ~4 min populations + ~15 min methods).
 
+For MLPs on the CPU add ``--config.population.loop=scan``: the whole-epoch scan trains a 32-model population 1.8x
+faster per epoch than the CPU's default per-step loop (benchmarks/population.py).
+
 Methods: those of the tuned benchmark (`configs/benchmark.TUNED_METHODS`) that run over the model axis in one
 program: every Plan and every one-shot method. Writes results.md, results.json and klom_<kind>.png; measured
 figures and their reading are in benchmarks/RESULTS.md ("Population study").
