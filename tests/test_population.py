@@ -95,8 +95,9 @@ def test_masks_and_bad_input_are_refused_before_training():
   one = jax.tree.map(lambda a: a[0], params)
   weights = sum(a.size * 4 for a in jax.tree.leaves(one))
   acts = 2 * sum(a.size * 4 for a in jax.tree.leaves(model.intermediates(one, {}, split.x[:8])))
-  # params, grads, momentum, the schedule's int32 step count, activations, rows
-  assert plan.per_member == 2 * weights + weights + 4 + acts + 8 * 40
+  opt = sum(a.size * a.dtype.itemsize for a in jax.tree.leaves(train.make_optimizer(cfg(), 5).init(one)))
+  assert opt >= weights  # the momentum, and step counts
+  assert plan.per_member == 2 * weights + opt + acts + 8 * 40  # params, grads, optimiser state, activations, rows
   assert plan.shared == 40 * 5 * 4 + 40 * 4 and plan.per_device == plan.shared + 2 * plan.per_member
   with pytest.raises(ValueError, match=r"population.size=2: needs .* GiB per device .*; at most 1 models fit"):
     pop.fit(model, params, state, split, cfg(), rng=jax.random.key(0),
