@@ -132,8 +132,13 @@ def _save_step(mngr: ocp.CheckpointManager, step: int, tree: Pytree, metadata: d
       deadline = time.monotonic() + 30
       for thread in set(threading.enumerate()) - threads:  # Orbax's threads of this save are done with the
         thread.join(timeout=max(0.0, deadline - time.monotonic()))  # temporary directory before it goes
-    for tmp in glob.glob(os.path.join(glob.escape(directory), f"{step}.orbax-checkpoint-tmp*")):
-      shutil.rmtree(tmp, ignore_errors=True)  # nothing half-written stays behind
+    pattern = os.path.join(glob.escape(directory), f"{step}.orbax-checkpoint-tmp*")
+    for _ in range(20):  # nothing half-written stays behind; TensorStore's own (C++) threads may still be
+      for tmp in glob.glob(pattern):  # finishing writes that were under way: remove until none comes back
+        shutil.rmtree(tmp, ignore_errors=True)
+      time.sleep(0.05)
+      if not glob.glob(pattern):
+        break
     with contextlib.suppress(OSError):
       os.rmdir(directory)  # if it holds nothing else now
     raise CheckpointWriteError(errno.EIO, f"cannot write checkpoint {directory}: {_first_line(e)}") from e
