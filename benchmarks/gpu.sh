@@ -10,7 +10,8 @@
 #   ResNet-18 SGD step vs PyTorch (benchmarks/resnet18_vs_torch.py, fp32/TF32, MFU of 495 TFLOP/s);
 #   SalUn epoch vs PyTorch at batch 128 and 256, fp32 and bf16 (benchmarks/salun_vs_torch.py);
 #   LM gradient-ascent step vs PyTorch at GPT-2-125M and Llama-1B sizes, bf16 (benchmarks/lm_step.py, MFU of 989),
-#   and GPT-2-125M's JAX step with cuDNN's fused attention (--attention_impl=cudnn);
+#   and GPT-2-125M's JAX step with cuDNN's fused attention (--attention_impl=cudnn); NPO's step at Llama-1B size on
+#   TOFU-shaped batches, full fine-tuning vs LoRA r=8 (lm_step.py --lora_rank);
 #   the 8 x 100M-parameter merges (benchmarks/merge.py); ResNet-20 x8 weight matching (benchmarks/weight_matching.py).
 # Output: $OUT/gpu.md (the table, the device named) and $OUT/gpu.log (every step's full output). OUT defaults to
 # workdir/gpu; on the lent device machine $OUT is the folder whose files come back.
@@ -92,6 +93,7 @@ if (( SMOKE )); then
   step lm_llama_1b_bf16 300 benchmarks/lm_step.py --config=tiny --batch=2 --seq=16 --dtype=bfloat16 --steps=1
   step merge_8x100m 300 benchmarks/merge.py --scale=0.02 --methods=linear,ties,regmean
   step weight_matching_x8 300 benchmarks/weight_matching.py --widths=1 --max_iter=2
+  step lm_lora_npo 300 benchmarks/lm_step.py --config=tiny --batch=2 --seq=16 --steps=1 --lora_rank=4
 else
   step resnet18_train_fp32 50 benchmarks/train_step.py --model=resnet18 --num_train=5120 --batch_size=256 --epochs=2
   step resnet18_train_bf16 50 benchmarks/train_step.py --model=resnet18 --num_train=5120 --batch_size=256 --epochs=2 --dtype=bfloat16
@@ -105,6 +107,8 @@ else
   step weight_matching_x8 45 benchmarks/weight_matching.py --widths=8
   # last, so that it never takes budget from the steps above
   step lm_gpt2_125m_bf16_cudnn 45 benchmarks/lm_step.py --config=gpt2-125m --batch=8 --seq=512 --dtype=bfloat16 --steps=10 --peak_tflops=989 --attention_impl=cudnn --sides=jax
+  # NPO's unlearning step at Llama-3.2-1B shape on TOFU-shaped batches (8 QAs of 256 tokens), all weights vs LoRA
+  step lm_llama_1b_npo_lora 60 benchmarks/lm_step.py --config=llama-1b --batch=8 --seq=256 --dtype=bfloat16 --steps=5 --lora_rank=8
 fi
 
 {

@@ -194,13 +194,17 @@ def lora_main(cfg: gpt.GPTConfig) -> None:
       times.append(time.perf_counter() - start)
     steady = float(np.mean(times[1:]))
     opt_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(opt_state))
-    rows[label] = (tokens / steady, peak)
+    rows[label] = (num_params(trainable), opt_bytes, peak, times[0], tokens / steady)
     print(f"{label}: trainable {num_params(trainable):,} params, optimiser state {opt_bytes / 2**20:.1f} MiB, "
           f"step peak {peak / 2**20:.0f} MiB, first step {times[0]:.2f} s, steady {steady:.3f} s/step, "
           f"{tokens / steady:.1f} tokens/s")
-  (full_rate, full_peak), (lora_rate, lora_peak) = rows.values()
+  (*_, full_peak, _, full_rate), (*_, lora_peak, _, lora_rate) = rows.values()
   print(f"ratio lora/full: tokens/s {lora_rate / full_rate:.2f}, peak memory {lora_peak / full_peak:.2f}")
-  assert all(math.isfinite(r) for r, _ in rows.values())
+  print("| NPO step | trained params | AdamW state MiB | step peak MiB | first step s | tokens/s |\n"
+        "|---|---:|---:|---:|---:|---:|")
+  for label, (count, opt_bytes, peak, first, rate) in rows.items():
+    print(f"| {label} | {count:,} | {opt_bytes / 2**20:.1f} | {peak / 2**20:.0f} | {first:.2f} | {rate:.1f} |")
+  assert all(math.isfinite(r[-1]) for r in rows.values())
 
 
 def torch_side(cfg: gpt.GPTConfig) -> tuple[list[float], int]:
