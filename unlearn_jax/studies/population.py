@@ -269,9 +269,11 @@ def plot_klom(hist: dict[str, np.ndarray], path, *, title: str) -> str:
   ax = axes[0, 0]
   top = max(float(np.max(v)) for v in hist.values()) or 1.0
   edges = np.linspace(0.0, top, 31)
-  for name, values in hist.items():
+  from matplotlib import colormaps  # pylint: disable=g-import-not-at-top  (plots.new_figure checked it is there)
+  colors = colormaps["tab20"].colors
+  for i, (name, values) in enumerate(hist.items()):
     kw = dict(histtype="stepfilled", alpha=0.3) if name == FLOOR else dict(histtype="step")
-    ax.hist(values, bins=edges, label=name, **kw)
+    ax.hist(values, bins=edges, label=name, color=colors[i % len(colors)], **kw)
   ax.set_xlabel("KLoM per forget example (Retrain vs row)")
   ax.set_ylabel("examples")
   ax.set_title(title, fontsize=9)
