@@ -209,4 +209,9 @@ def test_study_refuses_bad_benchmark_input(tmp_path):
   config.model.hf_checkpoint = str(tmp_path / "ckpt")
   with pytest.raises(ValueError, match=r"config\.model\.hf_checkpoint=.*vocabulary \(8\) is smaller"):
     run_lib.run(config, tmp_path / "w")
+  from configs import lm_concept  # pylint: disable=g-import-not-at-top
+  concept = lm_concept.get_config("tiny_test")
+  concept.data.update(source="tofu", dir=str(tmp_path / "data"))
+  with pytest.raises(ValueError, match=r"config\.data\.source='tofu': concept unlearning"):
+    run_lib.run(concept, tmp_path / "w")
   assert not (tmp_path / "w").exists()

@@ -96,6 +96,8 @@ def validate_concept(config) -> ml_collections.ConfigDict:
   base = ml_collections.ConfigDict(config.to_dict())
   del base["forget"], base["cache_dir"], base.eval["tofu"]
   lm_study.validate_lm(base)
+  require(config.data.source == "facts", "data.source", config.data.source,
+          "concept unlearning asks the fictitious facts' relations: only 'facts'")
   f = config.forget
   require(f.kind in KINDS, "forget.kind", f.kind, f"choose one of {KINDS}")
   schema = [a.name for a in facts.PERSON_ATTRIBUTES[:config.data.facts_per_person]]
