@@ -15,8 +15,9 @@ Config sections:
   eval            scoring: mia, kl, batch_size
   mesh            device mesh: data and fsdp axis sizes, multihost
   study sections  owned by a study pipeline, see its config file: benchmark; sweep; merge; merge_datasets; lmc
-                  (rebasin, width_lmc); data, methods, compare, cache_dir (language-model studies); diffusion,
-                  unet, classifier, sampling (diffusion study); attribution (LDS study)
+                  (rebasin, width_lmc); data, methods, compare, cache_dir, robustness (language-model studies);
+                  diffusion, unet, classifier, sampling (diffusion study); attribution (LDS study);
+                  population (population study)
 
 Compiled programs: JAX's persistent compilation cache is on, in ``~/.cache/unlearn_jax/xla`` (or
 ``$JAX_COMPILATION_CACHE_DIR``); ``--compilation_cache=DIR`` moves it, ``--compilation_cache=off`` turns it off.

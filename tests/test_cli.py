@@ -29,7 +29,7 @@ CONFIGS = sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, 
 ARGS = {"ssd.py": ("lfssd",), "retrain.py": ("cnn",)}
 EXPERIMENT_CONFIGS = [p for p in CONFIGS if "method_experiment(" in open(os.path.join(ROOT, p)).read()]
 # Study configs keep a section of their own that the base validation leaves to the pipeline.
-STUDY_SECTIONS = ("benchmark", "sweep", "merge", "merge_datasets", "lmc", "attribution")
+STUDY_SECTIONS = ("benchmark", "sweep", "merge", "merge_datasets", "lmc", "attribution", "population")
 # A tiny run: the smallest network and 1 epoch each.
 TINY = ("--config.model.hidden=16,", "--config.train.epochs=1", "--config.retrain.epochs=1",
         "--config.eval.mia=False")
