@@ -238,6 +238,10 @@ def test_verdict_says_whether_the_method_beats_the_original():
   assert line == ("verdict: m is closer to Retrain than the Original is (Avg. Gap 0.50 vs 7.50); m vs Retrain per "
                   "column (points): UA 2.00, RA 0.00, TA 0.00, MIA 0.00.")
   assert "does NOT beat" in run_lib.verdict({"Retrain": retrain, "Original": original, "m": worse}, "m")
+  no_mia = {row: {k: v for k, v in r.items() if k != "MIA"} for row, r in (("Retrain", retrain),
+                                                                           ("Original", original), ("m", better))}
+  assert run_lib.verdict(no_mia, "m") == ("verdict: m is closer to Retrain than the Original is (Avg. Gap 0.67 vs "
+                                          "3.33); m vs Retrain per column (points): UA 2.00, RA 0.00, TA 0.00.")
 
 
 def test_layers_run_one_way_and_every_study_registers_its_name():

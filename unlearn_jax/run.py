@@ -425,10 +425,11 @@ def run_unlearning(config, workdir: str | os.PathLike) -> dict:
 
 
 def verdict(results: dict, name: str) -> str:
-  """One line: whether method ``name`` ends closer to Retrain than the Original (Avg. Gap, in points), and how
-  far from Retrain it is on each column."""
-  ours, original = (100 * evaluation.avg_gap(results[k], results["Retrain"]) for k in (name, "Original"))
-  columns = ", ".join(f"{k} {100 * abs(results[name][k] - results['Retrain'][k]):.2f}" for k in evaluation.GAP_KEYS)
+  """One line: whether method ``name`` ends closer to Retrain than the Original (Avg. Gap, in points, over the
+  gap columns the rows have: no MIA with ``eval.mia=False``), and how far from Retrain it is on each column."""
+  keys = [k for k in evaluation.GAP_KEYS if all(k in results[row] for row in (name, "Original", "Retrain"))]
+  ours, original = (100 * evaluation.avg_gap(results[k], results["Retrain"], keys) for k in (name, "Original"))
+  columns = ", ".join(f"{k} {100 * abs(results[name][k] - results['Retrain'][k]):.2f}" for k in keys)
   per_column = f"; {name} vs Retrain per column (points): {columns}."
   if ours < original:
     return (f"verdict: {name} is closer to Retrain than the Original is (Avg. Gap {ours:.2f} vs {original:.2f})"
