@@ -103,7 +103,7 @@ SCRIPT = textwrap.dedent("""
 
       # TIES over three sharded models
       ms = [sharding.place(m, mesh, rules) for m in models]
-      compiled = merging.ties.lower(ms, base=ps, density=0.3).compile()
+      compiled = jax.jit(merging.ties, static_argnames=("density",)).lower(ms, base=ps, density=0.3).compile()
       assert "all-gather" not in compiled.as_text(), "TIES gathered a parameter"
       check("ties", merging.ties(ms, base=ps, density=0.3), ties1)
 
