@@ -168,3 +168,11 @@ def test_run_inputs_read_the_methods_own_options(monkeypatch):
   assert run_lib.method_inputs(exp, None, None, None)[1] == 0.0  # ft needs nothing
   with pytest.raises(ValueError, match="config.attribution.alpha=1.0"):
     study.check_alpha(1.0, "config.attribution.alpha")
+
+
+def test_self_effects_difference_of_means_and_rows_without_an_estimate():
+  masks = np.array([[1, 1, 0], [1, 0, 0], [1, 1, 0], [1, 0, 0]], bool)  # row 0 always in, row 2 never
+  logits = np.arange(4 * 3 * 2, dtype=np.float32).reshape(4, 3, 2)
+  got = np.asarray(dmm.self_effects(subsets.SubsetOutputs(masks, logits), [0, 1, 2]))
+  np.testing.assert_allclose(got[1], logits[[0, 2], 1].mean(0) - logits[[1, 3], 1].mean(0))
+  np.testing.assert_array_equal(got[[0, 2]], 0.0)

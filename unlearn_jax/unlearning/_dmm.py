@@ -193,19 +193,18 @@ def _train_positions(split: split_lib.Split, n: int, name: str) -> np.ndarray:
 
 def self_effects(subset_outputs: subsets_lib.SubsetOutputs, rows) -> jax.Array:
   """Each row's datamodel restricted to its own indicator, for its logits: ``mean(z_r | r ∈ S) − mean(z_r | r ∉ S)``
-  over the subset models ([len(rows), C]; the least-squares coefficient of that one-feature regression).
-
-  ValueError if a row is in every subset model or in none (its effect cannot be estimated).
+  over the subset models ([len(rows), C]; the least-squares coefficient of that one-feature regression). A row in
+  every subset model or in none has no estimate: its effect is 0 (its logits are left as the Original's).
   """
   rows = np.asarray(rows)
   inside = np.asarray(subset_outputs.masks)[:, rows].astype(np.float32)  # [M, R]
   n_in, n_out = inside.sum(0), (1 - inside).sum(0)
-  if (n_in == 0).any() or (n_out == 0).any():
-    raise ValueError("subset_outputs.masks: a matching row is in every subset model or in none; its self-effect "
-                     "cannot be estimated (use more subset models)")
+  known = jnp.asarray((n_in > 0) & (n_out > 0), jnp.float32)[:, None]
   logits = jnp.asarray(subset_outputs.logits)[:, rows]  # [M, R, C]
   w = jnp.asarray(inside)[..., None]
-  return jnp.sum(w * logits, 0) / n_in[:, None] - jnp.sum((1 - w) * logits, 0) / n_out[:, None]
+  diff = (jnp.sum(w * logits, 0) / np.maximum(n_in, 1)[:, None]
+          - jnp.sum((1 - w) * logits, 0) / np.maximum(n_out, 1)[:, None])
+  return known * diff
 
 
 def dmm_targets(model: Model, params, state, forget, retain, subset_outputs: subsets_lib.SubsetOutputs, opts,
