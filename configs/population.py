@@ -18,7 +18,8 @@ selection, which re-chose the tuned benchmark's settings exactly). Result: the f
 accuracy 0.50 and challenge score 0.195; FT, NegGrad+ and l1-sparse come closest (U-LiRA 0.62-0.63, score
 0.14-0.16), while SalUn, RL and SalUn-soft, which lead on Avg. Gap, are told from Retrain 74-76% of the time (the
 Original: 81%). Class-wise (``kinds='("class",)'``, ``loop=scan``, 8 models, 12 minutes): Avg. Gap is below 1.5 for
-eight methods, yet U-LiRA tells them from Retrain 94-100% of the time (floor 52%). Expect the default (32 models, two kinds, the selection cached after the first run) to take well
+eight methods, yet U-LiRA tells them from Retrain 94-100% of the time (floor 52%). Expect the default (32 models,
+two kinds, the selection cached after the first run) to take well
 over the 15-minute goal on a loaded machine: about 2 x (17 min selection + 3 x ~4 min populations + ~15 min methods).
 
 For MLPs on the CPU add ``--config.population.loop=scan``: the whole-epoch scan trains a 32-model population 1.8x

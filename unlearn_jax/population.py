@@ -425,7 +425,8 @@ def make_epoch_fn(loss_fn, tx: optax.GradientTransformation, lay: Layout, *, aug
     new, out = body(carry, (jax.tree.map(take, x), take(y), key))
     return jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, carry), out
 
-  return train_lib.epoch_program(prepare, jax.vmap(member_step, in_axes=(0, 0, None), spmd_axis_name=None if mesh is None else MODEL), loop=loop)
+  members = jax.vmap(member_step, in_axes=(0, 0, None), spmd_axis_name=None if mesh is None else MODEL)
+  return train_lib.epoch_program(prepare, members, loop=loop)
 
 
 def _summary(lay: Layout):
@@ -446,8 +447,8 @@ def _summary(lay: Layout):
 
 
 def fit(model: Model, params: Pytree, state: Pytree, split: split_lib.Split, cfg, *, rng, masks=None, mesh=None,
-        augment: Callable | None = None, loss_fn=None, loop: str | None = None, log: Callable[[str], None] | None = None,
-        checkpoints=None, desc: str = "population", memory_limit: int | None = None):
+        augment: Callable | None = None, loss_fn=None, loop: str | None = None,
+        log: Callable[[str], None] | None = None, checkpoints=None, desc: str = "population", memory_limit: int | None = None):
   """Trains a population with cross-entropy on its members' rows of ``split`` for ``cfg.epochs`` epochs.
 
   Args:

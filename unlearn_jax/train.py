@@ -279,8 +279,8 @@ def run_epochs(epoch_fn, tx, params, state, data: tuple, epochs: int, *, rng, me
 
   Epoch ``e`` always uses key ``jax.random.fold_in(rng, e)`` (`epoch_key`: nothing is allocated in proportion
   to ``epochs``; a ``(N,)`` array of per-model keys gives each model its own, as `unlearn_jax.population` does).
-  ``summarize(losses, metrics, epoch) -> {name: float}`` turns an epoch's host-side outputs into its history entries (default
-  `mean_summary`; it raises on a non-finite loss). With ``checkpoints`` (an object with
+  ``summarize(losses, metrics, epoch) -> {name: float}`` turns an epoch's host-side outputs into its history entries
+  (default `mean_summary`; it raises on a non-finite loss). With ``checkpoints`` (an object with
   ``latest(like, epochs) -> (epoch, tree, metadata) | None``, ``due(epoch, epochs) -> bool`` and
   ``save(epoch, tree, metadata)``, e.g. `unlearn_jax.checkpoint.EpochCheckpoints`; ``tree`` is
   ``{'params', 'state', 'opt_state'}``), the newest saved one replaces the initial one, restored onto the

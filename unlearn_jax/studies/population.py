@@ -83,7 +83,8 @@ def population_section(methods, *, size: int = 32, kinds=KINDS, classes=(0,), se
   return ml_collections.ConfigDict(dict(
       methods=tuple(methods), size=size, kinds=tuple(kinds), classes=tuple(classes),
       settings=ml_collections.ConfigDict({k: (settings or {}).get(k, ml_collections.config_dict.placeholder(str))
-                                          for k in KINDS}), selection_seed=selection_seed, grids=grid, gap_members=gap_members,
+                                          for k in KINDS}),
+      selection_seed=selection_seed, grids=grid, gap_members=gap_members,
       member_batch=member_batch, loop=ml_collections.config_dict.placeholder(str) if loop is None else loop,
       options=opts))
 
