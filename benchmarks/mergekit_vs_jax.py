@@ -26,6 +26,8 @@ from absl import flags
 from safetensors.numpy import load_file
 from safetensors.numpy import save_file
 
+from unlearn_jax.models import hf
+
 _DIR = flags.DEFINE_string("dir", "/tmp/mk_bench", "Working directory (checkpoints, YAMLs, outputs).")
 _K = flags.DEFINE_integer("k", 4, "Fine-tuned models per merge (slerp takes 1 and the base).")
 _METHODS = flags.DEFINE_list("methods", ["linear", "task_arithmetic", "ties", "dare_ties", "della", "model_stock",
@@ -36,24 +38,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RANDOM = ("dare_ties", "della")  # random masks: mergekit's torch draws differ from ours
 
 
-def _gpt2_shapes(d=768, layers=12, vocab=50257, positions=1024):
-  shapes = {"transformer.wte.weight": (vocab, d), "transformer.wpe.weight": (positions, d),
-            "transformer.ln_f.weight": (d,), "transformer.ln_f.bias": (d,)}
-  for i in range(layers):
-    p = f"transformer.h.{i}."
-    shapes.update({p + "ln_1.weight": (d,), p + "ln_1.bias": (d,), p + "ln_2.weight": (d,), p + "ln_2.bias": (d,),
-                   p + "attn.c_attn.weight": (d, 3 * d), p + "attn.c_attn.bias": (3 * d,),
-                   p + "attn.c_proj.weight": (d, d), p + "attn.c_proj.bias": (d,),
-                   p + "mlp.c_fc.weight": (d, 4 * d), p + "mlp.c_fc.bias": (4 * d,),
-                   p + "mlp.c_proj.weight": (4 * d, d), p + "mlp.c_proj.bias": (d,)})
-  return shapes
-
-
 def _write_models(root: str, k: int, layers: int) -> None:
   config = dict(model_type="gpt2", architectures=["GPT2LMHeadModel"], n_embd=768, n_layer=layers, n_head=12,
                 n_positions=1024, vocab_size=50257)
   rng = np.random.default_rng(0)
-  shapes = _gpt2_shapes(layers=layers)
+  shapes = hf.hf_shapes(hf.config_from_hf(config), "transformer.")
   base = None
   for name in ["base"] + [f"ft{i}" for i in range(k)]:
     path = os.path.join(root, name)

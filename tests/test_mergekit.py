@@ -12,6 +12,7 @@ from safetensors.numpy import load_file
 from safetensors.numpy import save_file
 
 from unlearn_jax.merging import mergekit
+from unlearn_jax.models import hf
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -127,33 +128,6 @@ LLAMA = dict(model_type="llama", architectures=["LlamaForCausalLM"], hidden_size
              tie_word_embeddings=False, max_position_embeddings=32, rms_norm_eps=1e-6, head_dim=8)
 
 
-def _gpt2_shapes(c):
-  d, v = c["n_embd"], c["vocab_size"]
-  shapes = {"transformer.wte.weight": (v, d), "transformer.wpe.weight": (c["n_positions"], d),
-            "transformer.ln_f.weight": (d,), "transformer.ln_f.bias": (d,)}
-  for i in range(c["n_layer"]):
-    p = f"transformer.h.{i}."
-    shapes.update({p + "ln_1.weight": (d,), p + "ln_1.bias": (d,), p + "ln_2.weight": (d,), p + "ln_2.bias": (d,),
-                   p + "attn.c_attn.weight": (d, 3 * d), p + "attn.c_attn.bias": (3 * d,),
-                   p + "attn.c_proj.weight": (d, d), p + "attn.c_proj.bias": (d,),
-                   p + "mlp.c_fc.weight": (d, 4 * d), p + "mlp.c_fc.bias": (4 * d,),
-                   p + "mlp.c_proj.weight": (4 * d, d), p + "mlp.c_proj.bias": (d,)})
-  return shapes
-
-
-def _llama_shapes(c):
-  d, f, v, kv = c["hidden_size"], c["intermediate_size"], c["vocab_size"], c["num_key_value_heads"] * c["head_dim"]
-  shapes = {"model.embed_tokens.weight": (v, d), "model.norm.weight": (d,), "lm_head.weight": (v, d)}
-  for i in range(c["num_hidden_layers"]):
-    p = f"model.layers.{i}."
-    shapes.update({p + "input_layernorm.weight": (d,), p + "post_attention_layernorm.weight": (d,),
-                   p + "self_attn.q_proj.weight": (d, d), p + "self_attn.k_proj.weight": (kv, d),
-                   p + "self_attn.v_proj.weight": (kv, d), p + "self_attn.o_proj.weight": (d, d),
-                   p + "mlp.gate_proj.weight": (f, d), p + "mlp.up_proj.weight": (f, d),
-                   p + "mlp.down_proj.weight": (d, f)})
-  return shapes
-
-
 def _write(path, config, tensors, vocab=None):
   os.makedirs(path, exist_ok=True)
   with open(os.path.join(path, "config.json"), "w") as f:
@@ -170,7 +144,8 @@ def zoo(tmp_path_factory):
   root = tmp_path_factory.mktemp("zoo")
   rng = np.random.default_rng(0)
   vocab = {f"tok{i}": i for i in range(40)}
-  for family, config, shapes in (("gpt2", GPT2, _gpt2_shapes(GPT2)), ("llama", LLAMA, _llama_shapes(LLAMA))):
+  for family, config, shapes in (("gpt2", GPT2, hf.hf_shapes(hf.config_from_hf(GPT2), "transformer.")),
+                                 ("llama", LLAMA, hf.hf_shapes(hf.config_from_hf(LLAMA)))):
     base = {k: (0.3 * rng.standard_normal(s)).astype(np.float32) for k, s in shapes.items()}
     _write(root / f"{family}_base", config, base, vocab)
     for i in range(3):

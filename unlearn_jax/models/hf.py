@@ -286,6 +286,12 @@ def _hf_shape(entry: Entry, shapes) -> tuple[int, ...]:
   return shape[::-1] if entry.transpose else shape
 
 
+def hf_shapes(cfg: gpt.GPTConfig, prefix: str = "") -> dict[str, tuple[int, ...]]:
+  """The shape of every HF tensor of ``cfg`` (named as in `hf_entries`), without building any parameters."""
+  shapes = jax.eval_shape(lambda k: gpt.init_params(cfg, k), jax.random.key(0))
+  return {entry.name: _hf_shape(entry, shapes) for entry in hf_entries(cfg, prefix)}
+
+
 def params_from_hf(get: Callable[[str], np.ndarray | None], cfg: gpt.GPTConfig, prefix: str = ""):
   """Our params from HF tensors; ``get(name)`` returns a tensor or None if the checkpoint lacks it.
 
