@@ -10,7 +10,8 @@ MNIST-1D's 4,000 training rows, the benchmark MLP (256-256, 78,858 parameters, t
   timed on the first ``loop_rows`` rows after a warm-up call, extrapolated linearly to 4,000 rows), and one jitted
   ``jax.vmap(jax.grad)`` program per chunk of ``chunk_size`` rows (timed warm over all rows);
 * the full TRAK features φ = Rᵀ∇f/√P (k = ``proj_dim``) by `unlearn_jax.attribution.featurize` (one program:
-  chunked vmapped gradients, Rademacher blocks drawn once each), first call (with compilation) and warm, against
+  R's Rademacher blocks drawn once each and held (``projection_mib``), then per chunk of rows the vmapped
+  gradients computed once and multiplied by R), first call (with compilation) and warm, against
   the per-example loop of features: per row one jitted ``jax.grad`` call and one jitted projection of that gradient
   by the same matrix R (materialised once beforehand, not timed), timed on ``loop_feature_rows`` rows and
   extrapolated; both give the same φ (checked).
@@ -47,6 +48,7 @@ def main():
   p.add_argument("--proj_dim", type=int, default=2048)
   p.add_argument("--chunk_size", type=int, default=256)
   p.add_argument("--block_size", type=int, default=512)
+  p.add_argument("--projection_mib", type=float, default=1024)
   p.add_argument("--loop_rows", type=int, default=256)
   p.add_argument("--loop_feature_rows", type=int, default=64)
   a = p.parse_args()
@@ -57,7 +59,7 @@ def main():
   x, y = ds.train.x, ds.train.y
   n = int(y.shape[0])
   num_params = model_lib.num_params(params)
-  opts = dict(proj_dim=a.proj_dim, chunk_size=a.chunk_size, block_size=a.block_size)
+  opts = dict(proj_dim=a.proj_dim, chunk_size=a.chunk_size, block_size=a.block_size, projection_mib=a.projection_mib)
 
   start = time.perf_counter()
   feats = attribution.featurize(model, params, state, x, y, **opts)
@@ -70,7 +72,8 @@ def main():
   chunk = min(a.chunk_size, n)
   key = jax.random.fold_in(jax.random.key(0), 0)
   mem = trak._featurize.lower(model, params, state, x, y, key, output=trak.margin, proj_dim=a.proj_dim,  # pylint: disable=protected-access
-                              projection="rademacher", block_size=a.block_size, chunk=chunk).compile()
+                              projection="rademacher", block_size=a.block_size, chunk=chunk,
+                              projection_mib=a.projection_mib).compile()
   mem = mem.memory_analysis()
   plan = (mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes) / 2 ** 30
 

@@ -120,6 +120,28 @@ def test_featurize_does_not_depend_on_chunking():
   np.testing.assert_allclose(ident.q, q, rtol=1e-5)
 
 
+def test_featurize_projects_by_the_same_matrix_in_any_number_of_passes():
+  model, params, state = logistic()
+  x, y = rows(9, 8)
+  ident = attribution.featurize(model, params, state, x, y, projection="identity", proj_dim=None)
+  key = jax.random.fold_in(jax.random.key(4), 2)
+  want = trak.project(ident.phi, key, proj_dim=60, block_size=16)  # 4 blocks, the last one cut to 12 columns
+  one = attribution.featurize(model, params, state, x, y, proj_dim=60, block_size=16, seed=4, model_id=2)
+  two = attribution.featurize(model, params, state, x, y, proj_dim=60, block_size=16, seed=4, model_id=2,
+                              projection_mib=2 * 4 * 5 * 16 / 2 ** 20)  # 2 blocks of 5 x 16 float32 per pass
+  np.testing.assert_allclose(one.phi, want, rtol=1e-5, atol=1e-6)
+  np.testing.assert_array_equal(two.phi, one.phi)
+  assert trak._passes(5, 60, 16, 2 * 4 * 5 * 16 / 2 ** 20) == [range(0, 2), range(2, 4)]  # pylint: disable=protected-access
+
+
+def test_rademacher_draw_is_jax_random_rademacher_bit_for_bit():
+  for seed, shape in [(0, (7, 5)), (3, (300, 33))]:
+    key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), 1), 2)
+    got = jax.jit(trak._rademacher, static_argnums=1)(key, shape)  # pylint: disable=protected-access
+    np.testing.assert_array_equal(got, jax.random.rademacher(key, shape, dtype=jnp.float32))
+  assert set(np.unique(got)) == {-1.0, 1.0}
+
+
 def test_features_cache_round_trip(tmp_path):
   model, params, state = logistic()
   x, y = rows(12, 7)

@@ -19,10 +19,11 @@ How the work is bounded (`featurize` is one jitted program per model and row cou
 
 * per-example gradients are ``jax.vmap(jax.grad(f))`` over chunks of ``chunk_size`` rows (`jax.lax.map`), never a
   Python loop over rows;
-* the projection matrix is never held whole: its ``block_size`` columns at a time are drawn from the key
-  (``jax.random.fold_in(key, block)``, as the reference ``BasicProjector`` draws blocks), each block once per call,
-  in the outer loop; the chunk's gradients (cheap next to the projection) are recomputed for each block instead of
-  stored, so memory is ``chunk_size × P`` gradients plus one ``P × block_size`` block plus the ``n × k`` output;
+* the projection matrix is drawn ``block_size`` columns at a time from the key (``jax.random.fold_in(key,
+  block)``, as the reference ``BasicProjector`` draws blocks), each block once per call; as many blocks as fit in
+  ``projection_mib`` (1 GiB by default: all of R for k = 2048 and up to 131k parameters) are held together, and
+  each chunk's gradients are computed once per such pass and multiplied by the held blocks, so memory is
+  ``chunk_size × P`` gradients plus at most ``projection_mib`` of R (one block at least) plus the ``n × k`` output;
 * scores are computed for ``target_chunk_size`` targets at a time.
 
 A model's features ``(Φ, Q)`` (and a target set's ``φ``) can be cached in a directory (``cache_dir``) through
@@ -99,9 +100,40 @@ def check_projection(projection: str, proj_dim: int | None, num_params: int | No
     raise ValueError(f"proj_dim={proj_dim}: must be an integer k >= 1")
 
 
+def _threefry2x32(k1, k2, x1, x2):
+  """The Threefry-2x32 block cipher (20 rounds, Salmon et al. 2011) on uint32 arrays, unrolled: the same function
+  as ``jax.random``'s threefry, which XLA:CPU runs as a rolled loop over materialised state (three times the
+  output's memory in temporaries, and several times slower); unrolled, a draw is one fused elementwise kernel."""
+  rotations = ((13, 15, 26, 6), (17, 29, 16, 24))
+  ks = (k1, k2, k1 ^ k2 ^ jnp.uint32(0x1BD11BDA))
+  x1, x2 = x1 + ks[0], x2 + ks[1]
+  for i in range(5):
+    for r in rotations[i % 2]:
+      x1 = x1 + x2
+      x2 = x1 ^ ((x2 << jnp.uint32(r)) | (x2 >> jnp.uint32(32 - r)))
+    x1 = x1 + ks[(i + 1) % 3]
+    x2 = x2 + ks[(i + 2) % 3] + jnp.uint32(i + 1)
+  return x1, x2
+
+
+def _rademacher(key: jax.Array, shape: tuple[int, int]) -> jax.Array:
+  """``jax.random.rademacher(key, shape, float32)``, bit for bit, for a threefry key (jax's default, partitionable
+  bits): entry i of the flattened array is −1 where bit 31 of ``threefry(key, (0, i))``'s two words xor-ed is set
+  (the uniform draw below 0.5 is +1); other keys, or 2³² entries or more, go to ``jax.random.rademacher``."""
+  rows, cols = shape
+  if (str(jax.random.key_impl(key)) != "threefry2x32" or rows * cols >= 2 ** 32
+      or not jax.config.jax_threefry_partitionable):
+    return jax.random.rademacher(key, shape, dtype=jnp.float32)
+  k1, k2 = jax.random.key_data(key)
+  index = (jax.lax.broadcasted_iota(jnp.uint32, shape, 0) * jnp.uint32(cols)
+           + jax.lax.broadcasted_iota(jnp.uint32, shape, 1))
+  b1, b2 = _threefry2x32(k1, k2, jnp.zeros_like(index), index)
+  return 1.0 - 2.0 * ((b1 ^ b2) >> jnp.uint32(31)).astype(jnp.float32)
+
+
 def _draw(projection: str):
   if projection == "rademacher":
-    return lambda k, shape: jax.random.rademacher(k, shape, dtype=jnp.float32)
+    return _rademacher
   return lambda k, shape: jax.random.normal(k, shape, dtype=jnp.float32)
 
 
@@ -155,12 +187,22 @@ def _output_grads_fn(model: Model, params, state, output: Callable):
   return flat, jax.vmap(jax.grad(one), in_axes=(None, 0, 0))
 
 
-@functools.partial(jax.jit, static_argnames=("model", "output", "proj_dim", "projection", "block_size", "chunk"))
-def _featurize(model, params, state, x, y, key, *, output, proj_dim, projection, block_size, chunk):
+def _passes(num_params: int, proj_dim: int, block_size: int, projection_mib: float) -> list[range]:
+  """The column blocks of R held together in each pass: as many ``num_params × block_size`` float32 blocks as fit
+  in ``projection_mib`` MiB (at least one), so gradients are computed once per pass."""
+  bs, nblocks = _blocks(proj_dim, block_size)
+  per_pass = max(1, min(nblocks, int(projection_mib * 2 ** 20) // (4 * num_params * bs)))
+  return [range(s, min(s + per_pass, nblocks)) for s in range(0, nblocks, per_pass)]
+
+
+@functools.partial(jax.jit, static_argnames=("model", "output", "proj_dim", "projection", "block_size", "chunk",
+                                             "projection_mib"))
+def _featurize(model, params, state, x, y, key, *, output, proj_dim, projection, block_size, chunk, projection_mib):
   """φ and Q of all rows in one program: the rows in chunks of ``chunk`` (`jax.lax.map`), and for a random
-  projection the column blocks of R outermost (`jax.lax.scan`), so each block is drawn once and the cheap
-  per-example gradients of a chunk are recomputed per block instead of stored: memory ``chunk × P`` gradients
-  plus one ``P × block_size`` block."""
+  projection the column blocks of R drawn once each, as many at a time as fit in ``projection_mib`` (a pass);
+  per pass, each chunk's per-example gradients are computed once and multiplied by every held block. Memory:
+  ``chunk × P`` gradients plus the blocks of one pass plus the ``n × k`` output; with R held whole (the
+  default budget for a model whose ``P × k`` float32 fit in it) the gradients are computed once in all."""
   flat, grads_fn = _output_grads_fn(model, params, state, output)
   n = y.shape[0]
   nc = -(-n // chunk)
@@ -173,15 +215,18 @@ def _featurize(model, params, state, x, y, key, *, output, proj_dim, projection,
   if projection == "identity":
     phi = jax.lax.map(grads, (xb, yb)).reshape(nc * chunk, flat.size)
   else:
-    bs, nblocks = _blocks(proj_dim, block_size)
+    bs, _ = _blocks(proj_dim, block_size)
     draw = _draw(projection)
+    parts = []
+    for blocks in _passes(flat.size, proj_dim, block_size, projection_mib):
+      held = [draw(jax.random.fold_in(key, b), (flat.size, bs)) for b in blocks]
 
-    def block(carry, b):
-      r = draw(jax.random.fold_in(key, b), (flat.size, bs))
-      return carry, jax.lax.map(lambda c: grads(c) @ r, (xb, yb))  # [nc, chunk, bs]
+      def project_chunk(c, held=held):
+        g = grads(c)
+        return jnp.concatenate([g @ r for r in held], axis=-1)
 
-    _, out = jax.lax.scan(block, None, jnp.arange(nblocks))  # [nblocks, nc, chunk, bs]
-    phi = jnp.transpose(out, (1, 2, 0, 3)).reshape(nc * chunk, nblocks * bs)[:, :proj_dim]
+      parts.append(jax.lax.map(project_chunk, (xb, yb)))  # [nc, chunk, len(blocks) * bs]
+    phi = jnp.concatenate(parts, axis=-1).reshape(nc * chunk, -1)[:, :proj_dim]
   q = jax.lax.map(lambda c: out_to_loss(model.apply(params, state, c[0], train=False)[0], c[1]), (xb, yb))
   return phi[:n], q.reshape(-1)[:n]
 
@@ -196,7 +241,7 @@ def _check_rows(x, y, name: str) -> None:
 
 def featurize(model: Model, params, state, x, y, *, proj_dim: int | None = 2048, projection: str = "rademacher",
               seed: int = 0, model_id: int = 0, output: Callable = margin, chunk_size: int = 256,
-              block_size: int = 512) -> Features:
+              block_size: int = 512, projection_mib: float = 1024) -> Features:
   """TRAK features of rows ``(x, y)`` under one model: ``φ = Rᵀ∇f/√P`` and ``Q = 1 − p``, in one jitted program.
 
   Args:
@@ -208,7 +253,9 @@ def featurize(model: Model, params, state, x, y, *, proj_dim: int | None = 2048,
       reference (``seed + 10⁴·model_id``) does; targets and training rows of a model must use the same pair.
     output: ``output(logits [1, C], y [1]) -> [1]``, the model output function (default `margin`).
     chunk_size: rows whose per-example gradients are held at once (``chunk_size × P`` floats).
-    block_size: projection columns drawn at once (see `project`); each block is drawn once per call.
+    block_size: projection columns drawn from one key (see `project`; part of R's definition).
+    projection_mib: MiB of R held at once (at least one block): the blocks that fit are drawn together and
+      every chunk's gradients are computed once per such pass, i.e. once in all when ``P × k`` float32 fit.
 
   Returns:
     `Features` with ``phi`` [n, k] and ``q`` [n].
@@ -218,10 +265,13 @@ def featurize(model: Model, params, state, x, y, *, proj_dim: int | None = 2048,
   check_projection(projection, proj_dim, num_params)
   if int(chunk_size) < 1:
     raise ValueError(f"chunk_size={chunk_size}: must be >= 1")
+  if not projection_mib > 0:
+    raise ValueError(f"projection_mib={projection_mib}: must be > 0")
   key = jax.random.fold_in(jax.random.key(seed), model_id)
   phi, q = _featurize(model, params, state, x, jnp.asarray(y), key, output=output,
                       proj_dim=None if projection == "identity" else int(proj_dim), projection=projection,
-                      block_size=int(block_size), chunk=min(int(chunk_size), int(y.shape[0])))
+                      block_size=int(block_size), chunk=min(int(chunk_size), int(y.shape[0])),
+                      projection_mib=float(projection_mib))
   return Features(phi, q)
 
 
@@ -254,7 +304,9 @@ def cached_features(cache_dir: str | os.PathLike | None, model: Model, params, s
   ``cache_dir`` keyed by a digest of ``params``, ``state``, the rows and the options; no cache when None."""
   if cache_dir is None:
     return featurize(model, params, state, x, y, **options)
-  opts = {k: v for k, v in options.items() if k not in ("desc", "chunk_size", "block_size")}
+  opts = {k: v for k, v in options.items() if k not in ("desc", "chunk_size", "projection_mib")}
+  if opts.get("block_size") == 512:  # R depends on block_size; the default stays out of the key (older caches)
+    del opts["block_size"]
   opts["output"] = getattr(opts.get("output", margin), "__qualname__", "custom")
   key = checkpoint.config_hash(_digest(params, state), _digest(x, y), opts)
   n = y.shape[0]
@@ -279,7 +331,7 @@ def _split_xy(data, name: str):
 def trak_scores(model: Model, models: Sequence[tuple[Pytree, Pytree]], train, targets, *, proj_dim: int | None = 2048,
                 projection: str = "rademacher", seed: int = 0, ridge: float = 0.0,
                 kernel_normalization: str = "mean_abs", output: Callable = margin, chunk_size: int = 256,
-                block_size: int = 512, target_chunk_size: int = 1024, cache_dir: str | os.PathLike | None = None,
+                block_size: int = 512, projection_mib: float = 1024, target_chunk_size: int = 1024, cache_dir: str | os.PathLike | None = None,
                 desc: str | None = None) -> jax.Array:
   """TRAK scores ``[n_targets, n_train]`` of an ensemble: entry ``[j, i]`` is training row i's attributed effect
   on target j's output (higher: row i raises it).
@@ -289,7 +341,7 @@ def trak_scores(model: Model, models: Sequence[tuple[Pytree, Pytree]], train, ta
     models: ``[(params, state), ...]``, one per ensemble member (e.g. models trained on α-subsets); member ``m``
       uses projection ``fold_in(key(seed), m)``.
     train, targets: `unlearn_jax.data.Split`s or ``(x, y)`` pairs.
-    proj_dim, projection, seed, output, chunk_size, block_size: see `featurize`.
+    proj_dim, projection, seed, output, chunk_size, block_size, projection_mib: see `featurize`.
     ridge, kernel_normalization: see `kernel_features`.
     target_chunk_size: targets scored at once.
     cache_dir: where each member's features are cached (`cached_features`); None: no cache.
@@ -314,7 +366,7 @@ def trak_scores(model: Model, models: Sequence[tuple[Pytree, Pytree]], train, ta
   if int(target_chunk_size) < 1:
     raise ValueError(f"target_chunk_size={target_chunk_size}: must be >= 1")
   opts = dict(proj_dim=proj_dim, projection=projection, seed=seed, output=output, chunk_size=chunk_size,
-              block_size=block_size)
+              block_size=block_size, projection_mib=projection_mib)
   total = jnp.zeros((y_t.shape[0], y_tr.shape[0]), jnp.float32)
   q_sum = jnp.zeros((y_tr.shape[0],), jnp.float32)
   members = enumerate(models)
