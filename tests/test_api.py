@@ -46,3 +46,11 @@ def test_every_registered_method_is_called_with_its_defaults_as_keywords():
 def test_unknown_keyword_option_fails_before_any_work():
   with pytest.raises(ValueError, match=r"salun\(\): unknown option\(s\) learning_rate; known: "):
     unlearning.salun(None, None, None, None, None, rng=jax.random.key(0), learning_rate=0.1)
+
+
+def test_a_methods_registered_value_check_runs_before_any_work():
+  assert {"dmm", "oracle_matching"} <= set(unlearning.CHECKS)
+  with pytest.raises(ValueError, match=r"^method.alpha=1.5: an α-subset fraction must be in \(0, 1\)$"):
+    unlearning.dmm(None, None, None, None, None, rng=jax.random.key(0), alpha=1.5)
+  with pytest.raises(ValueError, match=r"^method.num_models=2: "):
+    unlearning.checked_options({"num_models": 2}, "dmm")

@@ -343,8 +343,9 @@ def validate(config: ml_collections.ConfigDict, extra_sections=()) -> ml_collect
 
 
 def check_method_section(method: ml_collections.ConfigDict) -> None:
-  """``config.method``'s options against the method's registered ones (`unlearn_jax.unlearning.options`), and
-  the generic values every method shares (`check_options`), so a bad one fails before Original and Retrain are
+  """``config.method``'s options against the method's registered ones (`unlearn_jax.unlearning.options`), the
+  generic values every method shares (`check_options`), and the method's own check of its values (registered
+  with it, `unlearn_jax.unlearning.checked_options`), so a bad one fails before Original and Retrain are
   trained."""
   from unlearn_jax import unlearning  # pylint: disable=g-import-not-at-top
   if method.name in unlearning.BASELINES:
@@ -354,6 +355,10 @@ def check_method_section(method: ml_collections.ConfigDict) -> None:
   except ValueError as e:
     raise ValueError(f"config.method: {e}") from e
   check_options(opts, "method")
+  try:
+    unlearning.checked_options(opts, method.name)  # the method's own checks (`unlearning.register`'s ``check``)
+  except ValueError as e:
+    raise ValueError(f"config.{e}") from e
 
 
 def check_options(opts, path: str) -> None:

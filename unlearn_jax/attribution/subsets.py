@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import functools
+import numbers
 from typing import Any, NamedTuple
 
 import jax
@@ -23,6 +24,19 @@ import numpy as np
 
 from unlearn_jax import checkpoint
 from unlearn_jax.model import Model
+
+
+def check_alpha(alpha: float, key: str = "method.alpha") -> None:
+  """ValueError ``<key>=<alpha>: ...`` unless 0 < α < 1."""
+  if not isinstance(alpha, numbers.Real) or isinstance(alpha, bool) or not 0.0 < float(alpha) < 1.0:
+    raise ValueError(f"{key}={alpha!r}: an α-subset fraction must be in (0, 1)")
+
+
+def check_num_models(num_models: int, key: str = "method.num_models") -> None:
+  """ValueError ``<key>=<num_models>: ...`` unless an integer >= 3 (the fewest a datamodel regression with
+  held-out models for its λ can use)."""
+  if not isinstance(num_models, numbers.Integral) or isinstance(num_models, bool) or num_models < 3:
+    raise ValueError(f"{key}={num_models!r}: datamodels need at least 3 subset models (an integer)")
 
 
 class SubsetOutputs(NamedTuple):

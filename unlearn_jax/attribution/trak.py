@@ -331,8 +331,8 @@ def _split_xy(data, name: str):
 def trak_scores(model: Model, models: Sequence[tuple[Pytree, Pytree]], train, targets, *, proj_dim: int | None = 2048,
                 projection: str = "rademacher", seed: int = 0, ridge: float = 0.0,
                 kernel_normalization: str = "mean_abs", output: Callable = margin, chunk_size: int = 256,
-                block_size: int = 512, projection_mib: float = 1024, target_chunk_size: int = 1024, cache_dir: str | os.PathLike | None = None,
-                desc: str | None = None) -> jax.Array:
+                block_size: int = 512, projection_mib: float = 1024, target_chunk_size: int = 1024,
+                cache_dir: str | os.PathLike | None = None, desc: str | None = None) -> jax.Array:
   """TRAK scores ``[n_targets, n_train]`` of an ensemble: entry ``[j, i]`` is training row i's attributed effect
   on target j's output (higher: row i raises it).
 

@@ -29,13 +29,8 @@ from unlearn_jax import run as run_lib
 from unlearn_jax.attribution import datamodels
 from unlearn_jax.attribution.lds import spearman_per_target
 from unlearn_jax.attribution import subsets
+from unlearn_jax.attribution.subsets import check_alpha, check_num_models
 from unlearn_jax.attribution import trak
-
-
-def check_alpha(alpha: float, key: str = "method.alpha") -> None:
-  """ValueError ``<key>=<alpha>: ...`` unless 0 < α < 1."""
-  if not 0.0 < float(alpha) < 1.0:
-    raise ValueError(f"{key}={alpha}: an α-subset fraction must be in (0, 1)")
 
 
 def subset_population(exp: run_lib.Experiment, workdir, *, num_models: int, alpha: float, salt: int = 5,
@@ -48,8 +43,7 @@ def subset_population(exp: run_lib.Experiment, workdir, *, num_models: int, alph
   set: as the paper's datamodels, it is computed once per training setup and shared by every seed and forget set.
   """
   check_alpha(alpha, f"{key}.alpha")
-  if int(num_models) < 3:
-    raise ValueError(f"{key}.num_models={num_models}: datamodels need at least 3 subset models")
+  check_num_models(num_models, f"{key}.num_models")
   c = exp.config
   parts = (run_lib.CACHE_VERSION, c.dataset, c.model, config_lib.training_fields(c.train), int(num_models),
            float(alpha), int(salt))

@@ -27,26 +27,33 @@ import numpy as np
 
 BASELINES = ("original", "retrain")
 
-# name -> method function, and name -> its default options; method modules register themselves here.
+# name -> method function, name -> its default options, and name -> the check of its own option values (where it
+# has one); method modules register themselves here.
 REGISTRY: dict[str, Callable] = {}
 DEFAULTS: dict[str, dict] = {}
+CHECKS: dict[str, Callable] = {}
 
 
-def register(name: str, **defaults) -> Callable[[Callable], Callable]:
+def register(name: str, *, check: Callable | None = None, **defaults) -> Callable[[Callable], Callable]:
   """Decorator adding a method to `REGISTRY` under ``name``, with its default options.
 
   ``fn(model, params, state, forget, retain, *, config, rng)`` becomes the public method (`keyword_method`):
   callable with keyword options, its docstring listing them, and an attribute ``unlearn_jax.unlearning.<name>``
-  (so a module defining a method must not be named like it).
+  (so a module defining a method must not be named like it). ``check(opts)``, when given, raises ValueError
+  ``method.<key>=<value>: <why>`` for a bad option value; it runs before the method's work and, through
+  `checked_options`, in the config validation pass (`unlearn_jax.config.check_method_section`), i.e. before a
+  run trains its Original and Retrain.
   """
 
   def wrap(fn):
     if name in REGISTRY or name in BASELINES:
       raise ValueError(f"unlearning method {name!r} is registered twice")
-    method = keyword_method(name, fn, defaults, options_fn=lambda config: options(config, name),
+    method = keyword_method(name, fn, defaults, options_fn=lambda config: checked_options(config, name),
                             inputs_fn=check_inputs)
     REGISTRY[name] = method
     DEFAULTS[name] = defaults
+    if check is not None:
+      CHECKS[name] = check
     setattr(sys.modules[__name__], name, method)
     return method
 
@@ -203,6 +210,14 @@ def options(config: Any, method: str, **defaults) -> ml_collections.ConfigDict:
   return out
 
 
+def checked_options(config: Any, method: str) -> ml_collections.ConfigDict:
+  """`options` of a registered method, with its registered `check` (if any) applied to them."""
+  opts = options(config, method)
+  if method in CHECKS:
+    CHECKS[method](opts)
+  return opts
+
+
 def names() -> tuple[str, ...]:
   """Every method name a config may give: the baselines and the registered methods."""
   return BASELINES + tuple(sorted(REGISTRY))
@@ -227,6 +242,6 @@ def __getattr__(name: str):
   raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["BASELINES", "DEFAULTS", "ONE_SHOT", "REGISTRY", "get_method", "keyword_method", "loop", "method_config",
-           "methods", "names", "objectives", "one_shot", "options", "register", "saliency", "teachers",
-           *sorted(REGISTRY)]
+__all__ = ["BASELINES", "CHECKS", "DEFAULTS", "ONE_SHOT", "REGISTRY", "checked_options", "get_method",
+           "keyword_method", "loop", "method_config", "methods", "names", "objectives", "one_shot", "options",
+           "register", "saliency", "teachers", *sorted(REGISTRY)]

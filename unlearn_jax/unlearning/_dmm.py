@@ -84,6 +84,23 @@ def _check_match_options(opts) -> None:
     raise ValueError(f"method.l2_to_original={opts.l2_to_original}: must be >= 0")
 
 
+def _check_dmm_options(opts) -> None:
+  """`_check_match_options` and DMM's own: ``regression``, ``dm_terms``, the population's ``alpha`` in (0, 1) and
+  ``num_models`` >= 3, ``num_lambdas`` and ``lasso_steps`` >= 1, ``lasso_eps`` in (0, 1]."""
+  _check_match_options(opts)
+  if opts.regression not in dm_lib.METHODS:
+    raise ValueError(f"method.regression={opts.regression!r}: unknown; choose one of {dm_lib.METHODS}")
+  if opts.dm_terms not in DM_TERMS:
+    raise ValueError(f"method.dm_terms={opts.dm_terms!r}: unknown; choose one of {DM_TERMS}")
+  subsets_lib.check_alpha(opts.alpha, "method.alpha")
+  subsets_lib.check_num_models(opts.num_models, "method.num_models")
+  for key in ("num_lambdas", "lasso_steps"):
+    if not isinstance(opts[key], int) or isinstance(opts[key], bool) or opts[key] < 1:
+      raise ValueError(f"method.{key}={opts[key]!r}: must be an integer >= 1")
+  if not 0 < opts.lasso_eps <= 1:
+    raise ValueError(f"method.lasso_eps={opts.lasso_eps!r}: must be in (0, 1] (the smallest λ / the largest)")
+
+
 def matching_rows(forget: split_lib.Split, retain: split_lib.Split, *, retain_multiplier: float,
                   forget_multiplier: float, rng: jax.Array) -> tuple[np.ndarray, np.ndarray]:
   """Positions ``(in forget, in retain)`` of the matching set: every forget row ``⌊forget_multiplier⌋`` times plus
@@ -138,7 +155,7 @@ def _eval_logits(model: Model, params, state, x) -> jax.Array:
   return jax.jit(lambda p, s, x: model.apply(p, s, x, train=False)[0].astype(jnp.float32))(params, state, x)
 
 
-@register("oracle_matching", **MATCH_DEFAULTS, oracle_dirs=())
+@register("oracle_matching", check=_check_match_options, **MATCH_DEFAULTS, oracle_dirs=())
 def oracle_matching(model, params, state, forget, retain, *, config, rng, oracles: Sequence | None = None):
   """Oracle matching: fine-tune the Original towards the mean logits of Retrain models on forget ∪ a retain sample.
 
@@ -154,8 +171,7 @@ def oracle_matching(model, params, state, forget, retain, *, config, rng, oracle
   Returns:
     ``(params, state)``.
   """
-  opts = options(config, "oracle_matching")
-  _check_match_options(opts)
+  opts = options(config, "oracle_matching")  # checked by `_check_match_options` (registered) before the call
   if oracles is None:
     if not opts.oracle_dirs:
       raise ValueError("method.oracle_dirs: empty; give Retrain checkpoint directories (or oracles=...)")
@@ -232,7 +248,7 @@ def dmm_targets(model: Model, params, state, forget, retain, subset_outputs: sub
   return x, predicted
 
 
-@register("dmm", **DMM_DEFAULTS)
+@register("dmm", check=_check_dmm_options, **DMM_DEFAULTS)
 def dmm(model, params, state, forget, retain, *, config, rng, subset_outputs: subsets_lib.SubsetOutputs | None = None):
   """Datamodel Matching: fine-tune the Original towards its own logits minus the forget set's attributed effect.
 
@@ -252,12 +268,7 @@ def dmm(model, params, state, forget, retain, *, config, rng, subset_outputs: su
   Returns:
     ``(params, state)``.
   """
-  opts = options(config, "dmm")
-  _check_match_options(opts)
-  if opts.regression not in dm_lib.METHODS:
-    raise ValueError(f"method.regression={opts.regression!r}: unknown; choose one of {dm_lib.METHODS}")
-  if opts.dm_terms not in DM_TERMS:
-    raise ValueError(f"method.dm_terms={opts.dm_terms!r}: unknown; choose one of {DM_TERMS}")
+  opts = options(config, "dmm")  # checked by `_check_dmm_options` (registered) before the call
   if subset_outputs is None:
     if not opts.attribution_dir:
       raise ValueError("method.attribution_dir: empty; give the outputs of an α-subset population "
