@@ -5,36 +5,38 @@ Command (MNIST-1D, MLP 256-256, 32 Originals, 32 + 32 Retrains per forget kind, 
 
   python -m experiments.main --config=configs/population.py --workdir=workdir/population
 
+Settings: each method's learning rate / coefficient is the tuned benchmark's choice, read from
+``configs/settings/benchmark_mnist1d.json`` (random) and ``configs/settings/benchmark_mnist1d_class.json``
+(class 0): verbatim copies of the ``settings.json`` that ``python -m experiments.main
+--config=configs/benchmark.py:mnist1d --workdir=workdir/benchmark_mnist1d`` (and ``:mnist1d_class``) write, the
+choices of `unlearn_jax.studies.sweep.select` on seed 100 (listed under the tuned tables of benchmarks/RESULTS.md;
+the study's own selection re-chose exactly these for every vectorised method). Each file is schema-checked on load
+(`unlearn_jax.studies.population.load_settings`). Another benchmark run's file:
+``--config.population.settings.random=workdir/benchmark_mnist1d/settings.json``; ``--config.population.settings.random=''``
+re-runs the selection here instead (seed 100, the same grids, about 17 minutes per kind on the loaded CPU; cached
+in ``<workdir>/selection_<kind>/``).
+
 Options: ``--config.population.size=8`` (models per population), ``--config.population.kinds='("random",)'``,
-``--config.population.settings.random=workdir/benchmark_mnist1d/settings.json`` (a tuned benchmark run's chosen
-settings, `configs/benchmark.py:mnist1d`; the class kind reads ``benchmark_mnist1d_class``). Without a settings
-file the study runs the benchmark's own selection (seed 100, the same grids) for each method and caches it in
-``<workdir>/selection_<kind>/``. ``:tiny_test`` is the test's shrunken version.
-
-Measured (benchmarks/RESULTS.md, "Population study"): the full default did not fit this session's time on the
-loaded 2-core CPU; the reduced run ``--config.population.size=8 --config.population.kinds='("random",)'
---config.population.member_batch=4`` took 29 minutes from scratch at load average 12-24 (17 of them the benchmark's
-selection, which re-chose the tuned benchmark's settings exactly). Result: the floor (Retrain vs Retrain) has U-LiRA
-accuracy 0.50 and challenge score 0.195; FT, NegGrad+ and l1-sparse come closest (U-LiRA 0.62-0.63, score
-0.14-0.16), while SalUn, RL and SalUn-soft, which lead on Avg. Gap, are told from Retrain 74-76% of the time (the
-Original: 81%). Class-wise (``kinds='("class",)'``, ``loop=scan``, 8 models, 12 minutes): Avg. Gap is below 1.5 for
-eight methods, yet U-LiRA tells them from Retrain 94-100% of the time (floor 52%). Expect the default (32 models,
-two kinds, the selection cached after the first run) to take well
-over the 15-minute goal on a loaded machine: about 2 x (17 min selection + 3 x ~4 min populations + ~15 min methods).
-
-For MLPs on the CPU add ``--config.population.loop=scan``: the whole-epoch scan trains a 32-model population 1.8x
-faster per epoch than the CPU's default per-step loop (benchmarks/population.py).
+``--config.population.loop=steps`` (the CPU's per-step loop; the default here is the whole-epoch scan, which trains
+MLP populations 1.8x faster per epoch, benchmarks/population.py). ``:dmm`` adds DMM and oracle matching (run member
+by member; DMM's α-subset population of 64 models is built once and reported apart; oracle matching's oracle for
+member i is member i of the second Retrain population). ``:tiny_test`` is the test's shrunken version.
 
 Methods: those of the tuned benchmark (`configs/benchmark.TUNED_METHODS`) that run over the model axis in one
 program: every Plan and every one-shot method. Writes results.md, results.json and klom_<kind>.png; measured
 figures and their reading are in benchmarks/RESULTS.md ("Population study").
 """
+import pathlib
+
 from configs import benchmark as benchmark_config
 from unlearn_jax import config as config_lib
 from unlearn_jax import sweep
 from unlearn_jax.studies import population
 
 METHODS = tuple(m for m in benchmark_config.TUNED_METHODS if sweep.kind(m) != "sequential")
+# The tuned benchmark's chosen settings (its settings.json, copied verbatim; see the docstring).
+SETTINGS = {kind: str(pathlib.Path(__file__).parent / "settings" / f"{name}.json")
+            for kind, name in (("random", "benchmark_mnist1d"), ("class", "benchmark_mnist1d_class"))}
 
 
 def get_config(arg: str | None = None):
@@ -52,7 +54,8 @@ def get_config(arg: str | None = None):
         methods, size=4, kinds=("random",), gap_members=1, member_batch=2, options={"salun": dict(epochs=2)},
         grids={"salun": dict(lrs=(0.05,), coefs=(0.5,)), "ssd": dict(coefs=(1.0, 10.0))})
     return config
-  if arg:
-    raise ValueError(f"configs/population.py: unknown argument {arg!r} (use tiny_test)")
-  config.population = population.population_section(METHODS)
+  if arg not in (None, "", "dmm"):
+    raise ValueError(f"configs/population.py: unknown argument {arg!r} (use dmm or tiny_test)")
+  methods = METHODS + (population.INPUT_METHODS if arg == "dmm" else ())
+  config.population = population.population_section(methods, settings=SETTINGS, loop="scan")
   return config

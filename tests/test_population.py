@@ -141,21 +141,27 @@ def test_population_sharded_over_8_devices_equals_one_device():
 
 
 @pytest.mark.parametrize("name,options,how", [("salun", dict(epochs=2, batch_size=8, fraction=0.3), "vmapped"),
-                                              ("ssd", {}, "one_shot")])
+                                              ("ssd", {}, "one_shot"),
+                                              ("oracle_matching", dict(epochs=2, batch_size=8, lr=0.05),
+                                               "member_by_member")])
 def test_unlearning_a_population_equals_each_member_alone(name, options, how):
-  """SalUn (a Plan, with a saliency mask per member) and SSD (one-shot): one program over the model axis, member
-  ``i`` equal to the method run alone on it with key ``i``."""
+  """SalUn (a Plan, with a saliency mask per member), SSD (one-shot) and oracle matching (per-member matching sets
+  and oracles): one program over the model axis, member ``i`` equal to the method run alone on it with key ``i``
+  (and, oracle matching, its own oracle)."""
   from unlearn_jax import sweep, unlearning
   split, module = data(), Tiny()
   model = model_lib.from_linen(module)
   params, state = pop.init(module, [0, 1], split.x[:1])
   forget, retain = split.take(np.arange(8)), split.take(np.arange(8, 40))
   keys = jax.random.split(jax.random.key(5), 2)
+  oracles = pop.init(module, [2, 3], split.x[:1])
+  inputs = (lambda i: {"oracles": [(pop.member(oracles[0], i), pop.member(oracles[1], i))]}) \
+      if name == "oracle_matching" else None
   out, out_state, info = sweep.unlearn_population(name, model, params, state, forget, retain, options=options,
-                                                  rng=keys)
+                                                  rng=keys, inputs=inputs)
   assert info["how"] == how and np.asarray(info["finite"]).all()
   for i in range(2):
     alone, _ = unlearning.get_method(name)(model, pop.member(params, i), pop.member(state, i), forget, retain,
-                                           config=options, rng=keys[i])
+                                           config=options, rng=keys[i], **(inputs(i) if inputs else {}))
     assert max_diff(alone, pop.member(out, i)) < 1e-5
     assert max_diff(alone, pop.member(params, i)) > 1e-3  # it did unlearn something

@@ -31,8 +31,6 @@ def test_population_study_tiny_end_to_end(tmp_path):
   assert restored and jax.tree.leaves(params)[0].shape[0] == 4
 
 
-
-
 def test_population_study_refuses_bad_config_before_work(tmp_path):
   config = population_config.get_config("tiny_test")
   config.population.size = 1
@@ -42,4 +40,21 @@ def test_population_study_refuses_bad_config_before_work(tmp_path):
   config.population.settings.random = str(tmp_path / "missing.json")
   with pytest.raises(ValueError, match=r"config.population.settings.random=.*: no such file"):
     run_lib.run(config, tmp_path)
+  for bad, why in (({"ssd": {"lr": 0.1}}, r"ssd.lr: not a swept option of ssd \(expected \('alpha',\)\)"),
+                   ({"salun": {"lr": -1.0}}, r"salun.lr=-1.0: must be a finite number, > 0"), ([1], "expected a JSON object")):
+    config = population_config.get_config("tiny_test")
+    config.population.settings.random = str(tmp_path / "bad.json")
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    with pytest.raises(ValueError, match=r"config.population.settings.random=.*bad.json.*: " + why):
+      run_lib.run(config, tmp_path)
   assert not (tmp_path / "cache").exists()
+
+
+def test_shipped_benchmark_settings_cover_every_default_method():
+  """configs/settings/*.json (the tuned benchmark's settings.json, the default's source) pass the schema check and
+  hold a setting for every method of the default study (and DMM / oracle matching for random forgetting)."""
+  config = population_config.get_config("dmm")
+  for kind in study.KINDS:
+    chosen = study.load_settings(config.population, kind)
+    expected = set(config.population.methods) - (set() if kind == "random" else set(study.INPUT_METHODS))
+    assert expected <= set(chosen), (kind, expected - set(chosen))

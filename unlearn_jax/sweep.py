@@ -228,15 +228,17 @@ def sweep_sequential(name: str, model, params, state, forget, retain, *, options
   return out_params, out_state, _over_members(settings, n), {"finite": _finite(out_params)}
 
 
-def _one_by_one(name: str, model, params, state, forget, retain, configs: list[dict], rng, n: int | None):
+def _one_by_one(name: str, model, params, state, forget, retain, configs: list[dict], rng, n: int | None,
+                inputs=None):
   """The method at each config in turn (and, for a population of ``n``, on each member ``i`` with key
-  ``rng[i]``), stacked setting-major."""
+  ``rng[i]`` and the keyword inputs ``inputs(i)``), stacked setting-major."""
   method = unlearning.get_method(name)
   if n is None:
     runs = [method(model, params, state, forget, retain, config=c, rng=rng) for c in configs]
   else:
+    inputs = inputs or (lambda i: {})
     runs = [method(model, population_lib.member(params, i), population_lib.member(state, i), forget, retain,
-                   config=c, rng=rng[i]) for c in configs for i in range(n)]
+                   config=c, rng=rng[i], **inputs(i)) for c in configs for i in range(n)]
   return jax.tree.map(lambda *a: jnp.stack(a), *runs)
 
 
@@ -264,13 +266,14 @@ def sweep(name: str, model, params, state, forget, retain, *, options=None, lrs:
 
 
 def unlearn_population(name: str, model, params, state, forget, retain, *, options=None, rng: jax.Array,
-                       member_batch: int | None = None):
+                       member_batch: int | None = None, inputs=None):
   """Method ``name`` at its options (``options``, else its defaults) on every member of a population.
 
   Plans and one-shot methods run over the model axis as one program (`sweep` with ``population=True`` and a
   one-point grid); the others run member by member. Member ``i`` gets key ``i`` of `population.keys` ``(rng, N)``
   and computes what the method computes alone on ``member(params, i)`` with that key. ``member_batch``: see
-  `sweep_one_shot`.
+  `sweep_one_shot`. ``inputs(i)``: keyword arguments of member ``i``'s call (a member-by-member method's run
+  inputs, e.g. ``oracle_matching``'s ``oracles``); None for the vectorised methods.
 
   Returns:
     ``(params, state, info)``: the unlearned population (leading axis ``N``), and ``info`` with ``how``
@@ -287,9 +290,12 @@ def unlearn_population(name: str, model, params, state, forget, retain, *, optio
   else:
     how = "member_by_member"
     n, _, keys = _members(params, state, rng, True)
-    out_params, out_state = _one_by_one(name, model, params, state, forget, retain, [opts.to_dict()], keys, n)
+    out_params, out_state = _one_by_one(name, model, params, state, forget, retain, [opts.to_dict()], keys, n,
+                                        inputs)
     history = {"finite": _finite(out_params)}
   if how != "member_by_member":
+    if inputs is not None:
+      raise ValueError(f"unlearn_population: {name!r} runs over the model axis and takes no per-member inputs")
     out_params, out_state, _, history = sweep(name, model, params, state, forget, retain, options=opts, rng=rng,
                                               population=True, **grid)
   jax.block_until_ready(out_params)

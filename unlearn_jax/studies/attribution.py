@@ -34,13 +34,14 @@ from unlearn_jax.attribution import trak
 
 
 def subset_population(exp: run_lib.Experiment, workdir, *, num_models: int, alpha: float, salt: int = 5,
-                      key: str = "method"):
+                      key: str = "method", loop: str | None = None):
   """``(directory, seconds)``: the cached outputs (and parameters) of ``num_models`` α-subset models of ``exp``'s
   training set, trained and saved if absent; ``seconds`` is the time building them took.
 
   The population depends on the training set, the network and its training settings, ``num_models``, ``alpha``
   and ``salt`` (which seeds the subsets, initialisations and data orders) — not on ``config.seed`` or the forget
   set: as the paper's datamodels, it is computed once per training setup and shared by every seed and forget set.
+  ``loop``: `unlearn_jax.population.fit`'s training loop (the same training either way, up to float rounding).
   """
   check_alpha(alpha, f"{key}.alpha")
   check_num_models(num_models, f"{key}.num_models")
@@ -58,7 +59,7 @@ def subset_population(exp: run_lib.Experiment, workdir, *, num_models: int, alph
   module = run_lib.build_model(c, exp.dataset.num_classes)
   params, state = population.init(module, jax.random.split(init_rng, int(num_models)), train.x[:1])
   params, state, _ = population.fit(exp.model, params, state, train, c.train, rng=fit_rng, masks=masks,
-                                    augment=exp.augment, desc="α-subset models")
+                                    augment=exp.augment, loop=loop, desc="α-subset models")
   logits = subsets.population_logits(exp.model, params, state, train.x)
   seconds = time.perf_counter() - start
   subsets.save_outputs(directory, subsets.SubsetOutputs(masks, logits),

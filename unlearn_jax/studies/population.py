@@ -53,6 +53,7 @@ KINDS = ("random", "class")
 # stage -> PRNG salt of its members' keys (the single-model stages of `unlearn_jax.run` use 1-4)
 STAGES = {"original": 11, "retrain": 12, "retrain_b": 13}
 FLOOR = "Retrain vs Retrain (floor)"
+INPUT_METHODS = ("dmm", "oracle_matching")  # the run inputs `member_inputs` builds (`unlearn_jax.run.METHOD_INPUTS`)
 COLUMNS = (("U-LiRA acc", "ulira_accuracy", 1), ("KLoM p95 forget", "klom_p95_forget", 1),
            ("KLoM p95 retain", "klom_p95_retain", 1), ("KLoM p95 test", "klom_p95_test", 1),
            ("challenge score", "challenge_score", 1), ("Avg. Gap", "avg_gap", 1))
@@ -104,11 +105,12 @@ def _validate(config) -> None:
       unlearning.get_method(name)
     except ValueError as e:
       config_lib.require(False, "population.methods", name, str(e))
+    config_lib.require(name not in run_lib.METHOD_INPUTS or name in INPUT_METHODS, "population.methods", name,
+                       f"needs run inputs this study does not build (it builds those of {INPUT_METHODS})")
     config_lib.require(name in p.grids, f"population.grids.{name}", None, "missing")
     config_lib.require(name in p.options, f"population.options.{name}", None, "missing")
-  for kind, path in p.settings.items():
-    if path is not None:
-      config_lib.require(pathlib.Path(path).is_file(), f"population.settings.{kind}", path, "no such file")
+  for kind in p.kinds:
+    load_settings(p, kind)
   config_lib.require(p.selection_seed != config.seed, "population.selection_seed", p.selection_seed,
                      f"must differ from config.seed={config.seed} (settings are chosen on another forget set)")
 
@@ -121,6 +123,37 @@ def _kind_config(config, kind: str):
   return cfg
 
 
+def load_settings(p, kind: str) -> dict[str, dict]:
+  """``{method: setting}`` of ``p.settings[kind]`` (a tuned benchmark run's ``settings.json``; ``{}`` when it is
+  unset or ``''``), checked: a JSON object whose entries for ``p.methods`` hold only the method's swept options
+  (`unlearn_jax.sweep.lr_key` but for one-shot methods, `unlearn_jax.sweep.coefficient`) with finite values (learning rates > 0,
+  coefficients >= 0). ValueError ``config.population.settings.<kind>=<path>: ...`` otherwise."""
+  path = p.settings.get(kind, None)
+  if not path:
+    return {}
+  key = f"population.settings.{kind}"
+  config_lib.require(pathlib.Path(path).is_file(), key, path, "no such file")
+  try:
+    chosen = json.loads(pathlib.Path(path).read_text())
+  except json.JSONDecodeError as e:
+    raise ValueError(f"config.{key}={path!r}: not JSON ({e})") from None
+  config_lib.require(isinstance(chosen, dict), key, path, "expected a JSON object {method: {option: value}}")
+  for name in p.methods:
+    if name not in chosen:
+      continue
+    setting = chosen[name]
+    config_lib.require(isinstance(setting, dict), key, path, f"{name}: expected an object, got {setting!r}")
+    lr = None if sweep_lib.kind(name) == "one_shot" else sweep_lib.lr_key(name)
+    coef = sweep_lib.coefficient(name)
+    for option, value in setting.items():
+      config_lib.require(option in (lr, coef), key, path, f"{name}.{option}: not a swept option of {name} "
+                         f"(expected {tuple(k for k in (lr, coef) if k)})")
+      ok = isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
+      config_lib.require(ok and (value > 0 if option == lr else value >= 0), key, path,
+                         f"{name}.{option}={value!r}: must be a finite number, " + ("> 0" if option == lr else ">= 0"))
+  return chosen
+
+
 def settings_for(config, kind: str, workdir: pathlib.Path) -> dict[str, dict]:
   """``{method: full options}`` with the tuned benchmark's setting of each method for forget kind ``kind``.
 
@@ -129,11 +162,7 @@ def settings_for(config, kind: str, workdir: pathlib.Path) -> dict[str, dict]:
   ``<workdir>/selection_<kind>/<method>.json``.
   """
   p = config.population
-  chosen: dict[str, dict] = {}
-  path = p.settings.get(kind, None)
-  if path:
-    with open(path) as f:
-      chosen = json.load(f)
+  chosen = load_settings(p, kind)
   directory = workdir / f"selection_{kind}"
   missing = [n for n in p.methods if n not in chosen]
   for name in list(missing):
@@ -148,7 +177,8 @@ def settings_for(config, kind: str, workdir: pathlib.Path) -> dict[str, dict]:
     cfg = _kind_config(config, kind)
     exp, models = benchmark.baselines(cfg, p.selection_seed, workdir, ("population",))
     for name in progress(missing, desc=f"tuning ({kind})", unit="method"):
-      _, chosen[name], _ = sweep_study.select(exp, models, p.options[name], p.grids[name], directory)
+      opts, _ = run_lib.method_inputs(exp, workdir, *models["Original"][:2], p.options[name])  # as the benchmark
+      _, chosen[name], _ = sweep_study.select(exp, models, opts, p.grids[name], directory)
   return {name: {**p.options[name].to_dict(), **chosen[name]} for name in p.methods}
 
 
@@ -205,6 +235,30 @@ def _check_memory(exp, size: int) -> None:
   population_lib.check_memory(plan)
 
 
+def member_inputs(exp, workdir: pathlib.Path, name: str, opts: dict, pops: dict, loop=None):
+  """``(inputs, seconds)``: the run inputs of a method of `unlearn_jax.run.METHOD_INPUTS` as per-member keywords
+  (``inputs(i)``; None for a method that needs none) and the seconds building them took (apart from the method's).
+
+  * ``oracle_matching``: member ``i`` matches member ``i`` of the *second* Retrain population (``retrain_b``),
+    independent of the Retrains every row is judged against, so the oracle cannot copy the judges' own noise.
+  * ``dmm``: the α-subset population of `unlearn_jax.studies.attribution.subset_population` (``num_models`` ×
+    ``alpha`` of the method's options; trained once per training setup and cached, shared by both kinds), its
+    outputs loaded once for every member.
+  """
+  if name == "oracle_matching":
+    params, state = pops["retrain_b"]
+    return (lambda i: {"oracles": [(population_lib.member(params, i), population_lib.member(state, i))]}), 0.0
+  if name == "dmm":
+    from unlearn_jax.attribution import subsets  # pylint: disable=g-import-not-at-top
+    from unlearn_jax.studies import attribution  # pylint: disable=g-import-not-at-top
+    directory, seconds = attribution.subset_population(exp, workdir, num_models=opts["num_models"],
+                                                       alpha=opts["alpha"],
+                                                       key=f"population.options.{name}", loop=loop)
+    outputs, _ = subsets.load_outputs(directory)
+    return (lambda i: {"subset_outputs": outputs}), seconds
+  return None, 0.0
+
+
 def run_kind(config, kind: str, workdir: pathlib.Path) -> tuple[dict, dict, dict]:
   """One forget kind: ``(rows, per-example KLoM on the forget set per row, seconds per stage)``."""
   p = config.population
@@ -237,30 +291,36 @@ def run_kind(config, kind: str, workdir: pathlib.Path) -> tuple[dict, dict, dict
   add("Original", logits["original"], logits["retrain"], _gap_rows(exp, *pops["original"], gaps), how="trained")
   method_rng = run_lib.method_rng(exp)
   for name in progress(p.methods, desc=f"methods ({kind})", unit="method"):
+    inputs, input_seconds = member_inputs(exp, workdir, name, options[name], pops, loop=p.get("loop"))
     out_params, out_state, info = sweep_lib.unlearn_population(
         name, exp.model, *pops["original"], exp.splits.forget, exp.splits.retain, options=options[name],
-        rng=method_rng, member_batch=int(p.member_batch))
+        rng=method_rng, member_batch=int(p.member_batch), inputs=inputs)
+    extra = dict(how=info["how"], seconds=info["seconds"], **({"input_seconds": input_seconds} if inputs else {}))
     finite = np.asarray(info["finite"])
     if not finite.all():
-      rows[name] = {"how": info["how"], "seconds": info["seconds"], "diverged_members": int((~finite).sum())}
+      rows[name] = {**extra, "diverged_members": int((~finite).sum())}
       continue
     seconds[name] = info["seconds"]
     add(name, _logits(exp, out_params, out_state), logits["retrain"], _gap_rows(exp, out_params, out_state, gaps),
-        how=info["how"], seconds=info["seconds"],
-        setting={k: v for k, v in options[name].items() if k in ("lr", sweep_lib.coefficient(name), "lr_ue")})
+        setting={k: v for k, v in options[name].items() if k in ("lr", sweep_lib.coefficient(name), "lr_ue")},
+        **extra)
   return rows, hist, seconds
 
 
 def table(kind: str, rows: dict, size: int) -> str:
-  """The markdown table of one forget kind."""
-  head = "| Method | run as | " + " | ".join(c[0] for c in COLUMNS) + " |"
-  lines = [f"### {kind} forgetting, {size} models per population", "", head, "|---" * (len(COLUMNS) + 2) + "|"]
+  """The markdown table of one forget kind (``seconds``: the method on all members; run inputs listed below)."""
+  head = "| Method | run as | " + " | ".join(c[0] for c in COLUMNS) + " | seconds |"
+  lines = [f"### {kind} forgetting, {size} models per population", "", head, "|---" * (len(COLUMNS) + 3) + "|"]
   for name, row in rows.items():
+    secs = f"{row['seconds']:.1f}" if "seconds" in row else ""
     if "diverged_members" in row:
-      lines.append(f"| {name} | {row['how']} | " + " | ".join(["diverged"] * len(COLUMNS)) + " |")
+      lines.append(f"| {name} | {row['how']} | " + " | ".join(["diverged"] * len(COLUMNS)) + f" | {secs} |")
       continue
     cells = [f"{row[key]:.3f}" if key != "avg_gap" else f"{row[key]:.2f}" for _, key, _ in COLUMNS]
-    lines.append(f"| {name} | {row.get('how', '')} | " + " | ".join(cells) + " |")
+    lines.append(f"| {name} | {row.get('how', '')} | " + " | ".join(cells) + f" | {secs} |")
+  inputs = [f"{name} {row['input_seconds']:.0f} s" for name, row in rows.items() if row.get("input_seconds")]
+  if inputs:  # e.g. DMM's α-subset population: built once (cached), not in the method's seconds
+    lines += ["", "Run inputs (built or restored apart, not in the seconds column): " + "; ".join(inputs) + "."]
   return "\n".join(lines) + "\n"
 
 
