@@ -16,9 +16,9 @@ Kaplan et al. 2020 / PaLM approximation: forward + backward, attention FLOPs ign
       --peak_tflops=989        # one H100 (dense bf16); add --attention_impl=cudnn for cuDNN's fused attention
 
 ``--methods=npo,undial,...`` times instead one optimiser step of each LM unlearning method of
-`unlearn_jax.unlearning.language` (its forget term on one batch and its retain term on another, AdamW, the
-method's mask applied to the gradients) at the same shape, and prints each one's step time relative to NPO's
-(``relearn``: one step of the study's relearning attack, NLL fine-tuning on forget QAs):
+`unlearn_jax.unlearning.language` as its loop takes it (`unlearning_step`: its forget term on one batch and its
+retain term on another, AdamW, the method's mask) at the same shape, and prints each one's step time relative to
+NPO's (``relearn``: one step of the study's relearning attack, NLL fine-tuning on forget QAs):
 
   python benchmarks/lm_step.py --config=tiny --batch=32 --seq=48 --steps=20 \
       --methods=npo,graddiff,simnpo,altpo,undial,ceu,satimp,wga,pdu,flat,wagle,relearn
@@ -50,7 +50,6 @@ from unlearn_jax.data.split import Split
 from unlearn_jax.unlearning import language as lm_unlearning
 from unlearn_jax.unlearning import loop
 from unlearn_jax.unlearning import teachers
-from unlearn_jax.unlearning.language import tokenwise
 from unlearn_jax.model import num_params
 from unlearn_jax.models import gpt
 
@@ -115,43 +114,29 @@ def _qa_batch(cfg: gpt.GPTConfig, seed: int) -> dict:
 
 
 def method_step_times(cfg: gpt.GPTConfig, name: str) -> list[float]:
-  """Wall times of ``--steps + 1`` optimiser steps of LM method ``name`` (forget + retain term, AdamW)."""
+  """Wall times of ``--steps + 1`` optimiser steps of LM method ``name`` as its loop takes them (the library's
+  `unlearn_jax.unlearning.language.unlearning_step`: forget + retain term, AdamW, the method's mask)."""
   lm, _ = gpt.language_model(cfg)
   params = gpt.init_params(cfg, jax.random.key(0))
+  y = jnp.zeros((_BATCH.value,), jnp.int32)
   fx, rx = _qa_batch(cfg, 1), _qa_batch(cfg, 2)
-  split = lambda x: Split(x, jnp.zeros((_BATCH.value,), jnp.int32))
+  key = jax.random.key(1)
+  opts = lm_unlearning.method_config("npo" if name == "relearn" else name, {"lr": _LR.value,
+                                                                             "batch_size": _BATCH.value})
   if name == "relearn":  # the relearning attack: plain NLL fine-tuning on forget QAs (the study's robustness)
-    objective, frozen, mask, alpha = loop.Objective(forget=lm_unlearning.objectives.nll(lm)), {}, None, 0.0
+    tx = lm_unlearning.optimizer(opts, 1)
+    step, trainable, state = loop.term_step(lm_unlearning.objectives.nll(lm), tx, None), params, teachers.carry({}, {})
+    opt_state, batches = tx.init(params), ((fx, y),)
   else:
-    opts = lm_unlearning.method_config(name, {"batch_size": _BATCH.value})
-    objective, frozen, mask = lm_unlearning.build(name, lm, params, opts, forget=split(fx), retain=split(rx),
-                                                  holdout=None, rng=jax.random.key(1))
-    alpha = opts.get("alpha", 0.0)
-  state = teachers.carry(tokenwise.init_dual(alpha) if name == "pdu" else {}, frozen)
-  tx = optax.adamw(_LR.value, weight_decay=0.01)
-  params = jax.tree.map(jnp.copy, params)  # the frozen reference keeps the Original's buffers: donate a copy
-  opt_state = tx.init(params)
-
-  def loss_fn(p, state):
-    key, epoch = jax.random.key(0), jnp.int32(0)
-    loss, (state, _) = objective.forget(p, state, (fx, None), key, epoch)
-    if objective.retain is not None:
-      retain_loss, (state, _) = objective.retain(p, state, (rx, None), key, epoch)
-      loss = loss + retain_loss
-    return loss, state
-
-  def step(params, opt_state, state):
-    (loss, state), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, state)
-    if mask is not None:
-      grads = jax.tree.map(lambda g, m: g * m, grads, mask)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, state, loss
-
-  step = jax.jit(step, donate_argnums=(0, 1))
+    step, trainable, state, opt_state = lm_unlearning.unlearning_step(name, lm, params, opts, rng=key,
+                                                                      forget=Split(fx, y), retain=Split(rx, y))
+    batches = ((fx, y),) if name in lm_unlearning.FORGET_ONLY else ((fx, y), (rx, y))
+  trainable = jax.tree.map(jnp.copy, trainable)  # the frozen reference keeps the Original's buffers: donate a copy
+  step = jax.jit(step, donate_argnums=(0, 1, 2))
   times = []
   for _ in range(_STEPS.value + 1):
     start = time.perf_counter()
-    params, opt_state, state, loss = step(params, opt_state, state)
+    trainable, state, opt_state, loss, _ = step(trainable, state, opt_state, batches, key, jnp.int32(0))
     jax.block_until_ready(loss)
     times.append(time.perf_counter() - start)
   return times

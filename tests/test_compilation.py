@@ -47,6 +47,24 @@ def test_a_run_with_another_learning_rate_or_coefficient_compiles_nothing(name, 
   assert _changed(a, b)  # the new value was used
 
 
+@pytest.mark.parametrize("name,first,second", [
+    ("npo", dict(lr=0.01), dict(lr=0.03)),                  # the learning rate (in AdamW's state)
+    ("graddiff", dict(alpha=1.0), dict(alpha=0.5, lr=0.02)),  # the main coefficient (`COEFS`), and the lr
+])
+def test_a_language_model_run_with_another_lr_or_coefficient_compiles_nothing(name, first, second):
+  from tests import test_language_objectives as lm_tests  # pylint: disable=g-import-not-at-top
+  from unlearn_jax.unlearning import language as lmu  # pylint: disable=g-import-not-at-top
+  params = lm_tests.init_params(0)
+  forget, retain = lm_tests.qa_rows(8, 4, range(5, 10)), lm_tests.qa_rows(8, 5, range(10, 16))
+  run = lambda **kw: getattr(lmu, name)(lm_tests.LM, params, forget, retain, rng=jax.random.key(0), epochs=1,
+                                        batch_size=4, warmup_epochs=0.0, **kw)[0]
+  a = run(**first)
+  with compilation.count() as compiled:
+    b = run(**second)
+  assert compiled.requests > 0 and compiled.misses == 0, compiled
+  assert _changed(a, b)
+
+
 def test_every_point_of_a_sequential_sweep_reuses_the_programs():
   model, params, state, forget, retain = _tiny()
   kw = dict(options=dict(epochs=1, msteps=1, batch_size=128, forget_batch_size=64), rng=jax.random.key(0))

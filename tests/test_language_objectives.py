@@ -19,10 +19,10 @@ from unlearn_jax.unlearning import loop
 from unlearn_jax.unlearning import teachers
 from unlearn_jax.unlearning import language as lmu
 from unlearn_jax.unlearning.language import objectives as obj
-from unlearn_jax.unlearning.language import rmu
-from unlearn_jax.unlearning.language import sae as sae_lib
+from unlearn_jax.unlearning.language import _rmu as rmu
+from unlearn_jax.unlearning.language import _sae as sae_lib
 from unlearn_jax.unlearning.language import tokenwise as tok
-from unlearn_jax.unlearning.language import wagle as wagle_lib
+from unlearn_jax.unlearning.language import _wagle as wagle_lib
 
 V, D, L, T = 16, 6, 2, 10
 PAD, BOS, EOS, SEP = 0, 1, 2, 3
@@ -486,17 +486,30 @@ def test_npo_lowers_forget_logprob_and_keeps_retain():
   assert hist["joint_forget_log_ratio"][-1] < -3.0 < hist["joint_forget_log_ratio"][0] + 3.0
 
 
-@pytest.mark.parametrize("name", sorted(lmu.METHODS))
+# Every LM method, called through its keyword function with all its defaults as keywords (tests/test_api.py
+# checks that this list covers `lmu.METHODS`).
+LM_METHODS = tuple(sorted(lmu.METHODS))
+
+
+@pytest.mark.parametrize("name", LM_METHODS)
 def test_every_method_runs_and_logs_the_right_split(name):
   params, forget, retain = trained_original()
   holdout = qa_rows(6, 11, range(5, 16))
-  opts = {"lr": 0.0, "epochs": 1, "batch_size": 32}  # lr 0: the history is the Original's losses
+  # one step (8 forget rows): the history is the Original's losses, taken before the step moves the weights
+  opts = {"lr": 0.01, "epochs": 1, "batch_size": 32, "warmup_epochs": 0.0}
   opts.update({"layer": 1, "sae_steps": 20, "sae_expansion": 2} if name == "sae" else {})
   opts.update({"layer": 1} if name == "rmu" else {})
-  out, hist = lmu.unlearn_lm(name, LM, params, forget, retain, options=opts, rng=jax.random.key(0),
-                             holdout=holdout)
+  method = getattr(lmu, name)
+  out, hist = method(LM, params, forget, retain, config=opts, rng=jax.random.key(0), holdout=holdout)
+  # every default as a keyword (the sizes above overridden) is the config= path, bit for bit
+  kw_out, kw_hist = method(LM, params, forget, retain, rng=jax.random.key(0), holdout=holdout,
+                           **{**lmu.METHODS[name], **opts})
+  chex.assert_trees_all_equal(kw_out, out)
+  assert kw_hist.keys() == hist.keys()
+  for key in (k for k in hist if "seconds" not in k):
+    np.testing.assert_array_equal(kw_hist[key], hist[key], err_msg=key)
   assert all(np.all(np.isfinite(v)) for v in hist.values())
-  jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), params, out)
+  assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(out)))
   nll_f = np_nll(params, forget.x["input_ids"], forget.x["loss_mask"])
   nll_r = np_nll(params, retain.x["input_ids"], retain.x["loss_mask"])
   if name == "ga":

@@ -128,6 +128,10 @@ def test_muse_loader_reads_json_lists_and_parquet(tmp_path):
   icl = "".join(f"Question: {r['question']}\nAnswer: {r['answer']}\n\n" for r in knowmem["retain_qa_icl"])
   assert tok.decode(sets["retain"].prompt_ids[0]) == tok._tok.decode(tok.encode(icl + f"Question: {q}\nAnswer:"))
   assert bench.extras["knowmem_forget"].answers == [r["answer"] for r in knowmem["forget_qa"]]
+  # the rows the study's VerbMem / KnowMem columns score, as the files hold them (no forget icl file: no shots)
+  assert lmb.muse_records(str(tmp_path)) == {"verbmem_forget": (verbmem, []),
+                                             "knowmem_forget": (knowmem["forget_qa"], []),
+                                             "knowmem_retain": (knowmem["retain_qa"], knowmem["retain_qa_icl"])}
 
 
 def test_wmdp_loader_multiple_choice_and_corpora(tmp_path):
@@ -191,6 +195,11 @@ def test_study_runs_on_benchmark_files(tmp_path, source, write):
       assert np.isfinite(row[key]), (source, key, row)
   assert results["NPO"]["trainable_params"] == 2 * (32 * 2 + 2 * 32)   # LoRA on q and v of the one block
   assert "| NPO |" in out["table"]
+  muse = source == "muse"  # MUSE's own memorisation columns (ROUGE-L F1), for its files only
+  for row in results.values():
+    for key in ("verbmem_forget", "knowmem_forget", "knowmem_retain"):
+      assert (0.0 <= row[key] <= 1.0) if muse else key not in row, (source, key, row)
+  assert ("MUSE memorisation" in out["table"]) == muse
 
 
 def test_study_refuses_bad_benchmark_input(tmp_path):
@@ -208,6 +217,14 @@ def test_study_refuses_bad_benchmark_input(tmp_path):
   config = _study_config("tofu", tmp_path / "data")
   config.model.hf_checkpoint = str(tmp_path / "ckpt")
   with pytest.raises(ValueError, match=r"config\.model\.hf_checkpoint=.*vocabulary \(8\) is smaller"):
+    run_lib.run(config, tmp_path / "w")
+  # a checkpoint whose max_len cannot hold a prompt and its answer: refused from its config.json, before training
+  hf.save_hf_checkpoint(gpt.init_params(cfg.replace(vocab_size=512, max_len=8), jax.random.key(0)),
+                        cfg.replace(vocab_size=512, max_len=8), str(tmp_path / "short"))
+  config.model.hf_checkpoint = str(tmp_path / "short")
+  with pytest.raises(ValueError, match=r"config\.eval\.max_new_tokens=\d+: the benchmark's prompts \(\d+ tokens\) "
+                                       r"leave room for at most -?\d+ new tokens in the model's max_len=8 "
+                                       r"\(model\.hf_checkpoint's config\.json\)"):
     run_lib.run(config, tmp_path / "w")
   from configs import lm_concept  # pylint: disable=g-import-not-at-top
   concept = lm_concept.get_config("tiny_test")

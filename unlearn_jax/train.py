@@ -62,11 +62,13 @@ def make_schedule(cfg, steps_per_epoch: int, lr=None) -> optax.Schedule:
   return main
 
 
-def make_optimizer(cfg, steps_per_epoch: int, lr=None) -> optax.GradientTransformation:
+def make_optimizer(cfg, steps_per_epoch: int, lr=None, *, b1: float = 0.9, b2: float = 0.999,
+                   eps: float = 1e-8) -> optax.GradientTransformation:
   """Optax optimiser from ``cfg`` (fields: optimizer, lr, momentum, nesterov, weight_decay + schedule fields).
 
   ``sgd`` adds L2 weight decay to the gradient before momentum, as ``torch.optim.SGD`` does; ``adamw`` uses
-  decoupled decay; ``adam`` uses L2 like ``torch.optim.Adam``. ``lr`` replaces ``cfg.lr`` (see `make_schedule`).
+  decoupled decay; ``adam`` uses L2 like ``torch.optim.Adam``; ``b1``, ``b2``, ``eps`` are the Adam moments' (optax's
+  and torch's defaults). ``lr`` replaces ``cfg.lr`` (see `make_schedule`).
 
   The learning rate lives in the optimiser state (`optax.inject_hyperparams`, the schedule's shape times the
   state's ``learning_rate``: every schedule here is proportional to its peak rate), so a jitted step takes it as an
@@ -80,12 +82,13 @@ def make_optimizer(cfg, steps_per_epoch: int, lr=None) -> optax.GradientTransfor
   wd = cfg.get("weight_decay", 0.0)
   momentum = cfg.get("momentum", 0.0) or None
   nesterov = bool(cfg.get("nesterov", False)) and bool(momentum)
+  adam = dict(b1=b1, b2=b2, eps=eps)
 
   def build(learning_rate):
     schedule = lambda count: learning_rate * shape(count)
     if name == "adamw":
-      return optax.adamw(schedule, weight_decay=wd)
-    opt = optax.sgd(schedule, momentum=momentum, nesterov=nesterov) if name == "sgd" else optax.adam(schedule)
+      return optax.adamw(schedule, weight_decay=wd, **adam)
+    opt = optax.sgd(schedule, momentum=momentum, nesterov=nesterov) if name == "sgd" else optax.adam(schedule, **adam)
     return optax.chain(optax.add_decayed_weights(wd), opt) if wd else opt
 
   return optax.inject_hyperparams(build)(learning_rate=cfg.lr if lr is None else lr)

@@ -449,6 +449,27 @@ def load_muse(directory: str, tokenizer: TextTokenizer, *, max_length: int = 256
                    _Group(corpus("raw", "retain1"), text=True), {"knowmem_forget": knowmem("forget_qa")})
 
 
+def muse_records(directory: str) -> dict[str, tuple[list[dict], list[dict]]]:
+  """MUSE's VerbMem and KnowMem rows as `unlearn_jax.evaluation.language.muse_memorization` scores them:
+  ``{'verbmem_forget': (rows, []), 'knowmem_forget': (rows, icl), 'knowmem_retain': (rows, icl)}`` (``verbmem``
+  rows ``{prompt, gt}``, ``knowmem`` rows and their ``*_icl`` few-shot rows ``{question, answer}``; no icl when
+  that file is absent). ValueError naming a missing file or field."""
+
+  def rows(config, split, *keys):
+    _, columns = _read(directory, config, split, *((k, str) for k in keys))
+    return [dict(zip(keys, values)) for values in zip(*columns)]
+
+  def qa(split):
+    try:
+      icl = rows("knowmem", f"{split}_icl", "question", "answer")
+    except ValueError:
+      icl = []
+    return rows("knowmem", split, "question", "answer"), icl
+
+  return {"verbmem_forget": (rows("verbmem", "forget", "prompt", "gt"), []), "knowmem_forget": qa("forget_qa"),
+          "knowmem_retain": qa("retain_qa")}
+
+
 def load_wmdp(directory: str, tokenizer: TextTokenizer, *, subject: str = "bio",
               max_length: int = 256) -> LMBenchmark:
   """WMDP's questions and corpora for ``subject`` (module docstring); ValueError naming a missing file/field."""
@@ -498,4 +519,4 @@ def load_benchmark(source: str, directory: str, *, tokenizer: str | None = None,
 
 
 __all__ = ["LMBenchmark", "SOURCES", "TextTokenizer", "find_split", "load_benchmark", "load_muse", "load_tofu",
-           "load_wmdp", "read_records"]
+           "load_wmdp", "muse_records", "read_records"]

@@ -789,6 +789,35 @@ def verbmem(lm: language.LanguageModel, params: Pytree, records: Sequence[Mappin
   return float(scores.mean()), scores
 
 
+def knowmem_prompts(records: Sequence[Mapping[str, str]], icl: Sequence[Mapping[str, str]] = (), *,
+                    template: str = KNOWMEM_TEMPLATE, delimiter: str = "\n\n") -> list[str]:
+  """KnowMem's prompts: the ``icl`` examples, then each ``record['question']`` with its answer left open."""
+  for rows, name in ((records, "records"), (icl, "icl")):
+    if any("question" not in r or "answer" not in r for r in rows):
+      raise ValueError(f"knowmem: every row of {name} needs 'question' and 'answer'")
+  shots = [template.format(question=r["question"], answer=r["answer"]) for r in icl]
+  query = template.split("{answer}")[0].rstrip()
+  return [delimiter.join(shots + [query.format(question=r["question"])]) for r in records]
+
+
+def muse_prompts(records: Mapping[str, tuple]) -> list[str]:
+  """Every prompt `muse_memorization` generates from (to check their width against a model before any work)."""
+  return [p for key, (rows, icl) in records.items()
+          for p in ([r["prompt"] for r in rows] if key.startswith("verbmem") else knowmem_prompts(rows, icl))]
+
+
+def muse_memorization(lm: language.LanguageModel, params: Pytree, records: Mapping[str, tuple], *,
+                      encode: Callable[[str], Sequence[int]], decode: Callable[[np.ndarray], str],
+                      max_new_tokens: int, batch_size: int) -> dict[str, float]:
+  """MUSE's memorisation columns of one model from ``{name: (records, icl)}`` (the MUSE loader's
+  `unlearn_jax.data.lm_benchmarks.muse_records`): `verbmem` for a name starting ``verbmem`` (``verbmem_forget``),
+  `knowmem` for the others (``knowmem_forget``, ``knowmem_retain``), each ``max_new_tokens`` greedy tokens."""
+  kw = dict(encode=encode, decode=decode, max_new_tokens=max_new_tokens, batch_size=batch_size)
+  return {key: (verbmem(lm, params, rows, **kw) if key.startswith("verbmem") else knowmem(lm, params, rows, icl,
+                                                                                           **kw))[0]
+          for key, (rows, icl) in records.items()}
+
+
 def knowmem(lm: language.LanguageModel, params: Pytree, records: Sequence[Mapping[str, str]],
             icl: Sequence[Mapping[str, str]] = (), *, encode: Callable[[str], Sequence[int]],
             decode: Callable[[np.ndarray], str], max_new_tokens: int = 32, batch_size: int = 16,
@@ -801,12 +830,7 @@ def knowmem(lm: language.LanguageModel, params: Pytree, records: Sequence[Mappin
   Returns:
     ``(mean, per-record scores)``.
   """
-  for rows, name in ((records, "records"), (icl, "icl")):
-    if any("question" not in r or "answer" not in r for r in rows):
-      raise ValueError(f"knowmem: every row of {name} needs 'question' and 'answer'")
-  shots = [template.format(question=r["question"], answer=r["answer"]) for r in icl]
-  query = template.split("{answer}")[0].rstrip()
-  prompts = [delimiter.join(shots + [query.format(question=r["question"])]) for r in records]
+  prompts = knowmem_prompts(records, icl, template=template, delimiter=delimiter)
   ids, lens = _encode_prompts(encode, prompts, lm.pad_id)
   gens = generate_answers(lm, params, ids, lens, decode=decode, max_new_tokens=max_new_tokens,
                           batch_size=batch_size)

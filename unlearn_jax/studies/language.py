@@ -12,7 +12,8 @@ their config with `lm_config`. Sections, in order:
   4. Each method of ``config.methods`` runs on the Original (`unlearn_jax.unlearning.language.unlearn_lm`) with
      its options from ``config.method_options.<name>``; its wall time is measured with ``block_until_ready``.
   5. Every model is scored by `unlearn_jax.evaluation.language.evaluate_lm` (Retrain first, so forget quality and
-     PrivLeak of the others are relative to it).
+     PrivLeak of the others are relative to it); on MUSE's files also by its VerbMem and KnowMem
+     (`evaluation.language.muse_memorization`, ``eval.max_new_tokens`` greedy tokens; a table of their own).
   6. Robustness of forgetting (``config.robustness.enabled``; fictitious facts only, `robustness`): every model,
      Retrain included (the floor), is probed on the forget facts that an attacker does *not* relearn: recall of the facts' values by
      greedy answers to the original questions, to rephrased questions (`facts.PARAPHRASED_QUESTIONS`) and after
@@ -72,6 +73,9 @@ COLUMNS = (("forget_quality", "Forget quality", 1.0, 4), ("model_utility", "Mode
 # The robustness table: recall of the probed forget facts (`robustness`).
 ROBUSTNESS_COLUMNS = (("probe_recall", "After unlearning", 1.0, 3), ("relearn_recall", "After relearning", 1.0, 3),
                       ("rephrased_recall", "Rephrased", 1.0, 3), ("few_shot_recall", "Few-shot", 1.0, 3))
+# The MUSE table (``data.source='muse'``): VerbMem and KnowMem (`evaluation.language.muse_memorization`).
+MUSE_COLUMNS = (("verbmem_forget", "VerbMem forget", 1.0, 3), ("knowmem_forget", "KnowMem forget", 1.0, 3),
+                ("knowmem_retain", "KnowMem retain", 1.0, 3))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -225,7 +229,7 @@ def validate_lm(config) -> ml_collections.ConfigDict:
     config_lib.check_options(config.methods[name], f"methods.{name}")
   require(config.eval.batch_size >= 1, "eval.batch_size", config.eval.batch_size, "must be at least 1")
   require(config.eval.max_new_tokens >= 1, "eval.max_new_tokens", config.eval.max_new_tokens, "must be >= 1")
-  if not m.hf_checkpoint:  # a checkpoint's own max_len is checked when it is read
+  if not m.hf_checkpoint:  # a checkpoint's max_len: `check_model`, from its config.json, before any training
     room = preset.get("max_len", gpt.GPTConfig.max_len) - facts.prompt_width()
     require(config.eval.max_new_tokens <= room, "eval.max_new_tokens", config.eval.max_new_tokens,
             f"the benchmark's prompts leave room for at most {room} new tokens in the model's max_len")
@@ -246,16 +250,25 @@ def model_config(config, vocab_size: int) -> gpt.GPTConfig:
   return cfg.replace(dtype=jnp.dtype(m.dtype))
 
 
-def check_model(config, vocab_size: int) -> None:
+def check_model(config, vocab_size: int, *, prompt_len: int | None = None) -> None:
   """The network against the data and the methods, before any work: a checkpoint's vocabulary covers the
-  tokenizer's, and every compared method's LoRA options fit the network's shapes (`lora.check`).
+  tokenizer's, the benchmark's prompts (``prompt_len`` tokens, when given) plus ``eval.max_new_tokens`` fit the
+  network's ``max_len`` (a checkpoint's from its ``config.json``), and every compared method's LoRA options fit the
+  network's shapes (`lora.check`).
 
   Raises:
-    ValueError: ``config.model.hf_checkpoint=...`` or ``config.methods.<name>: method.lora_...``.
+    ValueError: ``config.model.hf_checkpoint=...``, ``config.eval.max_new_tokens=...`` or
+      ``config.methods.<name>: method.lora_...``.
   """
   cfg = model_config(config, vocab_size)
   config_lib.require(cfg.vocab_size >= vocab_size, "model.hf_checkpoint", config.model.hf_checkpoint,
                      f"its vocabulary ({cfg.vocab_size}) is smaller than the benchmark tokenizer's ({vocab_size})")
+  if prompt_len is not None:
+    m = config.model
+    where = "model.hf_checkpoint's config.json" if m.hf_checkpoint else f"model.preset={m.preset}"
+    config_lib.require(prompt_len + config.eval.max_new_tokens <= cfg.max_len, "eval.max_new_tokens",
+                       config.eval.max_new_tokens, f"the benchmark's prompts ({prompt_len} tokens) leave room for at "
+                       f"most {cfg.max_len - prompt_len} new tokens in the model's max_len={cfg.max_len} ({where})")
   shapes = jax.eval_shape(functools.partial(gpt.init_params, cfg), jax.random.key(0))
   for name in config.compare:
     o = config.methods[name]
@@ -353,7 +366,12 @@ def run_lm(config, workdir) -> dict:
   bench = make_benchmark(config)
   sets = bench.splits(d.forget)
   root = jax.random.key(config.seed)
-  check_model(config, bench.tokenizer.vocab_size)
+  tok = bench.tokenizer
+  # MUSE's VerbMem / KnowMem rows, scored by the library's own metrics (their prompts in the width check)
+  muse = lm_benchmarks.muse_records(d.dir) if d.source == "muse" else None
+  encode = lambda text: [tok.bos_id, *tok.encode(text)]  # noqa: E731  (the loader's prompts start with BOS)
+  widths = [len(encode(p)) for p in lm_eval.muse_prompts(muse)] if muse else []
+  check_model(config, tok.vocab_size, prompt_len=max([int(bench.prompt_len), *widths]))
   workdir.mkdir(parents=True, exist_ok=True)
   lm, like, models, restored = original_and_retrain(config, bench, workdir)
 
@@ -406,12 +424,18 @@ def run_lm(config, workdir) -> dict:
       metrics.update(lm_eval.mia_suite(lm, params, sets["forget"], sets["holdout"], decode=bench.tokenizer.decode,
                                        reference_params=models["Retrain"][0], batch_size=e.batch_size))
       metrics.update(lm_eval.memorization(lm, params, sets["forget"], batch_size=e.batch_size))
+    if muse is not None:
+      metrics.update(lm_eval.muse_memorization(lm, params, muse, encode=encode, decode=tok.decode,
+                                               max_new_tokens=e.max_new_tokens, batch_size=e.batch_size))
     metrics["seconds"] = float(seconds) if seconds is not None else float("nan")
     metrics.update(trained.get(row, {}))
     results[row] = metrics
   title = f"LM unlearning on fictitious facts ({d.forget}, {config.model.preset} GPT, " \
           f"{model_lib.num_params(like):,} parameters)"
   table = format_lm_table(results, title=title)
+  if muse is not None:
+    table += "\n" + format_lm_table(results, columns=MUSE_COLUMNS,
+                                    title="MUSE memorisation: ROUGE-L F1 of greedy generations")
   if config.robustness.enabled and isinstance(bench, facts.FactsBenchmark):  # the probes are built from the facts
     probes, seconds = robustness(config, lm, bench, sets, {row: p for row, (p, _) in models.items()})
     for row, values in probes.items():

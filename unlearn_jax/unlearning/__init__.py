@@ -113,23 +113,29 @@ def check_inputs(model, params, state, forget, retain) -> None:
 
 def keyword_method(name: str, fn: Callable, defaults: dict, *, options_fn: Callable | None = None,
                    inputs_fn: Callable | None = None, first: str = "model",
-                   where: str = "unlearn_jax.unlearning") -> Callable:
+                   where: str = "unlearn_jax.unlearning", positional: tuple[str, ...] | None = None,
+                   returns: str = "params, state") -> Callable:
   """``fn(first, params, state, forget, retain, *, config, rng)`` as a function that also takes keyword options.
 
   The result is ``method(first, params, state, forget, retain, *, rng, config=None, **options)``: ``options``
   (each a key of ``defaults``) update ``config``; an unknown one raises ValueError naming it, before any work
-  (``options_fn(config)``, when given, runs first and checks the values; then ``inputs_fn(model, params, state,
-  forget, retain)``, e.g. `check_inputs`). Keyword-only parameters of ``fn``
-  besides ``config`` and ``rng`` (inputs that are not options) pass through. Its ``__signature__`` and docstring list
-  every option with its type and default; the ``References:`` of ``fn``'s module are added when ``fn``'s own
-  docstring has none.
+  (``options_fn(config)``, when given, runs first and checks the values; then ``inputs_fn(*positional arguments)``,
+  e.g. `check_inputs`). ``positional`` replaces the five positional inputs (the language-model methods take
+  ``(lm, params, forget, retain)``) and ``returns`` names what the docstring's example gets back. Keyword-only
+  parameters of ``fn`` besides ``config`` and ``rng`` (inputs that are not options) pass through. Its
+  ``__signature__`` and docstring list every option with its type and default; the ``References:`` of ``fn``'s
+  module are added when ``fn``'s own docstring has none.
   """
 
   kw = inspect.Parameter.KEYWORD_ONLY
+  positional = positional or (first, "params", "state", "forget", "retain")
   # keyword inputs of fn's own that are not options (arrays, models: DMM's subset_outputs, oracle matching's oracles)
   inputs = [p for p in inspect.signature(fn).parameters.values() if p.kind is kw and p.name not in ("config", "rng")]
 
-  def method(model, params, state, forget, retain, *, rng, config=None, **kwargs):
+  def method(*args, rng, config=None, **kwargs):
+    args += tuple(kwargs.pop(n) for n in positional[len(args):] if n in kwargs)
+    if len(args) != len(positional):
+      raise TypeError(f"{name}() takes {len(positional)} inputs ({', '.join(positional)}), got {len(args)}")
     given = {p.name: kwargs.pop(p.name) for p in inputs if p.name in kwargs}
     unknown = sorted(set(kwargs) - set(defaults))
     if unknown:
@@ -139,12 +145,11 @@ def keyword_method(name: str, fn: Callable, defaults: dict, *, options_fn: Calla
     if options_fn is not None:
       options_fn(config)
     if inputs_fn is not None:
-      inputs_fn(model, params, state, forget, retain)
-    return fn(model, params, state, forget, retain, config=config, rng=rng, **given)
+      inputs_fn(*args)
+    return fn(*args, config=config, rng=rng, **given)
 
   method.__signature__ = inspect.Signature(
-      [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in (first, "params", "state", "forget",
-                                                                            "retain")]
+      [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in positional]
       + [inspect.Parameter("rng", kw), inspect.Parameter("config", kw, default=None), *inputs]
       + [inspect.Parameter(k, kw, default=v, annotation=_type_name(v)) for k, v in defaults.items()])
   doc = inspect.cleandoc(fn.__doc__ or name)
@@ -155,7 +160,7 @@ def keyword_method(name: str, fn: Callable, defaults: dict, *, options_fn: Calla
   if references:
     parts.append(references)
   if "Example:" not in doc:
-    parts.append(f"Example:\n    >>> params, state = {where}.{name}({first}, params, state, forget, retain,\n"
+    parts.append(f"Example:\n    >>> {returns} = {where}.{name}({', '.join(positional)},\n"
                  f"    ...     rng=jax.random.key(0), {example})")
   method.__name__ = method.__qualname__ = name
   method.__module__, method.__doc__, method.__wrapped__ = fn.__module__, "\n\n".join(parts), fn
