@@ -2,6 +2,7 @@
 concept-level recall metrics (evaluation/language.py), on hand-made cases and a scripted fake language model."""
 from __future__ import annotations
 
+import jax
 import numpy as np
 import pytest
 
@@ -216,5 +217,21 @@ def test_bad_concept_config_fails_before_any_work(tmp_path, key, value, match):
   section, field = (config, key) if "." not in key else (config[key.split(".")[0]], key.split(".")[1])
   section[field] = value
   with pytest.raises(ValueError, match=match):
+    run_lib.run(config, tmp_path / "w")
+  assert not (tmp_path / "w").exists()
+
+
+def test_a_checkpoint_too_short_for_the_answers_fails_before_any_work(tmp_path):
+  """``eval.max_new_tokens`` against an HF checkpoint's max_len (its config.json), before the Original trains."""
+  from configs import lm_concept as config_module  # pylint: disable=g-import-not-at-top
+  from unlearn_jax import run as run_lib  # pylint: disable=g-import-not-at-top
+  from unlearn_jax.models import gpt, hf  # pylint: disable=g-import-not-at-top
+  cfg = gpt.gpt_config("tiny", vocab_size=4096, num_layers=1, d_model=16, num_heads=2, d_ff=16, max_len=8)
+  hf.save_hf_checkpoint(gpt.init_params(cfg, jax.random.key(0)), cfg, str(tmp_path / "ckpt"))
+  config = config_module.get_config("tiny_test")
+  config.model.hf_checkpoint = str(tmp_path / "ckpt")
+  with pytest.raises(ValueError, match=r"^config\.eval\.max_new_tokens=\d+: the benchmark's prompts \(\d+ tokens\) "
+                                       r"leave room for at most -\d+ new tokens in the model's max_len=8 "
+                                       r"\(model\.hf_checkpoint's config\.json\)$"):
     run_lib.run(config, tmp_path / "w")
   assert not (tmp_path / "w").exists()

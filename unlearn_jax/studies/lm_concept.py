@@ -138,10 +138,11 @@ def run_concept(config, workdir) -> dict:
   validate_concept(config)
   start = time.time()
   workdir = pathlib.Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
   bench = lm_study.make_benchmark(config)
   sets = bench.splits(config.data.forget)
   root = jax.random.key(config.seed)
+  lm_study.check_model(config, bench.tokenizer.vocab_size, prompt_len=int(bench.prompt_len))  # before training
+  workdir.mkdir(parents=True, exist_ok=True)
   lm, _, models, restored = lm_study.original_and_retrain(config, bench, pathlib.Path(config.cache_dir or workdir))
   original = models["Original"][0]
   f, e = config.forget, config.eval
