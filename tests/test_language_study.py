@@ -50,6 +50,7 @@ def test_lm_study_tiny_runs_every_method_and_caches(tmp_path):
     ("methods.npo.beta", -1.0, "method.beta"),
     ("model.hf_checkpoint", "/no/such/model", "config.model.hf_checkpoint='/no/such/model'"),
     ("train.lr", 0.0, "config.train.lr"),
+    ("eval.rouge_rows", 0, r"config.eval.rouge_rows=0: must be >= 1"),
 ])
 def test_bad_lm_config_fails_before_any_work(tmp_path, key, value, match):
   config = lm_npo.get_config("tiny_test")

@@ -229,6 +229,8 @@ def validate_lm(config) -> ml_collections.ConfigDict:
     config_lib.check_options(config.methods[name], f"methods.{name}")
   require(config.eval.batch_size >= 1, "eval.batch_size", config.eval.batch_size, "must be at least 1")
   require(config.eval.max_new_tokens >= 1, "eval.max_new_tokens", config.eval.max_new_tokens, "must be >= 1")
+  require(config.eval.rouge_rows is None or config.eval.rouge_rows >= 1, "eval.rouge_rows", config.eval.rouge_rows,
+          "must be >= 1 (or None: every row)")
   if not m.hf_checkpoint:  # a checkpoint's max_len: `check_model`, from its config.json, before any training
     room = preset.get("max_len", gpt.GPTConfig.max_len) - facts.prompt_width()
     require(config.eval.max_new_tokens <= room, "eval.max_new_tokens", config.eval.max_new_tokens,
