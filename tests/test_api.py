@@ -17,6 +17,9 @@ def test_namespaces_and_all():
     for public in module.__all__:
       assert not public.startswith("_") and hasattr(module, public), (name, public)
   assert {"salun", "ssd", "ties"} <= set(unlearn_jax.unlearning.__all__) | set(unlearn_jax.merging.__all__)
+  # the LM and generation subpackages are reached from `unlearn_jax.unlearning` without importing them by name
+  assert unlearning.__getattr__("language") is lmu and unlearning.__getattr__("generation") is generation
+  assert {"npo", "rmu", "unlearn_lm"} <= set(lmu.__all__)
 
 
 @pytest.mark.parametrize("registry,defaults,inputs", [

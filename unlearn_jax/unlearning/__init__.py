@@ -16,6 +16,7 @@ Building blocks: `loop` (the one iterative driver), `objectives`, `saliency`, `m
 """
 from __future__ import annotations
 
+import importlib
 import inspect
 import sys
 from typing import Any, Callable
@@ -241,12 +242,18 @@ from unlearn_jax.unlearning import _dmm, _fisher, _influence, _laf, _ssd, bounda
 from unlearn_jax.unlearning import loop, objectives, saliency  # noqa: E402,F401  pylint: disable=g-import-not-at-top
 
 
+# The language-model and generation methods: subpackages of their own (other call contracts), imported on first use.
+_SUBPACKAGES = ("generation", "language")
+
+
 def __getattr__(name: str):
   if name in REGISTRY:
     return REGISTRY[name]
+  if name in _SUBPACKAGES:
+    return importlib.import_module(f"{__name__}.{name}")
   raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = ["BASELINES", "CHECKS", "DEFAULTS", "ONE_SHOT", "REGISTRY", "checked_options", "get_method",
-           "keyword_method", "loop", "method_config", "methods", "names", "objectives", "one_shot", "options",
-           "register", "saliency", "teachers", *sorted(REGISTRY)]
+           "generation", "keyword_method", "language", "loop", "method_config", "methods", "names", "objectives",
+           "one_shot", "options", "register", "saliency", "teachers", *sorted(REGISTRY)]
