@@ -1,6 +1,6 @@
 r"""Times TRAK's per-example gradients and features (vmapped, chunked) against a per-example loop of jax.grad.
 
-  PYTHONPATH=. python benchmarks/attribution.py [--proj_dim=2048] [--chunk_size=256] [--loop_rows=256]
+  PYTHONPATH=. python benchmarks/attribution.py [--proj_dim=2048] [--chunk_size=N] [--loop_rows=256]
       [--loop_feature_rows=64]
 
 MNIST-1D's 4,000 training rows, the benchmark MLP (256-256, 78,858 parameters, trained 2 epochs), in one process:
@@ -8,7 +8,8 @@ MNIST-1D's 4,000 training rows, the benchmark MLP (256-256, 78,858 parameters, t
 * per-example margin gradients of every row, two ways, each producing the [rows, P] gradients chunk by chunk:
   a Python loop of one jitted ``jax.grad`` call per row (the loop a PyTorch user writes without ``functorch``;
   timed on the first ``loop_rows`` rows after a warm-up call, extrapolated linearly to 4,000 rows), and one jitted
-  ``jax.vmap(jax.grad)`` program per chunk of ``chunk_size`` rows (timed warm over all rows);
+  ``jax.vmap(jax.grad)`` program per chunk of rows, the chunks featurize uses (``chunk_size``, by default as many
+  rows as fit in 128 MiB of gradients: 400 here), timed warm over all rows;
 * the full TRAK features φ = Rᵀ∇f/√P (k = ``proj_dim``) by `unlearn_jax.attribution.featurize` (one program:
   R's Rademacher blocks drawn once each and held (``projection_mib``), then per chunk of rows the vmapped
   gradients computed once and multiplied by R), first call (with compilation) and warm, against
@@ -46,7 +47,7 @@ def peak_rss_gib() -> float:
 def main():
   p = argparse.ArgumentParser()
   p.add_argument("--proj_dim", type=int, default=2048)
-  p.add_argument("--chunk_size", type=int, default=256)
+  p.add_argument("--chunk_size", type=int, default=None)
   p.add_argument("--block_size", type=int, default=512)
   p.add_argument("--projection_mib", type=float, default=1024)
   p.add_argument("--loop_rows", type=int, default=256)
@@ -69,7 +70,7 @@ def main():
   jax.block_until_ready(attribution.featurize(model, params, state, x, y, **opts))
   warm = time.perf_counter() - start
   rss = peak_rss_gib()
-  chunk = min(a.chunk_size, n)
+  chunk = trak.chunk_rows(n, num_params, a.chunk_size)
   key = jax.random.fold_in(jax.random.key(0), 0)
   mem = trak._featurize.lower(model, params, state, x, y, key, output=trak.margin, proj_dim=a.proj_dim,  # pylint: disable=protected-access
                               projection="rademacher", block_size=a.block_size, chunk=chunk,

@@ -110,6 +110,8 @@ def test_featurize_does_not_depend_on_chunking():
   x, y = rows(23, 6)
   a = attribution.featurize(model, params, state, x, y, proj_dim=64, chunk_size=5, block_size=16)
   b = attribution.featurize(model, params, state, x, y, proj_dim=64, chunk_size=23, block_size=16)
+  # chunks: at most chunk_size rows (default: 128 MiB of float32 gradients), spread evenly over the chunks
+  assert [trak.chunk_rows(23, 5, 5), trak.chunk_rows(4000, 78858), trak.chunk_rows(4000, 78858, 256)] == [5, 400, 250]
   np.testing.assert_allclose(a.phi, b.phi, rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(a.q, b.q, rtol=1e-6)
   # a projected feature is R^T g / sqrt(P) for the unprojected one

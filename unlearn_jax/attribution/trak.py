@@ -17,13 +17,14 @@ and so does `trak_scores` (``Q`` is the mean over models, per training row).
 
 How the work is bounded (`featurize` is one jitted program per model and row count):
 
-* per-example gradients are ``jax.vmap(jax.grad(f))`` over chunks of ``chunk_size`` rows (`jax.lax.map`), never a
+* per-example gradients are ``jax.vmap(jax.grad(f))`` over chunks of rows (`jax.lax.map`; by default as many rows
+  as fit in 128 MiB of float32 gradients, `chunk_rows`), never a
   Python loop over rows;
 * the projection matrix is drawn ``block_size`` columns at a time from the key (``jax.random.fold_in(key,
   block)``, as the reference ``BasicProjector`` draws blocks), each block once per call; as many blocks as fit in
   ``projection_mib`` (1 GiB by default: all of R for k = 2048 and up to 131k parameters) are held together, and
   each chunk's gradients are computed once per such pass and multiplied by the held blocks, so memory is
-  ``chunk_size × P`` gradients plus at most ``projection_mib`` of R (one block at least) plus the ``n × k`` output;
+  a chunk's gradients plus at most ``projection_mib`` of R (one block at least) plus the ``n × k`` output;
 * scores are computed for ``target_chunk_size`` targets at a time.
 
 A model's features ``(Φ, Q)`` (and a target set's ``φ``) can be cached in a directory (``cache_dir``) through
@@ -231,6 +232,18 @@ def _featurize(model, params, state, x, y, key, *, output, proj_dim, projection,
   return phi[:n], q.reshape(-1)[:n]
 
 
+GRADIENT_CHUNK_MIB = 128
+
+
+def chunk_rows(n: int, num_params: int, chunk_size: int | None = None) -> int:
+  """Rows per chunk of `featurize`: at most ``chunk_size`` (None: as many float32 gradients of ``num_params`` as
+  fit in `GRADIENT_CHUNK_MIB`, at least one row), spread evenly over the ``⌈n / that⌉`` chunks so the last one is
+  not mostly padding."""
+  most = int(chunk_size) if chunk_size is not None else max(1, (GRADIENT_CHUNK_MIB << 20) // (4 * int(num_params)))
+  chunks = -(-int(n) // min(most, int(n)))
+  return -(-int(n) // chunks)
+
+
 def _check_rows(x, y, name: str) -> None:
   n = jax.tree.leaves(x)[0].shape[0]
   if y.ndim != 1 or y.shape[0] != n:
@@ -240,7 +253,7 @@ def _check_rows(x, y, name: str) -> None:
 
 
 def featurize(model: Model, params, state, x, y, *, proj_dim: int | None = 2048, projection: str = "rademacher",
-              seed: int = 0, model_id: int = 0, output: Callable = margin, chunk_size: int = 256,
+              seed: int = 0, model_id: int = 0, output: Callable = margin, chunk_size: int | None = None,
               block_size: int = 512, projection_mib: float = 1024) -> Features:
   """TRAK features of rows ``(x, y)`` under one model: ``φ = Rᵀ∇f/√P`` and ``Q = 1 − p``, in one jitted program.
 
@@ -252,7 +265,9 @@ def featurize(model: Model, params, state, x, y, *, proj_dim: int | None = 2048,
     seed, model_id: the matrix is drawn from ``fold_in(key(seed), model_id)``, a different one per model as the
       reference (``seed + 10⁴·model_id``) does; targets and training rows of a model must use the same pair.
     output: ``output(logits [1, C], y [1]) -> [1]``, the model output function (default `margin`).
-    chunk_size: rows whose per-example gradients are held at once (``chunk_size × P`` floats).
+    chunk_size: at most this many rows' per-example gradients held at once (``chunk_size × P`` floats); None:
+      as many as fit in 128 MiB (`chunk_rows`: 425 rows of a 78,858-parameter MLP). The rows are spread evenly
+      over the chunks; the result does not depend on the chunking.
     block_size: projection columns drawn from one key (see `project`; part of R's definition).
     projection_mib: MiB of R held at once (at least one block): the blocks that fit are drawn together and
       every chunk's gradients are computed once per such pass, i.e. once in all when ``P × k`` float32 fit.
@@ -263,14 +278,14 @@ def featurize(model: Model, params, state, x, y, *, proj_dim: int | None = 2048,
   _check_rows(x, y, "featurize")
   num_params = sum(int(np.prod(a.shape)) for a in jax.tree.leaves(params))
   check_projection(projection, proj_dim, num_params)
-  if int(chunk_size) < 1:
-    raise ValueError(f"chunk_size={chunk_size}: must be >= 1")
+  if chunk_size is not None and int(chunk_size) < 1:
+    raise ValueError(f"chunk_size={chunk_size}: must be >= 1 (or None)")
   if not projection_mib > 0:
     raise ValueError(f"projection_mib={projection_mib}: must be > 0")
   key = jax.random.fold_in(jax.random.key(seed), model_id)
   phi, q = _featurize(model, params, state, x, jnp.asarray(y), key, output=output,
                       proj_dim=None if projection == "identity" else int(proj_dim), projection=projection,
-                      block_size=int(block_size), chunk=min(int(chunk_size), int(y.shape[0])),
+                      block_size=int(block_size), chunk=chunk_rows(int(y.shape[0]), num_params, chunk_size),
                       projection_mib=float(projection_mib))
   return Features(phi, q)
 
@@ -330,7 +345,7 @@ def _split_xy(data, name: str):
 
 def trak_scores(model: Model, models: Sequence[tuple[Pytree, Pytree]], train, targets, *, proj_dim: int | None = 2048,
                 projection: str = "rademacher", seed: int = 0, ridge: float = 0.0,
-                kernel_normalization: str = "mean_abs", output: Callable = margin, chunk_size: int = 256,
+                kernel_normalization: str = "mean_abs", output: Callable = margin, chunk_size: int | None = None,
                 block_size: int = 512, projection_mib: float = 1024, target_chunk_size: int = 1024,
                 cache_dir: str | os.PathLike | None = None, desc: str | None = None) -> jax.Array:
   """TRAK scores ``[n_targets, n_train]`` of an ensemble: entry ``[j, i]`` is training row i's attributed effect
