@@ -136,11 +136,13 @@ def test_featurize_projects_by_the_same_matrix_in_any_number_of_passes():
   assert trak._passes(5, 60, 16, 2 * 4 * 5 * 16 / 2 ** 20) == [range(0, 2), range(2, 4)]  # pylint: disable=protected-access
 
 
-def test_rademacher_draw_is_jax_random_rademacher_bit_for_bit():
+def test_projection_draws_are_jax_randoms():
   for seed, shape in [(0, (7, 5)), (3, (300, 33))]:
     key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), 1), 2)
     got = jax.jit(trak._rademacher, static_argnums=1)(key, shape)  # pylint: disable=protected-access
-    np.testing.assert_array_equal(got, jax.random.rademacher(key, shape, dtype=jnp.float32))
+    np.testing.assert_array_equal(got, jax.random.rademacher(key, shape, dtype=jnp.float32))  # bit for bit
+    normal = jax.jit(trak._normal, static_argnums=1)(key, shape)  # pylint: disable=protected-access
+    np.testing.assert_allclose(normal, jax.random.normal(key, shape, dtype=jnp.float32), rtol=1e-6, atol=1e-6)
   assert set(np.unique(got)) == {-1.0, 1.0}
 
 

@@ -18,13 +18,14 @@ and so does `trak_scores` (``Q`` is the mean over models, per training row).
 How the work is bounded (`featurize` is one jitted program per model and row count):
 
 * per-example gradients are ``jax.vmap(jax.grad(f))`` over chunks of rows (`jax.lax.map`; by default as many rows
-  as fit in 128 MiB of float32 gradients, `chunk_rows`), never a
-  Python loop over rows;
+  as fit in 128 MiB of float32 gradients, `chunk_rows`), never a Python loop over rows;
 * the projection matrix is drawn ``block_size`` columns at a time from the key (``jax.random.fold_in(key,
-  block)``, as the reference ``BasicProjector`` draws blocks), each block once per call; as many blocks as fit in
-  ``projection_mib`` (1 GiB by default: all of R for k = 2048 and up to 131k parameters) are held together, and
-  each chunk's gradients are computed once per such pass and multiplied by the held blocks, so memory is
-  a chunk's gradients plus at most ``projection_mib`` of R (one block at least) plus the ``n × k`` output;
+  block)``, as the reference ``BasicProjector`` draws blocks), each block once per call, as
+  ``jax.random.rademacher`` / ``normal`` draw it but by an unrolled Threefry (one fused kernel, no temporaries:
+  `_bits`); as many blocks as fit in ``projection_mib`` (1 GiB by default: all of R for k = 2048 and up to 131k
+  parameters) are held together, and each chunk's gradients are computed once per such pass and multiplied by the
+  held blocks, so memory is a chunk's gradients plus at most ``projection_mib`` of R (one block at least) plus the
+  ``n × k`` output;
 * scores are computed for ``target_chunk_size`` targets at a time.
 
 A model's features ``(Φ, Q)`` (and a target set's ``φ``) can be cached in a directory (``cache_dir``) through
@@ -117,25 +118,44 @@ def _threefry2x32(k1, k2, x1, x2):
   return x1, x2
 
 
-def _rademacher(key: jax.Array, shape: tuple[int, int]) -> jax.Array:
-  """``jax.random.rademacher(key, shape, float32)``, bit for bit, for a threefry key (jax's default, partitionable
-  bits): entry i of the flattened array is −1 where bit 31 of ``threefry(key, (0, i))``'s two words xor-ed is set
-  (the uniform draw below 0.5 is +1); other keys, or 2³² entries or more, go to ``jax.random.rademacher``."""
+def _bits(key: jax.Array, shape: tuple[int, int]) -> jax.Array | None:
+  """``jax.random.bits(key, shape)`` (uint32) bit for bit, for a threefry key with jax's default partitionable
+  bits: entry i of the flattened array is the xor of the two words of ``threefry(key, (0, i))``. None for other
+  keys or settings, or 2³² entries or more (the callers then use ``jax.random``)."""
   rows, cols = shape
   if (str(jax.random.key_impl(key)) != "threefry2x32" or rows * cols >= 2 ** 32
       or not jax.config.jax_threefry_partitionable):
-    return jax.random.rademacher(key, shape, dtype=jnp.float32)
+    return None
   k1, k2 = jax.random.key_data(key)
   index = (jax.lax.broadcasted_iota(jnp.uint32, shape, 0) * jnp.uint32(cols)
            + jax.lax.broadcasted_iota(jnp.uint32, shape, 1))
   b1, b2 = _threefry2x32(k1, k2, jnp.zeros_like(index), index)
-  return 1.0 - 2.0 * ((b1 ^ b2) >> jnp.uint32(31)).astype(jnp.float32)
+  return b1 ^ b2
+
+
+def _rademacher(key: jax.Array, shape: tuple[int, int]) -> jax.Array:
+  """``jax.random.rademacher(key, shape, float32)`` bit for bit: −1 where bit 31 of `_bits` is set (where its
+  uniform draw is not below 0.5)."""
+  bits = _bits(key, shape)
+  if bits is None:
+    return jax.random.rademacher(key, shape, dtype=jnp.float32)
+  return 1.0 - 2.0 * (bits >> jnp.uint32(31)).astype(jnp.float32)
+
+
+def _normal(key: jax.Array, shape: tuple[int, int]) -> jax.Array:
+  """``jax.random.normal(key, shape, float32)`` from `_bits` as jax draws it (to float rounding): ``√2 ·
+  erfinv(u)`` for u uniform in [nextafter(−1, 0), 1) made from the top 23 bits."""
+  bits = _bits(key, shape)
+  if bits is None:
+    return jax.random.normal(key, shape, dtype=jnp.float32)
+  unit = jax.lax.bitcast_convert_type((bits >> jnp.uint32(9)) | jnp.uint32(0x3F800000), jnp.float32) - 1.0
+  lo = np.nextafter(np.float32(-1.0), np.float32(0.0))
+  u = jnp.maximum(lo, unit * (np.float32(1.0) - lo) + lo)
+  return np.float32(np.sqrt(2)) * jax.lax.erf_inv(u)
 
 
 def _draw(projection: str):
-  if projection == "rademacher":
-    return _rademacher
-  return lambda k, shape: jax.random.normal(k, shape, dtype=jnp.float32)
+  return _rademacher if projection == "rademacher" else _normal
 
 
 def _blocks(proj_dim: int, block_size: int) -> tuple[int, int]:
