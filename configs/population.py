@@ -18,9 +18,10 @@ in ``<workdir>/selection_<kind>/``).
 
 Options: ``--config.population.size=8`` (models per population), ``--config.population.kinds='("random",)'``,
 ``--config.population.loop=steps`` (the CPU's per-step loop; the default here is the whole-epoch scan, which trains
-MLP populations 1.8x faster per epoch, benchmarks/population.py). ``:dmm`` adds DMM and oracle matching (run member
-by member; DMM's α-subset population of 64 models is built once and reported apart; oracle matching's oracle for
-member i is member i of the second Retrain population). ``:tiny_test`` is the test's shrunken version.
+MLP populations 1.8x faster per epoch, benchmarks/population.py). ``:dmm`` adds DMM and oracle matching (each member's
+matching set and targets built in turn, the fine-tuning one program over the model axis; DMM's α-subset population
+of 64 models is built once, cached, and its time reported apart; oracle matching's oracle for member i is member i
+of the second Retrain population, independent of the Retrains that judge it). ``:tiny_test`` is the test's shrunken version.
 
 Methods: those of the tuned benchmark (`configs/benchmark.TUNED_METHODS`) that run over the model axis in one
 program: every Plan and every one-shot method. Writes results.md, results.json and klom_<kind>.png; measured

@@ -143,7 +143,7 @@ def test_population_sharded_over_8_devices_equals_one_device():
 @pytest.mark.parametrize("name,options,how", [("salun", dict(epochs=2, batch_size=8, fraction=0.3), "vmapped"),
                                               ("ssd", {}, "one_shot"),
                                               ("oracle_matching", dict(epochs=2, batch_size=8, lr=0.05),
-                                               "member_by_member")])
+                                               "vmapped")])
 def test_unlearning_a_population_equals_each_member_alone(name, options, how):
   """SalUn (a Plan, with a saliency mask per member), SSD (one-shot) and oracle matching (per-member matching sets
   and oracles): one program over the model axis, member ``i`` equal to the method run alone on it with key ``i``

@@ -42,7 +42,7 @@ import jax.numpy as jnp
 from unlearn_jax import population as population_lib
 from unlearn_jax import train as train_lib
 from unlearn_jax import unlearning
-from unlearn_jax.unlearning import loop, methods
+from unlearn_jax.unlearning import _dmm, loop, methods
 
 Pytree = Any
 
@@ -270,10 +270,12 @@ def unlearn_population(name: str, model, params, state, forget, retain, *, optio
   """Method ``name`` at its options (``options``, else its defaults) on every member of a population.
 
   Plans and one-shot methods run over the model axis as one program (`sweep` with ``population=True`` and a
-  one-point grid); the others run member by member. Member ``i`` gets key ``i`` of `population.keys` ``(rng, N)``
+  one-point grid); so do DMM and oracle matching (`unlearn_jax.unlearning._dmm.match_population`: each member's
+  matching set and targets built in turn, the fine-tuning one program; ``'vmapped'``); the others run member by
+  member. Member ``i`` gets key ``i`` of `population.keys` ``(rng, N)``
   and computes what the method computes alone on ``member(params, i)`` with that key. ``member_batch``: see
-  `sweep_one_shot`. ``inputs(i)``: keyword arguments of member ``i``'s call (a member-by-member method's run
-  inputs, e.g. ``oracle_matching``'s ``oracles``); None for the vectorised methods.
+  `sweep_one_shot`. ``inputs(i)``: keyword arguments of member ``i``'s call (the run inputs of DMM and oracle
+  matching, ``subset_outputs`` / ``oracles``, or of a member-by-member method); None for the others.
 
   Returns:
     ``(params, state, info)``: the unlearned population (leading axis ``N``), and ``info`` with ``how``
@@ -282,20 +284,24 @@ def unlearn_population(name: str, model, params, state, forget, retain, *, optio
   how = kind(name)
   opts = unlearning.options(options, name)
   start = time.perf_counter()
-  if how == "vmapped":
-    coef = methods.COEFS[name]
-    grid = dict(lrs=(opts.lr,), coefs=None if coef is None else (opts[coef],))
-  elif how == "one_shot":
-    grid = dict(coefs=(opts[coefficient(name)],), member_batch=member_batch)
-  else:
+  if name in _dmm.MATCHING and not opts.l2_to_original:
+    how = "vmapped"
+    out_params, out_state, history = _dmm.match_population(name, model, params, state, forget, retain, config=opts,
+                                                           rng=_members(params, state, rng, True)[2], inputs=inputs)
+  elif how == "sequential":
     how = "member_by_member"
     n, _, keys = _members(params, state, rng, True)
     out_params, out_state = _one_by_one(name, model, params, state, forget, retain, [opts.to_dict()], keys, n,
                                         inputs)
     history = {"finite": _finite(out_params)}
-  if how != "member_by_member":
+  else:
     if inputs is not None:
       raise ValueError(f"unlearn_population: {name!r} runs over the model axis and takes no per-member inputs")
+    if how == "vmapped":
+      coef = methods.COEFS[name]
+      grid = dict(lrs=(opts.lr,), coefs=None if coef is None else (opts[coef],))
+    else:
+      grid = dict(coefs=(opts[coefficient(name)],), member_batch=member_batch)
     out_params, out_state, _, history = sweep(name, model, params, state, forget, retain, options=opts, rng=rng,
                                               population=True, **grid)
   jax.block_until_ready(out_params)

@@ -53,11 +53,12 @@ import numpy as np
 from unlearn_jax import checkpoint
 from unlearn_jax.attribution import datamodels as dm_lib
 from unlearn_jax.attribution import subsets as subsets_lib
+from unlearn_jax import train as train_lib
 from unlearn_jax.data import split as split_lib
 from unlearn_jax.model import Model
 from unlearn_jax.unlearning import loop
 from unlearn_jax.unlearning import methods
-from unlearn_jax.unlearning import options, register
+from unlearn_jax.unlearning import checked_options, register
 from unlearn_jax.unlearning import teachers
 
 Pytree = Any
@@ -171,7 +172,13 @@ def oracle_matching(model, params, state, forget, retain, *, config, rng, oracle
   Returns:
     ``(params, state)``.
   """
-  opts = options(config, "oracle_matching")  # checked by `_check_match_options` (registered) before the call
+  opts, x, targets, loop_rng = matching_set("oracle_matching", model, params, state, forget, retain, config=config,
+                                            rng=rng, oracles=oracles)
+  return match_outputs(model, params, state, x, targets, opts, loop_rng)
+
+
+def _oracle_set(model, params, state, forget, retain, opts, rng, oracles=None):
+  """`oracle_matching`'s matching inputs and targets: ``(x, mean oracle logits on x)``."""
   if oracles is None:
     if not opts.oracle_dirs:
       raise ValueError("method.oracle_dirs: empty; give Retrain checkpoint directories (or oracles=...)")
@@ -183,12 +190,10 @@ def oracle_matching(model, params, state, forget, retain, *, config, rng, oracle
       oracles.append(found[:2])
   if not oracles:
     raise ValueError("oracles: empty; give at least one Retrain (params, state)")
-  sample_rng, loop_rng = jax.random.split(rng)
   f_rows, r_rows = matching_rows(forget, retain, retain_multiplier=opts.retain_multiplier,
-                                 forget_multiplier=opts.forget_multiplier, rng=sample_rng)
+                                 forget_multiplier=opts.forget_multiplier, rng=rng)
   x = jax.tree.map(lambda a, b: jnp.concatenate([a[f_rows], b[r_rows]]), forget.x, retain.x)
-  targets = sum(_eval_logits(model, p, s, x) for p, s in oracles) / len(oracles)
-  return match_outputs(model, params, state, x, targets, opts, loop_rng)
+  return x, sum(_eval_logits(model, p, s, x) for p, s in oracles) / len(oracles)
 
 
 def predicted_retrain_logits(original_logits: jax.Array, datamodels: dm_lib.Datamodels, forget_rows,
@@ -268,12 +273,65 @@ def dmm(model, params, state, forget, retain, *, config, rng, subset_outputs: su
   Returns:
     ``(params, state)``.
   """
-  opts = options(config, "dmm")  # checked by `_check_dmm_options` (registered) before the call
+  opts, x, predicted, loop_rng = matching_set("dmm", model, params, state, forget, retain, config=config, rng=rng,
+                                              subset_outputs=subset_outputs)
+  return match_outputs(model, params, state, x, predicted, opts, loop_rng)
+
+
+def _dmm_set(model, params, state, forget, retain, opts, rng, subset_outputs=None):
+  """`dmm`'s matching inputs and predicted Retrain logits (the outputs loaded from ``attribution_dir`` if None)."""
   if subset_outputs is None:
     if not opts.attribution_dir:
       raise ValueError("method.attribution_dir: empty; give the outputs of an α-subset population "
                        "(unlearn_jax.attribution.subsets.save_outputs) or subset_outputs=...")
     subset_outputs, _ = subsets_lib.load_outputs(opts.attribution_dir)
+  return dmm_targets(model, params, state, forget, retain, subset_outputs, opts, rng)
+
+
+# name -> its matching set: ``fn(model, params, state, forget, retain, opts, rng, **inputs) -> (x, targets)``
+MATCHING = {"oracle_matching": _oracle_set, "dmm": _dmm_set}
+
+
+def matching_set(name: str, model: Model, params, state, forget, retain, *, config, rng, **inputs):
+  """``(opts, x, targets, loop_rng)``: what method ``name`` of `MATCHING` fine-tunes towards, before its loop.
+
+  ``config`` is checked as the registered method checks it; ``rng`` is split into the matching set's key (the
+  retain sample) and the loop's, as the method does; ``inputs``: its keyword inputs (``oracles``,
+  ``subset_outputs``)."""
+  opts = checked_options(config, name)
   sample_rng, loop_rng = jax.random.split(rng)
-  x, predicted = dmm_targets(model, params, state, forget, retain, subset_outputs, opts, sample_rng)
-  return match_outputs(model, params, state, x, predicted, opts, loop_rng)
+  x, targets = MATCHING[name](model, params, state, forget, retain, opts, sample_rng, **inputs)
+  return opts, x, targets, loop_rng
+
+
+def match_population(name: str, model: Model, params, state, forget, retain, *, config, rng: jax.Array,
+                     inputs=None):
+  """Method ``name`` of `MATCHING` on every member of a population (leaves with a leading model axis ``N``).
+
+  Member ``i``'s matching set and targets are built as the method builds them alone (with key ``rng[i]`` and the
+  keyword inputs ``inputs(i)``, e.g. its own oracle), one member after another; the fine-tuning towards them is
+  one program over the model axis (`unlearn_jax.unlearning.loop.unlearn_grid` with ``stacked`` models and
+  per-member data), so member ``i`` computes what ``name`` computes alone on it.
+
+  Returns:
+    ``(params, state, history)`` (``history['finite']``: ``(N,)`` bools).
+
+  Raises:
+    ValueError: with ``l2_to_original > 0`` (its frozen copy of each Original runs member by member only).
+  """
+  n = rng.shape[0]
+  sets = [matching_set(name, model, jax.tree.map(lambda a: a[i], params), jax.tree.map(lambda a: a[i], state),
+                       forget, retain, config=config, rng=rng[i], **(inputs(i) if inputs else {}))
+          for i in range(n)]
+  opts = sets[0][0]
+  if opts.l2_to_original:
+    raise ValueError(f"{name}: l2_to_original={opts.l2_to_original} runs member by member only")
+  stack = lambda k: jax.tree.map(lambda *a: jnp.stack(a), *[s[k] for s in sets])
+  data = split_lib.Split(stack(1), jnp.asarray(stack(2), jnp.float32))
+  objective = loop.Objective(retain=match_term(model, opts.loss))
+  one = split_lib.Split(jax.tree.map(lambda a: a[0], data.x), data.y[0])
+  steps = loop.steps_per_epoch(None, one, objective, schedule=opts.phases, batch_size=opts.batch_size)
+  make = lambda hyper: (objective, train_lib.make_optimizer(opts, steps, lr=hyper))
+  return loop.unlearn_grid(params, state, None, data, make=make, hypers=jnp.full((n,), opts.lr, jnp.float32),
+                           epochs=opts.epochs, batch_size=opts.batch_size, rng=stack(3), schedule=opts.phases,
+                           desc=f"{name} x{n}", stacked=True, stacked_data=True)

@@ -131,12 +131,13 @@ def _batch_mesh(mesh, *batch_sizes: int):
   return mesh
 
 
-def _phase_fn(make, role: str, *, batch_size: int, augment, mesh, grid: bool, keyed: bool = False):
+def _phase_fn(make, role: str, *, batch_size: int, augment, mesh, grid: bool, keyed: bool = False,
+              data_axis: int | None = None):
   """Jitted epoch phase scanning the ``role`` term of ``make(hyper)`` over the shuffled batches of one split.
 
   ``make(hyper) -> (objective, tx)``; with ``grid`` the phase is vmapped over the leading axis of params, state,
   optimiser state and ``hyper``, with the data and the epoch shared, and the key too unless ``keyed`` (one per
-  grid point).
+  grid point), and the data too with ``data_axis=0`` (one split per grid point).
   """
   mesh = _batch_mesh(mesh, batch_size)
 
@@ -148,7 +149,7 @@ def _phase_fn(make, role: str, *, batch_size: int, augment, mesh, grid: bool, ke
     return _scan(term_step(term, tx, augment), params, state, opt_state, ((xb, yb),), step_rng, epoch)
 
   if grid:
-    phase = jax.vmap(phase, in_axes=(0, 0, 0, None, None, 0 if keyed else None, None, 0))
+    phase = jax.vmap(phase, in_axes=(0, 0, 0, data_axis, data_axis, 0 if keyed else None, None, 0))
   return jax.jit(phase, donate_argnums=(0, 1, 2))
 
 
@@ -168,7 +169,7 @@ def joint_term(objective: Objective) -> Term:
 
 
 def _joint_fn(make, *, batch_size: int, forget_batch_size: int, augment, mesh, anchor: str = "retain",
-              grid: bool = False, keyed: bool = False):
+              grid: bool = False, keyed: bool = False, data_axis: int | None = None):
   """Jitted epoch of joint steps: one batch of each split per step; the ``anchor`` split is walked once, the other
   cycled."""
   mesh = _batch_mesh(mesh, batch_size, forget_batch_size)
@@ -188,7 +189,7 @@ def _joint_fn(make, *, batch_size: int, forget_batch_size: int, augment, mesh, a
                  epoch)
 
   if grid:
-    epoch_fn = jax.vmap(epoch_fn, in_axes=(0, 0, 0, None, None, None, None, 0 if keyed else None, None, 0))
+    epoch_fn = jax.vmap(epoch_fn, in_axes=(0, 0, 0) + (data_axis,) * 4 + (0 if keyed else None, None, 0))
   return jax.jit(epoch_fn, donate_argnums=(0, 1, 2))
 
 
@@ -290,14 +291,16 @@ def unlearn_grid(params, state, forget: split_lib.Split | None, retain: split_li
                  forget_epochs: int | None = None, forget_batch_size: int | None = None,
                  masks: Pytree | None = None, mask_mode: str = "freeze", augment=None,
                  log: Callable[[str], None] | None = None, desc: str = "sweep", anchor: str = "retain",
-                 stacked: bool = False):
+                 stacked: bool = False, stacked_data: bool = False):
   """`unlearn_loop` for ``G`` hyperparameter settings at once, as one vmapped, jitted program per phase.
 
   Every grid point starts from the same ``(params, state)`` and sees the same batches and the same randomness
   (``rng`` is shared), so grid point ``g`` computes what `unlearn_loop` computes with ``make(hypers[g])`` alone.
   With ``stacked``, ``params`` and ``state`` already have the leading axis ``G`` (point ``g`` starts from its own
   model, e.g. a population member), and ``rng`` may be ``(G,)`` keys, one per point: point ``g`` then computes
-  what `unlearn_loop` computes from ``params[g]`` with ``rng[g]``.
+  what `unlearn_loop` computes from ``params[g]`` with ``rng[g]``. With ``stacked_data`` as well, the splits'
+  arrays carry the leading axis ``G`` too (every point the same number of rows): point ``g`` trains on its own
+  ``x[g], y[g]`` (e.g. a population member's own matching set and targets, `unlearn_jax.unlearning._dmm`).
   A grid point whose loss stops being finite (a learning rate too large) does not stop the others: its
   ``history['finite'][g]`` is False and its parameters are whatever they became.
 
@@ -330,6 +333,13 @@ def unlearn_grid(params, state, forget: split_lib.Split | None, retain: split_li
     return objective, masked_optimizer(tx, mask, mask_mode)
 
   hm = (hypers, masks)
+  if stacked_data:
+    if not stacked:
+      raise ValueError("unlearn_grid: stacked_data needs stacked models")
+    for path, leaf in jax.tree_util.tree_flatten_with_path((forget, retain))[0]:
+      if leaf.shape[:1] != (size,):
+        raise ValueError(f"unlearn_grid: stacked data {jax.tree_util.keystr(path)} has leading shape "
+                         f"{leaf.shape[:1]}, expected ({size},) (one split per grid point)")
   if stacked:
     for path, leaf in jax.tree_util.tree_flatten_with_path((params, state))[0]:
       if leaf.shape[:1] != (size,):
@@ -345,7 +355,8 @@ def unlearn_grid(params, state, forget: split_lib.Split | None, retain: split_li
   opt_state = jax.jit(jax.vmap(lambda h, p: make_masked(h)[1].init(p)))(hm, params)
   return _run(make_masked, hm, params, state, opt_state, forget, retain, epochs=epochs, batch_size=batch_size,
               rng=rng, schedule=schedule, forget_epochs=forget_epochs, forget_batch_size=forget_batch_size,
-              augment=augment, mesh=None, log=log, desc=desc, anchor=anchor, grid=True, keyed=keyed)
+              augment=augment, mesh=None, log=log, desc=desc, anchor=anchor, grid=True, keyed=keyed,
+              data_axis=0 if stacked_data else None)
 
 
 def split_keys(rng: jax.Array, num: int) -> jax.Array:
@@ -358,8 +369,9 @@ def split_keys(rng: jax.Array, num: int) -> jax.Array:
 
 def _run(make, hyper, params, state, opt_state, forget, retain, *, epochs, batch_size, rng, schedule, forget_epochs,
          forget_batch_size, augment, mesh, log, desc, anchor, grid: bool = False, on_epoch=None,
-         keyed: bool = False):
-  """The epochs of `unlearn_loop` / `unlearn_grid` from a prepared optimiser state."""
+         keyed: bool = False, data_axis: int | None = None):
+  """The epochs of `unlearn_loop` / `unlearn_grid` from a prepared optimiser state (``data_axis=0``: the splits'
+  arrays carry the grid axis first)."""
   if schedule not in SCHEDULES:
     raise ValueError(f"schedule: unknown {schedule!r}; choose one of {SCHEDULES}")
   if anchor not in ANCHORS:
@@ -372,19 +384,21 @@ def _run(make, hyper, params, state, opt_state, forget, retain, *, epochs, batch
     raise ValueError("the objective has neither a forget nor a retain term")
   if schedule == "joint" and (probe.forget is None or probe.retain is None):
     schedule = "sequential"  # a single term: the schedules coincide
-  forget_bs = min(forget_batch_size or batch_size, forget.size) if forget is not None else None
-  retain_bs = min(batch_size, retain.size) if retain is not None else None
+  rows = lambda split: split.y.shape[1] if data_axis == 0 else split.size
+  forget_bs = min(forget_batch_size or batch_size, rows(forget)) if forget is not None else None
+  retain_bs = min(batch_size, rows(retain)) if retain is not None else None
 
   phases = []
   if schedule == "joint":
     fn = _joint_fn(make, batch_size=retain_bs, forget_batch_size=forget_bs, augment=augment, mesh=mesh,
-                   anchor=anchor, grid=grid, keyed=keyed)
+                   anchor=anchor, grid=grid, keyed=keyed, data_axis=data_axis)
     phases.append(("joint", fn, (forget.x, forget.y, retain.x, retain.y), None))
   else:
     for name, term, split, bs, last in (("forget", probe.forget, forget, forget_bs, forget_epochs),
                                         ("retain", probe.retain, retain, retain_bs, None)):
       if term is not None:
-        fn = _phase_fn(make, name, batch_size=bs, augment=augment, mesh=mesh, grid=grid, keyed=keyed)
+        fn = _phase_fn(make, name, batch_size=bs, augment=augment, mesh=mesh, grid=grid, keyed=keyed,
+                       data_axis=data_axis)
         phases.append((name, fn, (split.x, split.y), last))
 
   if mesh is not None:
