@@ -2,7 +2,8 @@
 
 The experiment runner (`experiments.main`, flag ``--compilation_cache``) turns the cache on by default, in
 `default_dir`, so a second run, and a run that differs only in a learning rate or a method's main coefficient
-(both enter the jitted programs as arguments: `unlearn_jax.train.make_optimizer`, `unlearn_jax.unlearning.loop`),
+(both enter the jitted programs as arguments: `unlearn_jax.train.make_optimizer`, `unlearn_jax.unlearning.loop`;
+for the language-model methods, `unlearn_jax.unlearning.language.COEFS`),
 loads its compiled programs instead of compiling them again.
 
 Example:
