@@ -233,6 +233,45 @@ def test_random_merges_compile_without_a_loop_per_draw():
     assert calls.count("threefry2x32") <= 1 and "_uniform" not in calls, (name, calls)
 
 
+def test_packed_keep_masks_are_the_fused_masks():
+  # The masks stored by the loop over keys (one bit per model) are those computed inline, for k <= 2 (a loop over
+  # the models), odd k (the last key's second word unused) and k > 8 (uint16), with DARE's scalar and DELLA's
+  # per-entry probabilities and a model at density 1.
+  from unlearn_jax.merging import arithmetic
+  like = jnp.zeros((6, 7))
+  rng = np.random.default_rng(0)
+  for k, per_entry in ((2, False), (3, True), (9, False)):
+    key_data = jax.random.bits(jax.random.key(k), ((k + 1) // 2, 2), jnp.uint32)
+    densities = jnp.asarray([0.5] * (k - 1) + [1.0], jnp.float32)
+    probs = ([rng.uniform(0.2, 0.8, like.shape).astype(np.float32) for _ in range(k)] if per_entry
+             else [0.5] * (k - 1) + [1.0])
+    ref, packed = jax.jit(lambda d, p, kd: (arithmetic._keep_masks([like] * k, d, p, kd),
+                                            arithmetic._packed_keep_masks([like] * k, d, p, kd)))(
+        densities, probs, key_data)
+    bits = (np.asarray(packed)[None] >> np.arange(k).reshape(-1, 1, 1)) & 1
+    np.testing.assert_array_equal(bits == 1, np.asarray(ref), err_msg=str(k))
+
+
+def test_ties_code_majority_sign_reaches_zero_sums_and_compiles_one_hash_pass():
+  # A zero-sum entry in a tensor whose other sums are mostly positive takes + (the TIES code's majority), with
+  # and without random drops (density 1 - 1e-7 keeps everything here, but runs the masks pass).
+  a = np.array([1.0, 2.0, -3.0, 0.5], np.float32)
+  b = np.array([1.0, 1.0, 1.0, -0.5], np.float32)
+  zero = np.zeros(4, np.float32)
+  np.testing.assert_allclose(merging.ties([a, b], base=zero, density=1.0), [1.0, 1.5, -3.0, 0.5])
+  np.testing.assert_allclose(merging.dare([a, b], base=zero, density=1 - 1e-7, rng=jax.random.key(0),
+                                          combine="ties", rescale=False), [1.0, 1.5, -3.0, 0.5])
+  # The hash runs once per tensor, as in a merge without reductions, although the majority sign and mergekit's
+  # L1 norms are reductions the merge waits on (they read the stored masks); it ran 2-3 times before.
+  base, ps = _models()
+  key = jax.random.key(0)
+  xors = lambda merge: jax.jit(merge).lower(ps, base).compile().as_text().count(" xor(")
+  one_pass = xors(lambda ps, b: merging.dare(ps, base=b, density=0.5, rng=key, combine="ties", mergekit=True,
+                                             rescale="inverse"))
+  assert xors(lambda ps, b: merging.dare(ps, base=b, density=0.5, rng=key, combine="ties")) <= one_pass
+  assert xors(lambda ps, b: merging.dare_ties(ps, base=b, density=0.5, rng=key)) <= one_pass
+
+
 def test_della_keep_probability_follows_magnitude_rank():
   density, epsilon, n = 0.5, 0.3, 10
   rng = np.random.default_rng(0)
