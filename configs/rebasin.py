@@ -8,6 +8,9 @@ the first time, about 30 s when the two cached endpoints are restored):
 Trains models A and B (seeds 1 and 2, same data and schedule as configs/original.py), aligns B to A by no
 permutation (naive), weight matching, activation matching and the straight-through estimator, and measures loss
 and accuracy at 25 points of the straight line from A to B on the train and test sets, without and with REPAIR.
+Also reports the L2 distance between A and the aligned B for each method (arXiv:2402.04051: weight matching barely
+reduces it), and merges four models (seeds 1-4) by averaging them after aligning them to A by no permutation,
+weight matching (each to A, and MergeMany's 3 rounds) and the straight-through estimator.
 Writes results.json, results.md, curves.json and rebasin.png to the workdir.
 
 Expected result (measured): endpoints at train loss 0.004 and test accuracy 0.98 / 0.97; train loss barrier
@@ -34,5 +37,6 @@ def get_config(arg: str | None = None):
   config.lmc = ml_collections.ConfigDict(dict(
       seeds=(1, 2), methods=("naive", "weight", "activation", "ste"), corrections=("none", "repair"),
       num_points=25, calibrate=False, max_iter=100, matching_seed=0, ste_epochs=5, ste_batch_size=128,
-      ste_learning_rate=1e-3, batch_size=1024))
+      ste_learning_rate=1e-3, batch_size=1024, merge_seeds=(3, 4),
+      merge_methods=("average", "weight", "merge_many", "ste"), merge_rounds=3))
   return config_lib.apply_model_arg(config, arg)

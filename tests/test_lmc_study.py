@@ -16,6 +16,7 @@ def test_rebasin_writes_curves_and_plot_and_weight_matching_cuts_the_barrier(tmp
   config.train.epochs = 12
   config.lmc.num_points = 3
   config.lmc.ste_epochs = 1
+  config.lmc.merge_seeds = ()  # the merge of several models: test_rebasin_merges_many_models
   out = run.run(config, tmp_path)
   assert out["restored"] == [False, False]
   results = json.loads((tmp_path / "results.json").read_text())
@@ -40,7 +41,7 @@ def test_rebasin_writes_curves_and_plot_and_weight_matching_cuts_the_barrier(tmp
 def _random_endpoints(exp, config, module, workdir, seeds, extra=()):
   """Stands in for training: random ResNet-20 weights (the pipeline's plumbing is what is tested here)."""
   del workdir, extra
-  assert config.model.width == 1
+  assert config.model.name != "resnet20" or config.model.width == 1
   shapes = jax.eval_shape(lambda: module.init(jax.random.key(0), exp.dataset.train.x[:1], train=False))
   out = []
   for seed in seeds:
@@ -68,6 +69,33 @@ def test_width_lmc_resnet20_writes_barriers_per_width(tmp_path, monkeypatch):
   assert out["restored"] == {"1": [False, False]}
 
 
+def test_rebasin_reports_l2_distances_and_merges_many_models(tmp_path, monkeypatch):
+  endpoints = []
+  monkeypatch.setattr(lmc, "train_endpoints", lambda *a, **k: endpoints.extend(_random_endpoints(*a, **k))
+                      or endpoints)
+  config = rebasin_config.get_config()
+  config.lmc.update(dict(methods=("naive", "weight"), corrections=("none",), num_points=2, merge_seeds=(3,),
+                         merge_methods=("average", "weight", "merge_many"), max_iter=20))  # ste: align() as above
+  out = run.run(config, tmp_path)
+  results = json.loads((tmp_path / "results.json").read_text())
+  l2 = results["l2_distance"]
+  assert set(l2) == {"naive", "weight"} and 0 < l2["weight"] <= l2["naive"]
+  merged = results["merge_many"]
+  assert list(merged["merged"]) == ["average", "weight", "merge_many"]
+  assert set(merged["merged"]["weight"]) == {"train_loss", "train_accuracy", "test_loss", "test_accuracy"}
+  # aligning to model 0 can only bring the others closer to it than the unaligned average does
+  assert merged["l2_to_first"]["weight"] <= merged["l2_to_first"]["average"]
+  # the unaligned average against NumPy's norms of the three models' flattened parameters
+  flat = [np.concatenate([np.ravel(x).astype(np.float64) for x in jax.tree.leaves(p)]) for p, _, _ in endpoints]
+  assert len(flat) == 3 and l2["naive"] == pytest.approx(np.linalg.norm(flat[0] - flat[1]), rel=1e-5)
+  assert merged["l2_to_first"]["average"] == pytest.approx(
+      np.mean([np.linalg.norm(flat[0] - f) for f in flat[1:]]), rel=1e-5)
+  mean = np.mean(flat, axis=0)
+  assert merged["l2_to_merged"]["average"] == pytest.approx(np.mean([np.linalg.norm(mean - f) for f in flat]),
+                                                            rel=1e-5)
+  assert "| merge_many |" in out["table"] and "| weight |" in out["table"] and "L2 distance" in out["table"]
+
+
 @pytest.mark.parametrize("key,value,match", [
     ("bogus", 1, "config.lmc.bogus"),
     ("methods", ("naive", "magic"), "config.lmc.methods"),
@@ -75,6 +103,8 @@ def test_width_lmc_resnet20_writes_barriers_per_width(tmp_path, monkeypatch):
     ("seeds", (1, 1), "config.lmc.seeds"),
     ("seeds", (1, 2, 3), "config.lmc.seeds"),
     ("singular_k", -1, "config.lmc.singular_k"),
+    ("merge_seeds", (2,), "config.lmc.merge_seeds"),
+    ("merge_methods", ("magic",), "config.lmc.merge_methods"),
 ])
 def test_bad_lmc_options_fail_before_any_work(tmp_path, key, value, match):
   config = rebasin_config.get_config()

@@ -119,6 +119,34 @@ def test_ties_trims_per_tensor_to_density():
   assert np.abs(out[out != 0]).min() > np.abs(p["w"][out == 0]).max()
 
 
+def test_trims_of_large_tensors_find_the_exact_threshold_with_ties(monkeypatch):
+  # Past the sort path's 2**16 entries the k-th magnitude is found by counting (a 4-way search on the fp32 bits).
+  # Magnitudes on a grid of 50 values make about 1,400 entries tie with each threshold: the counting search must
+  # land on the same threshold as a sort and keep every tie (TIES and Breadcrumbs' two thresholds).
+  from unlearn_jax.merging import arithmetic
+  rng = np.random.default_rng(0)
+  base = {"m": np.zeros((280, 250), np.float32)}
+  ps = [{"m": (rng.integers(-50, 51, (280, 250)) / 8).astype(np.float32)} for _ in range(3)]
+  d = np.stack([p["m"] for p in ps]).reshape(3, -1)
+  mag = -np.sort(-np.abs(d), axis=1)  # descending
+  keep = round(0.3 * d.shape[1])
+  kept = np.where(np.abs(d) >= mag[:, keep - 1:keep], d, 0)
+  total = kept.sum(0)
+  agree = np.where(total >= 0, kept > 0, kept < 0)
+  expected = (agree * kept).sum(0) / np.maximum(agree.sum(0), 1)
+  ties = merging.ties(ps, base=base, density=0.3, mergekit=True)["m"]
+  np.testing.assert_allclose(np.asarray(ties).ravel(), expected, rtol=1e-6)
+  n, dropped = int(0.6 * d.shape[1]), int(0.05 * d.shape[1])
+  band = (np.abs(d) >= mag[:, dropped + n - 1:dropped + n]) & (np.abs(d) < mag[:, dropped - 1:dropped])
+  crumbs = merging.breadcrumbs(ps, base=base, density=0.6, gamma=0.05)["m"]
+  np.testing.assert_allclose(np.asarray(crumbs).ravel(), (band * d).sum(0), rtol=1e-6)
+  # the sort path (forced for this size) agrees exactly
+  monkeypatch.setattr(arithmetic, "_SORT_BELOW", 1 << 30)
+  jax.clear_caches()
+  np.testing.assert_array_equal(merging.ties(ps, base=base, density=0.3, mergekit=True)["m"], ties)
+  np.testing.assert_array_equal(merging.breadcrumbs(ps, base=base, density=0.6, gamma=0.05)["m"], crumbs)
+
+
 def test_ties_full_density_with_agreeing_signs_is_mean_task_vector():
   base = _tree(0)
   signs = jax.tree.map(np.sign, _tree(1))

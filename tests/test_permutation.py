@@ -275,3 +275,21 @@ def test_weight_matching_raises_singular_alignment_of_trained_like_weights():
   before = P.singular_alignment(pa, pb, spec, k=3)["Dense_0"]["output"]
   after = P.singular_alignment(pa, pb, spec, k=3, perms=found)["Dense_0"]["output"]
   assert before < 0.5 < 0.95 < after
+
+
+def test_l2_distance_is_the_numpy_norm_and_invariant_to_permuting_both_models():
+  from unlearn_jax.merging import connectivity
+  _, params, spec, perms, copy = _permuted_mlp(3, 4)
+  other = jax.tree.map(lambda x: x + np.float32(0.3) * np.sign(x), params)
+  flat = lambda tree: np.concatenate([np.ravel(np.asarray(x, np.float64)) for x in jax.tree.leaves(tree)])
+  expected = np.linalg.norm(flat(params) - flat(other))
+  assert connectivity.l2_distance(params, other) == pytest.approx(expected, rel=1e-6)
+  # one permutation applied to both models leaves their distance unchanged; applied to one, it moves it
+  moved = P.apply_permutation(spec, perms, other)
+  assert connectivity.l2_distance(copy, moved) == pytest.approx(expected, rel=1e-6)
+  assert connectivity.l2_distance(params, copy) > 0.5 * np.linalg.norm(flat(params))
+  # weight matching undoes a permutation exactly: distance 0 after alignment
+  back = P.weight_matching(spec, params, copy, rng=jax.random.key(0))
+  assert connectivity.l2_distance(params, P.apply_permutation(spec, back, copy)) == pytest.approx(0, abs=1e-6)
+  with pytest.raises(ValueError, match="l2_distance"):
+    connectivity.l2_distance(params, {"Dense_0": params["Dense_0"]})

@@ -270,63 +270,45 @@ def _magnitude_bits(d: jax.Array) -> jax.Array:
   return jnp.minimum(jax.lax.bitcast_convert_type(jnp.abs(d).astype(jnp.float32), jnp.int32), _INF_BITS)
 
 
-def _kth_largest_by_bisection(bits: jax.Array, keep) -> jax.Array:
-  """The ``keep``-th largest entry of ``bits`` by bisection: 31 rounds of an elementwise comparison and a count.
+def _kth_largest_by_counting(bits: Callable[[], Sequence[jax.Array]], keeps: Sequence[Any]) -> list[jax.Array]:
+  """The ``keeps[i]``-th largest entry of each tensor ``bits()[i]`` (non-negative int32), by a 4-way search.
 
-  Only reductions, so a sharded tensor stays sharded (each round is one all-reduce of a scalar).
+  Each of 18 rounds counts, for every tensor, its entries at or above three pivots that split the remaining
+  interval in four (`_sums`: one fused pass over the inputs for all tensors and pivots), and keeps the quarter
+  holding the answer; the interval starts as all of ``[0, +inf's bits]`` and is one value after the last round.
+  ``bits`` is called inside each round, so the bit patterns are recomputed from the inputs rather than stored (k
+  tensors of temporaries). Only reductions, so a sharded tensor stays sharded. The answer is exact, ties included:
+  the largest ``t`` with at least ``keep`` entries ``>= t``.
   """
+  k = len(keeps)
+  keeps = jnp.stack([jnp.asarray(n, jnp.int32) for n in keeps])
 
   def step(_, bounds):
     lo, hi = bounds
-    mid = lo + (hi - lo + 1) // 2
-    ok = jnp.sum(bits >= mid) >= keep
-    return jnp.where(ok, mid, lo), jnp.where(ok, hi, mid - 1)
+    quarter = jnp.maximum((hi - lo + 1) // 4, 1)
+    pivots = [jnp.minimum(lo + quarter * j, hi) for j in (1, 2, 3)]
+    counts = _sums([(x >= p[i]).astype(jnp.int32) for i, x in enumerate(bits()) for p in pivots])
+    for j, p in enumerate(pivots):
+      ok = jnp.stack(counts[j::3]) >= keeps
+      lo, hi = jnp.where(ok, jnp.maximum(lo, p), lo), jnp.where(ok, hi, jnp.minimum(hi, p - 1))
+    return lo, hi
 
-  lo, _ = jax.lax.fori_loop(0, 31, step, (jnp.int32(0), jnp.int32(_INF_BITS)))
-  return lo
-
-
-def _kth_largest_by_radix(bits: Sequence[jax.Array], keeps: Sequence[Any]) -> jax.Array:
-  """The ``keeps[i]``-th largest entry of each tensor ``bits[i]`` (non-negative int32), by a two-pass radix select.
-
-  A histogram of the high 15 bits finds the bucket holding the ``keep``-th largest value and how many of it are
-  still needed; a histogram of the low 16 bits of that bucket's entries finds the value. Two passes over each
-  tensor instead of bisection's 31, but each histogram is a scatter-add, which an Explicit mesh would gather.
-  The histograms are stacked (they are small) so that the scans over them are one op each.
-  """
-  flat = [b.reshape(-1) for b in bits]
-  high = [f >> 16 for f in flat]
-
-  def at_least(counts):  # at_least(c)[:, j] = sum of c[:, j:], with a trailing 0
-    suffix = jnp.cumsum(counts[:, ::-1], axis=1)[:, ::-1]
-    return jnp.concatenate([suffix, jnp.zeros((len(flat), 1), counts.dtype)], axis=1)
-
-  def select(counts, needed):  # the largest j with at_least(counts)[:, j] >= needed, and the count above it
-    c = at_least(counts)
-    j = jnp.sum(c[:, :-1] >= needed[:, None], axis=1) - 1  # non-increasing, and c[:, 0] = size >= needed
-    return j, jnp.take_along_axis(c, (j + 1)[:, None], axis=1)[:, 0]
-
-  keep = jnp.stack([jnp.asarray(n, jnp.int32) for n in keeps])
-  bucket, above = select(jnp.stack([jnp.bincount(h, length=1 << 15) for h in high]), keep)
-  low_counts = [jnp.bincount(f & 0xFFFF, weights=(h == bucket[i]).astype(jnp.int32), length=1 << 16)
-                for i, (f, h) in enumerate(zip(flat, high))]
-  low, _ = select(jnp.stack(low_counts), keep - above)
-  return (bucket << 16) | low
+  lo, _ = jax.lax.fori_loop(0, 18, step, (jnp.zeros((k,), jnp.int32), jnp.full((k,), _INF_BITS, jnp.int32)))
+  return [lo[i] for i in range(k)]
 
 
 _SORT_BELOW = 1 << 16  # tensors up to this size select by sorting
 
 
-def _kth_largest(bits: Sequence[jax.Array], keeps: Sequence[Any]) -> list[jax.Array]:
-  """The ``keeps[i]``-th largest of each ``bits[i]``: by radix select, or by bisection where the tensor is sharded
-  (so it is never gathered)."""
-  if not bits:
-    return []
-  if _sharded_spec(bits[0]) is not None:
-    return [_kth_largest_by_bisection(b, n) for b, n in zip(bits, keeps)]
-  if bits[0].size <= _SORT_BELOW:  # small tensors: a sort compiles in a fraction of the histograms' time
-    return [jnp.sort(b.reshape(-1))[b.size - jnp.asarray(n, jnp.int32)] for b, n in zip(bits, keeps)]
-  return list(_kth_largest_by_radix(bits, keeps))
+def _kth_largest(bits: Callable[[], Sequence[jax.Array]], keeps: Sequence[Any]) -> list[jax.Array]:
+  """The ``keeps[i]``-th largest of each ``bits()[i]``: by sorting small tensors (it compiles faster), else by
+  counting (`_kth_largest_by_counting`, which calls ``bits`` again in each round)."""
+  values = bits()
+  if not values or values[0].size == 0:
+    return [jnp.int32(0) for _ in values]
+  if values[0].size <= _SORT_BELOW and _sharded_spec(values[0]) is None:
+    return [jnp.sort(b.reshape(-1))[b.size - jnp.asarray(n, jnp.int32)] for b, n in zip(values, keeps)]
+  return _kth_largest_by_counting(bits, keeps)
 
 
 def _keep_count(density: float, size: int, count: str) -> int:
@@ -348,9 +330,10 @@ def _outlier_band(density: float, gamma: float, size: int) -> tuple[int, int]:
   return target, size - max(0, size - target - int(gamma * size)) - target
 
 
-def _magnitude_thresholds(ds: Sequence[jax.Array], keeps: jax.Array) -> list[jax.Array]:
-  """The bit pattern of each task vector's ``keeps[i]``-th largest magnitude (`_kth_largest`)."""
-  return _kth_largest([_magnitude_bits(d) for d in ds], [keeps[i] for i in range(len(ds))])
+def _magnitude_thresholds(deltas: Callable[[], Sequence[jax.Array]], keeps: jax.Array) -> list[jax.Array]:
+  """The bit pattern of each task vector's ``keeps[i]``-th largest magnitude (`_kth_largest`); ``deltas()`` gives
+  the task vectors (recomputed in each counting round)."""
+  return _kth_largest(lambda: [_magnitude_bits(d) for d in deltas()], [keeps[i] for i in range(keeps.shape[0])])
 
 
 def _magnitude_trim(ds: Sequence[jax.Array], keeps: jax.Array, kth=None) -> list[jax.Array]:
@@ -363,17 +346,19 @@ def _magnitude_trim(ds: Sequence[jax.Array], keeps: jax.Array, kth=None) -> list
   if math.prod(ds[0].shape) == 0:
     return list(ds)
   bits = [_magnitude_bits(d) for d in ds]
-  kth = _kth_largest(bits, [keeps[i] for i in range(len(ds))]) if kth is None else kth
+  kth = _magnitude_thresholds(lambda: ds, keeps) if kth is None else kth
   return [jnp.where(b >= t, d, 0) for b, t, d in zip(bits, kth, ds)]
 
 
-def _outlier_thresholds(ds: Sequence[jax.Array], bands: jax.Array) -> tuple[list[jax.Array], list[jax.Array]]:
-  """The bit patterns bounding Breadcrumbs' kept band of each task vector (see `_outlier_trim`)."""
-  bits = [_magnitude_bits(d) for d in ds]
-  kept, above = [bands[i, 0] for i in range(len(ds))], [bands[i, 1] for i in range(len(ds))]
-  low = _kth_largest(bits, [jnp.maximum(a + n, 1) for a, n in zip(above, kept)])
-  high = _kth_largest(bits, [jnp.maximum(a, 1) for a in above])
-  return low, high
+def _outlier_thresholds(deltas: Callable[[], Sequence[jax.Array]], bands: jax.Array
+                        ) -> tuple[list[jax.Array], list[jax.Array]]:
+  """The bit patterns bounding Breadcrumbs' kept band of each task vector (see `_outlier_trim`), both found in one
+  search."""
+  k = bands.shape[0]
+  kept, above = [bands[i, 0] for i in range(k)], [bands[i, 1] for i in range(k)]
+  both = _kth_largest(lambda: [_magnitude_bits(d) for d in deltas()] * 2,
+                      [jnp.maximum(a + n, 1) for a, n in zip(above, kept)] + [jnp.maximum(a, 1) for a in above])
+  return both[:k], both[k:]
 
 
 def _outlier_trim(ds: Sequence[jax.Array], bands: jax.Array, kth=None) -> list[jax.Array]:
@@ -382,7 +367,7 @@ def _outlier_trim(ds: Sequence[jax.Array], bands: jax.Array, kth=None) -> list[j
   if math.prod(ds[0].shape) == 0:
     return list(ds)
   bits = [_magnitude_bits(d) for d in ds]
-  low, high = _outlier_thresholds(ds, bands) if kth is None else kth
+  low, high = _outlier_thresholds(lambda: ds, bands) if kth is None else kth
   kept, above = [bands[i, 0] for i in range(len(ds))], [bands[i, 1] for i in range(len(ds))]
   return [jnp.where((b >= lo) & ((a == 0) | (b < hi)) & (n > 0), d, 0)
           for b, lo, hi, a, n, d in zip(bits, low, high, above, kept, ds)]
@@ -602,8 +587,9 @@ def _apply_deltas(fn: str, params_list, base, merge_tensor: Callable, scale, *, 
   """``base + scale * merge_tensor(ds, stats, *extras)``, leaf by leaf, in base's dtype; ``ds`` lists the k task
   vectors.
 
-  ``passes`` are ``(name, pass_)`` pairs: in order, ``stats[name] = pass_(ds, stats, *extras)`` is computed in a
-  pass of its own (``stats`` starts empty). An optimization barrier after each pass makes XLA recompute ``ds``
+  ``passes`` are ``(name, pass_)`` pairs: in order, ``stats[name] = pass_(deltas, stats, *extras)`` is computed
+  in a pass of its own (``stats`` starts empty); ``deltas()`` builds the task vectors from the inputs, so that a
+  pass may rebuild them inside a loop (`_kth_largest_by_counting`) rather than store them. An optimization barrier after each pass makes XLA recompute ``ds``
   from the inputs for the next pass instead of storing the k task vectors for all of them (k tensors of
   temporaries, written and read back), and keeps a pass's work out of the later ones. With ``per_leaf`` (a pytree
   like ``base``), the extras start with this leaf's entry. With ``rng``, they end with this leaf's
@@ -627,7 +613,7 @@ def _apply_deltas(fn: str, params_list, base, merge_tensor: Callable, scale, *, 
     leaf_extras, ps = rest[:len(extras)], rest[len(extras):]
     stats = {}
     for name, pass_ in passes:
-      stat = pass_([p - b for p in ps], stats, *leaf_extras)
+      stat = pass_(lambda: [p - b for p in ps], stats, *leaf_extras)  # pylint: disable=cell-var-from-loop
       stats, b, ps = jax.lax.optimization_barrier(({**stats, name: stat}, b, ps))
     return (b + scale * merge_tensor([p - b for p in ps], stats, *leaf_extras)).astype(b.dtype)
 
@@ -700,24 +686,27 @@ def _gta(params_list, base, weights, scale, rng, densities, epsilons, counts, *,
   sparsify = lambda ds, stats, extra: _sparsify(spec, ds, densities, stats, *per_leaf(extra))
   weighted = lambda ds: [w[i].astype(d.dtype) * d for i, d in enumerate(ds)]
   # What the merge of a tensor waits on, each in a pass of its own (`_apply_deltas`): DELLA's keep probabilities,
-  # the random keep masks (stored, one bit per model, where later passes need them) or the trim thresholds, the
-  # L1 rescale factors, the TIES code's majority sign. The last two are fused variadic
-  # reductions (`_sums`): as single reductions each stored its operand and recomputed the random hash or the trim
-  # in a fusion of its own (k of them for the L1 norms; compile time x5-10, run time x3).
+  # the random keep masks (stored, one bit per model, where later passes need them) or the trim thresholds
+  # (counting passes that rebuild the task vectors from the inputs), the L1 rescale factors, the TIES code's
+  # majority sign. The last two are fused variadic reductions (`_sums`): as single reductions each stored its
+  # operand and recomputed the random hash or the trim in a fusion of its own (k of them for the L1 norms;
+  # compile time x5-10, run time x3).
   passes = []
   if spec.sparsify == "della" and spec.active:
-    passes.append(("probs", lambda ds, stats, *extra: _della_keep_probs(
-        ds, [densities[i] for i in range(k)], [epsilons[i] for i in range(k)], spec.axis)))
+    passes.append(("probs", lambda deltas, stats, *extra: _della_keep_probs(
+        deltas(), [densities[i] for i in range(k)], [epsilons[i] for i in range(k)], spec.axis)))
   if (l1 or majority) and random and k <= 32:
-    passes.append(("masks", lambda ds, stats, *extra: _packed_keep_masks(
-        ds, densities, stats["probs"] if "probs" in stats else [densities[i] for i in range(k)], per_leaf(extra)[1])))
-  if (l1 or majority) and spec.sparsify in ("magnitude", "outliers") and spec.active:
+    passes.append(("masks", lambda deltas, stats, *extra: _packed_keep_masks(
+        deltas(), densities, stats["probs"] if "probs" in stats else [densities[i] for i in range(k)],
+        per_leaf(extra)[1])))
+  if spec.sparsify in ("magnitude", "outliers") and spec.active:
     thresholds = _magnitude_thresholds if spec.sparsify == "magnitude" else _outlier_thresholds
-    passes.append(("kth", lambda ds, stats, *extra: thresholds(ds, per_leaf(extra)[0])))
+    passes.append(("kth", lambda deltas, stats, *extra: thresholds(deltas, per_leaf(extra)[0])))
   if l1:
-    passes.append(("l1", lambda ds, stats, *extra: _l1_factors(ds, sparsify(ds, stats, extra))))
+    passes.append(("l1", lambda deltas, stats, *extra: _l1_factors(deltas(), sparsify(deltas(), stats, extra))))
   if majority:
-    passes.append(("majority", lambda ds, stats, *extra: _majority_positive(weighted(sparsify(ds, stats, extra)))))
+    passes.append(("majority", lambda deltas, stats, *extra: _majority_positive(
+        weighted(sparsify(deltas(), stats, extra)))))
 
   def merge_tensor(ds, stats, *extra):
     zero_positive = stats["majority"] if majority else True
@@ -1327,7 +1316,7 @@ def sce(params_list: Sequence[Pytree], *, base: Pytree, density: float = 1.0) ->
       var = _sum([jnp.square(tv - mean) for tv in tvs]) / k
       keep = jnp.floor(jnp.sum(var != 0).astype(jnp.float32) * density).astype(jnp.int32)
       bits = _magnitude_bits(var)
-      (kth,) = _kth_largest([bits], [jnp.maximum(keep, 1)])
+      (kth,) = _kth_largest(lambda: [bits], [jnp.maximum(keep, 1)])
       selected = (bits >= kth) & (keep > 0)
       tvs = [jnp.where(selected, tv, 0) for tv in tvs]
     elected, total = _elect(tvs, True)

@@ -125,6 +125,32 @@ def _nll(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> fl
   return float(np.mean(special.logsumexp(z, axis=1) - z[np.arange(z.shape[0]), np.asarray(labels)]))
 
 
+@jax.jit
+def _squared_distances(params_a: Pytree, params_b: Pytree) -> list[jax.Array]:
+  return [jnp.sum(jnp.square(a.astype(jnp.float32) - b.astype(jnp.float32)))
+          for a, b in zip(jax.tree.leaves(params_a), jax.tree.leaves(params_b))
+          if jnp.issubdtype(jnp.result_type(a), jnp.floating)]
+
+
+def l2_distance(params_a: Pytree, params_b: Pytree) -> float:
+  """The Euclidean distance ``||a - b||_2`` between two parameter pytrees, all float leaves as one vector.
+
+  Ito et al. (arXiv:2402.04051) observe that weight matching barely reduces this distance between independently
+  trained models although it removes most of their loss barrier: it aligns the dominant singular directions of
+  the weights instead (see `unlearn_jax.merging.permutation.singular_alignment`).
+
+  Raises:
+    ValueError: naming the first key path where the two trees differ.
+
+  Example:
+    >>> before = l2_distance(params_a, params_b)
+    >>> after = l2_distance(params_a, apply_permutation(spec, weight_matching(spec, params_a, params_b, rng=key),
+    ...                                                 params_b))
+  """
+  check_same_structure(params_a, params_b, fn="l2_distance")
+  return float(np.sqrt(sum(float(s) for s in _squared_distances(params_a, params_b))))
+
+
 def evaluate(model: Model, params: Pytree, state: Pytree, split: Split, *, batch_size: int = 1024,
              temperature: float = 1.0) -> dict[str, float]:
   """``{'loss': mean cross-entropy, 'accuracy'}`` of the eval-mode model on ``split`` (logits divided by

@@ -37,6 +37,16 @@ point metrics), ``results.md`` (the table, also printed), ``curves.json`` (every
   lewc: also measure `layerwise_connectivity` of each method's midpoint on the test set.
   singular_k: if positive, also the top-``k`` `singular_alignment` of the weights before and after weight
     matching.
+  merge_seeds: (``rebasin`` only) more seeds: if given, the ``2 + len(merge_seeds)`` models of ``seeds`` and
+    these are also merged into one by averaging their parameters after aligning them to ``A`` by each of
+    ``merge_methods``: ``average`` (no alignment), ``weight`` (`weight_matching_many`, each model to ``A``),
+    ``merge_many`` (the same, then ``merge_rounds - 1`` rounds of re-matching each model to the average of the
+    others, Git Re-Basin's MergeMany) and ``ste`` (each model to ``A`` by the straight-through estimator).
+    BatchNorm statistics of the merged model are recomputed on the training set.
+
+The ``rebasin`` study also reports, per method, the L2 distance between ``A`` and the aligned ``B``
+(`connectivity.l2_distance`; ``naive`` is the distance before alignment): Ito et al. (arXiv:2402.04051) find that
+weight matching barely reduces it although it removes most of the barrier.
 
 Example:
     >>> import unlearn_jax.studies.lmc  # registers the pipelines
@@ -76,6 +86,7 @@ from unlearn_jax.merging import permutation
 from unlearn_jax.progress import progress
 
 METHODS = ("naive", "weight", "activation", "ste")
+MERGE_METHODS = ("average", "weight", "merge_many", "ste")
 SPLITS = ("train", "test")
 WIDTH_MODELS = ("mlp", "cnn1d", "resnet20")
 
@@ -85,7 +96,8 @@ def default_options() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
       seeds=(1, 2), methods=METHODS, corrections=("none", "repair"), num_points=connectivity.DEFAULT_POINTS,
       calibrate=False, max_iter=100, matching_seed=0, ste_epochs=5, ste_batch_size=128, ste_learning_rate=1e-3,
-      batch_size=1024, widths=(1, 2), channels=(), lewc=False, singular_k=0))
+      batch_size=1024, widths=(1, 2), channels=(), lewc=False, singular_k=0, merge_seeds=(),
+      merge_methods=MERGE_METHODS, merge_rounds=3))
 
 
 def options(config) -> ml_collections.ConfigDict:
@@ -100,7 +112,7 @@ def options(config) -> ml_collections.ConfigDict:
                      f"(known: {', '.join(sorted(defaults.keys()))})")
   out = ml_collections.ConfigDict(defaults.to_dict())
   out.update(given.to_dict() if hasattr(given, "to_dict") else dict(given))
-  for key in ("methods", "corrections"):  # the flag parser reads --config.lmc.methods=naive,weight as one string
+  for key in ("methods", "corrections", "merge_methods"):  # the flag parser reads --config.lmc.methods=naive,weight as one string
     value = (out[key],) if isinstance(out[key], str) else tuple(out[key])
     out[key] = tuple(p.strip() for v in value for p in str(v).split(",") if p.strip())
 
@@ -122,6 +134,11 @@ def options(config) -> ml_collections.ConfigDict:
   require(len(out.widths) > 0 and all(int(w) >= 1 for w in out.widths), "widths", "positive integers")
   require(all(int(c) >= 1 for c in out.channels), "channels", "positive integers (or () for the model's own)")
   require(out.singular_k >= 0, "singular_k", "must be 0 (off) or a positive number of singular directions")
+  require(not set(out.merge_seeds) & set(out.seeds) and len(set(out.merge_seeds)) == len(out.merge_seeds),
+          "merge_seeds", "must be different from each other and from config.lmc.seeds")
+  require(len(out.merge_methods) > 0 and all(m in MERGE_METHODS for m in out.merge_methods), "merge_methods",
+          f"choose from {MERGE_METHODS}")
+  require(out.merge_rounds >= 1, "merge_rounds", "must be at least 1")
   return out
 
 
@@ -206,19 +223,27 @@ def align(method: str, spec, model, endpoint_a, endpoint_b, train_split, opts):
                                      learning_rate=opts.ste_learning_rate, max_iter=opts.max_iter)
   else:
     raise ValueError(f"config.lmc.methods: unknown method {method!r}; choose from {METHODS}")
-  aligned = permutation.apply_permutation(spec, perms, params_b, state_b if state_b else None)
-  aligned = aligned if state_b else (aligned, state_b)
+  aligned = _permuted(spec, perms, endpoint_b)
   jax.block_until_ready(aligned)
   return aligned, time.perf_counter() - start
+
+
+def _permuted(spec, perms, endpoint):
+  """``(params, state)`` of ``endpoint`` permuted by ``perms`` (the state too, where there is one)."""
+  params, state = endpoint
+  if not state:
+    return permutation.apply_permutation(spec, perms, params), state
+  return permutation.apply_permutation(spec, perms, params, state)
 
 
 def study_pair(model, model_name: str, endpoint_a, endpoint_b, splits: dict, opts) -> dict:
   """Every method x correction for one pair: ``{'curves', 'barriers', 'seconds', 'endpoints'}``."""
   spec = permutation.spec_for_model(model_name, endpoint_a[0], endpoint_a[1] if endpoint_a[1] else None)
   layers = permutation.hidden_layers(spec)
-  curves, barriers, seconds, lewc, singular = {}, {}, {}, {}, {}
+  curves, barriers, seconds, lewc, singular, l2 = {}, {}, {}, {}, {}, {}
   for method in progress(opts.methods, desc="lmc methods", unit="method"):
     aligned, seconds[method] = align(method, spec, model, endpoint_a, endpoint_b, splits["train"], opts)
+    l2[method] = connectivity.l2_distance(endpoint_a[0], aligned[0])
     if opts.lewc:
       lewc[method] = connectivity.layerwise_connectivity(
           model, endpoint_a, aligned, splits["test"], layers=permutation.kernel_layers(spec), alpha=0.5,
@@ -241,12 +266,71 @@ def study_pair(model, model_name: str, endpoint_a, endpoint_b, splits: dict, opt
     endpoints[tag] = {f"{name}_{k}": v for name, split in splits.items()
                       for k, v in connectivity.evaluate(model, params, state, split,
                                                         batch_size=opts.batch_size).items()}
-  out = {"curves": curves, "barriers": barriers, "seconds": seconds, "endpoints": endpoints}
+  out = {"curves": curves, "barriers": barriers, "seconds": seconds, "endpoints": endpoints, "l2_distance": l2}
   if opts.lewc:
     out["lewc"] = lewc
   if opts.singular_k:
     out["singular_alignment"] = singular
   return out
+
+
+def merge_many(model, model_name: str, endpoints: list, splits: dict, opts) -> dict:
+  """Merges k >= 3 endpoints into their parameter average after aligning them to ``endpoints[0]`` by each of
+  ``opts.merge_methods`` (see the module docstring).
+
+  Returns:
+    ``{'merged': {method: {'<split>_loss', '<split>_accuracy'}}, 'l2_to_first': {method: mean L2 distance of
+    the aligned models 1..k-1 to model 0}, 'l2_to_merged': {method: mean L2 distance of the k aligned models to
+    their average}, 'seconds': {method: alignment time}, 'endpoints': mean metrics of the k endpoints}``.
+  """
+  spec = permutation.spec_for_model(model_name, endpoints[0][0], endpoints[0][1] if endpoints[0][1] else None)
+  rng = jax.random.key(opts.matching_seed)
+  evaluate = lambda params, state: {f"{name}_{k}": v for name, split in splits.items()
+                                    for k, v in connectivity.evaluate(model, params, state, split,
+                                                                      batch_size=opts.batch_size).items()}
+  out = {"merged": {}, "l2_to_first": {}, "l2_to_merged": {}, "seconds": {}}
+  for method in progress(opts.merge_methods, desc="merge many", unit="method"):
+    start = time.perf_counter()
+    if method == "average":
+      aligned = list(endpoints)
+    elif method in ("weight", "merge_many"):
+      perms = permutation.weight_matching_many(spec, [p for p, _ in endpoints], rng=rng, max_iter=opts.max_iter,
+                                               rounds=1 if method == "weight" else opts.merge_rounds)
+      aligned = [_permuted(spec, q, e) for q, e in zip(perms, endpoints)]
+    else:
+      aligned = [endpoints[0]] + [align("ste", spec, model, endpoints[0], e, splits["train"], opts)[0]
+                                  for e in endpoints[1:]]
+    out["seconds"][method] = time.perf_counter() - start
+    params = _mean_tree_arrays([p for p, _ in aligned])
+    state = aligned[0][1]
+    if state:  # averaged running statistics do not describe the averaged network: measured again
+      state = connectivity.reset_batch_norm(model, params, _mean_tree_arrays([s for _, s in aligned]),
+                                            splits["train"], batch_size=opts.batch_size)
+    out["merged"][method] = evaluate(params, state)
+    out["l2_to_first"][method] = float(np.mean([connectivity.l2_distance(aligned[0][0], p)
+                                                for p, _ in aligned[1:]]))
+    out["l2_to_merged"][method] = float(np.mean([connectivity.l2_distance(params, p) for p, _ in aligned]))
+  out["endpoints"] = _mean_tree([evaluate(*e) for e in endpoints])
+  return out
+
+
+def _mean_tree_arrays(trees: list):
+  """The leafwise mean of equally shaped pytrees of arrays."""
+  return jax.tree.map(lambda *xs: sum(xs) / len(xs), *trees)
+
+
+def _merge_table(merged: dict, title: str) -> str:
+  head = ["Merge of aligned models", "train loss", "test loss", "train acc. (%)", "test acc. (%)",
+          "mean L2 to model 0", "mean L2 to the merge", "alignment (s)"]
+  lines = [f"### {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  e = merged["endpoints"]
+  lines.append(f"| endpoints (mean) | {e['train_loss']:.4f} | {e['test_loss']:.4f} | {100 * e['train_accuracy']:.2f} "
+               f"| {100 * e['test_accuracy']:.2f} | – | – | – |")
+  for method, m in merged["merged"].items():
+    lines.append(f"| {method} | {m['train_loss']:.4f} | {m['test_loss']:.4f} | {100 * m['train_accuracy']:.2f} "
+                 f"| {100 * m['test_accuracy']:.2f} | {merged['l2_to_first'][method]:.3f} "
+                 f"| {merged['l2_to_merged'][method]:.3f} | {merged['seconds'][method]:.1f} |")
+  return "\n".join(lines) + "\n"
 
 
 def lewc_summary(rows: dict) -> dict:
@@ -364,19 +448,34 @@ def run_rebasin(config, workdir) -> dict:
   exp = run.setup(config, extra_sections=("lmc",))
   workdir.mkdir(parents=True, exist_ok=True)
   module = run.build_model(config, exp.dataset.num_classes)
-  trained = train_endpoints(exp, config, module, workdir, opts.seeds)
+  trained = train_endpoints(exp, config, module, workdir, tuple(opts.seeds) + tuple(opts.merge_seeds))
   pair = study_pair(exp.model, config.model.name, trained[0][:2], trained[1][:2], _splits(exp), opts)
   title = f"{config.model.name} on {config.dataset.name}, seeds {tuple(opts.seeds)}"
-  table = _barrier_table(pair["barriers"], title, opts.calibrate)
+  table = _barrier_table(pair["barriers"], title, opts.calibrate) + "\n" + _l2_table(pair["l2_distance"])
   results = {"model": config.model.name, "dataset": config.dataset.name, "seeds": list(opts.seeds),
-             "endpoints": pair["endpoints"], "barriers": pair["barriers"], "matching_seconds": pair["seconds"],
-             "seconds": time.perf_counter() - start}
+             "endpoints": pair["endpoints"], "barriers": pair["barriers"], "l2_distance": pair["l2_distance"],
+             "matching_seconds": pair["seconds"]}
+  if opts.merge_seeds:
+    seeds = tuple(opts.seeds) + tuple(opts.merge_seeds)
+    results["merge_many"] = merge_many(exp.model, config.model.name, [t[:2] for t in trained], _splits(exp), opts)
+    table += "\n" + _merge_table(results["merge_many"], f"{len(seeds)} models (seeds {seeds}) merged by "
+                                                        "averaging after alignment to the first")
+  results["seconds"] = time.perf_counter() - start
   _write_json(workdir / "results.json", results)
   _write_json(workdir / "curves.json", pair["curves"])
   (workdir / "results.md").write_text(table)
   plot_curves(pair["curves"], workdir / "rebasin.png", title)
   print(table)
   return {"results": results, "curves": pair["curves"], "table": table, "restored": [t[2] for t in trained]}
+
+
+def _l2_table(l2: dict) -> str:
+  before = l2.get("naive")
+  lines = ["### L2 distance between A and the aligned B", "", "| Method | L2 distance | / before alignment |",
+           "|---|---|---|"]
+  for method, d in l2.items():
+    lines.append(f"| {method} | {d:.3f} | {d / before:.3f} |" if before else f"| {method} | {d:.3f} | – |")
+  return "\n".join(lines) + "\n"
 
 
 def _width_model(config, opts, width: int, num_classes: int):
