@@ -158,6 +158,6 @@ def test_width_lmc_needs_a_width_model(tmp_path):
     run.run(config, tmp_path / "w")
   assert not (tmp_path / "w").exists()
   config = rebasin_config.get_config()
-  config.lmc.seeds = (1, 2, 3, 4)
+  config.lmc.seeds, config.lmc.merge_seeds = (1, 2, 3, 4), ()
   with pytest.raises(ValueError, match="exactly two seeds"):
     run.run(config, tmp_path / "w")
