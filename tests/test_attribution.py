@@ -10,6 +10,7 @@ from scipy import stats
 
 from unlearn_jax import attribution
 from unlearn_jax import model as model_lib
+from unlearn_jax import threefry
 from unlearn_jax.attribution import datamodels as dm_lib
 from unlearn_jax.attribution import trak
 
@@ -144,6 +145,7 @@ def test_projection_draws_are_jax_randoms():
     normal = jax.jit(trak._normal, static_argnums=1)(key, shape)  # pylint: disable=protected-access
     np.testing.assert_allclose(normal, jax.random.normal(key, shape, dtype=jnp.float32), rtol=1e-6, atol=1e-6)
   assert set(np.unique(got)) == {-1.0, 1.0}
+  np.testing.assert_array_equal(jax.jit(threefry.bits, static_argnums=1)(key, (3, 4, 5)), jax.random.bits(key, (3, 4, 5)))
 
 
 def test_features_cache_round_trip(tmp_path):

@@ -22,7 +22,7 @@ How the work is bounded (`featurize` is one jitted program per model and row cou
 * the projection matrix is drawn ``block_size`` columns at a time from the key (``jax.random.fold_in(key,
   block)``, as the reference ``BasicProjector`` draws blocks), each block once per call, as
   ``jax.random.rademacher`` / ``normal`` draw it but by an unrolled Threefry (one fused kernel, no temporaries:
-  `_bits`); as many blocks as fit in ``projection_mib`` (1 GiB by default: all of R for k = 2048 and up to 131k
+  `unlearn_jax.threefry`); as many blocks as fit in ``projection_mib`` (1 GiB by default: all of R for k = 2048 and up to 131k
   parameters) are held together, and each chunk's gradients are computed once per such pass and multiplied by the
   held blocks, so memory is a chunk's gradients plus at most ``projection_mib`` of R (one block at least) plus the
   ``n × k`` output;
@@ -61,6 +61,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from unlearn_jax import checkpoint
+from unlearn_jax import threefry
 from unlearn_jax.model import Model
 from unlearn_jax.progress import progress
 
@@ -102,50 +103,20 @@ def check_projection(projection: str, proj_dim: int | None, num_params: int | No
     raise ValueError(f"proj_dim={proj_dim}: must be an integer k >= 1")
 
 
-def _threefry2x32(k1, k2, x1, x2):
-  """The Threefry-2x32 block cipher (20 rounds, Salmon et al. 2011) on uint32 arrays, unrolled: the same function
-  as ``jax.random``'s threefry, which XLA:CPU runs as a rolled loop over materialised state (three times the
-  output's memory in temporaries, and several times slower); unrolled, a draw is one fused elementwise kernel."""
-  rotations = ((13, 15, 26, 6), (17, 29, 16, 24))
-  ks = (k1, k2, k1 ^ k2 ^ jnp.uint32(0x1BD11BDA))
-  x1, x2 = x1 + ks[0], x2 + ks[1]
-  for i in range(5):
-    for r in rotations[i % 2]:
-      x1 = x1 + x2
-      x2 = x1 ^ ((x2 << jnp.uint32(r)) | (x2 >> jnp.uint32(32 - r)))
-    x1 = x1 + ks[(i + 1) % 3]
-    x2 = x2 + ks[(i + 2) % 3] + jnp.uint32(i + 1)
-  return x1, x2
-
-
-def _bits(key: jax.Array, shape: tuple[int, int]) -> jax.Array | None:
-  """``jax.random.bits(key, shape)`` (uint32) bit for bit, for a threefry key with jax's default partitionable
-  bits: entry i of the flattened array is the xor of the two words of ``threefry(key, (0, i))``. None for other
-  keys or settings, or 2³² entries or more (the callers then use ``jax.random``)."""
-  rows, cols = shape
-  if (str(jax.random.key_impl(key)) != "threefry2x32" or rows * cols >= 2 ** 32
-      or not jax.config.jax_threefry_partitionable):
-    return None
-  k1, k2 = jax.random.key_data(key)
-  index = (jax.lax.broadcasted_iota(jnp.uint32, shape, 0) * jnp.uint32(cols)
-           + jax.lax.broadcasted_iota(jnp.uint32, shape, 1))
-  b1, b2 = _threefry2x32(k1, k2, jnp.zeros_like(index), index)
-  return b1 ^ b2
-
-
 def _rademacher(key: jax.Array, shape: tuple[int, int]) -> jax.Array:
-  """``jax.random.rademacher(key, shape, float32)`` bit for bit: −1 where bit 31 of `_bits` is set (where its
-  uniform draw is not below 0.5)."""
-  bits = _bits(key, shape)
+  """``jax.random.rademacher(key, shape, float32)`` bit for bit, from `unlearn_jax.threefry.bits` (one fused
+  kernel where jax's own draw is a rolled loop on CPU): −1 where bit 31 is set (its uniform draw is not below
+  0.5)."""
+  bits = threefry.bits(key, shape)
   if bits is None:
     return jax.random.rademacher(key, shape, dtype=jnp.float32)
   return 1.0 - 2.0 * (bits >> jnp.uint32(31)).astype(jnp.float32)
 
 
 def _normal(key: jax.Array, shape: tuple[int, int]) -> jax.Array:
-  """``jax.random.normal(key, shape, float32)`` from `_bits` as jax draws it (to float rounding): ``√2 ·
+  """``jax.random.normal(key, shape, float32)`` from `unlearn_jax.threefry.bits` as jax draws it (to float rounding): ``√2 ·
   erfinv(u)`` for u uniform in [nextafter(−1, 0), 1) made from the top 23 bits."""
-  bits = _bits(key, shape)
+  bits = threefry.bits(key, shape)
   if bits is None:
     return jax.random.normal(key, shape, dtype=jnp.float32)
   unit = jax.lax.bitcast_convert_type((bits >> jnp.uint32(9)) | jnp.uint32(0x3F800000), jnp.float32) - 1.0

@@ -43,6 +43,7 @@ import numpy as np
 import optax
 
 from unlearn_jax import sharding
+from unlearn_jax import threefry
 
 Pytree = Any
 
@@ -222,22 +223,9 @@ def _sum(xs: Sequence[jax.Array]) -> jax.Array:
 # Random masks. On CPU, ``jax.random`` lowers each Threefry draw to a five-step while loop that XLA cannot fuse:
 # every draw writes its bits to memory and compiles to its own loop, so k draws per tensor over a large pytree took
 # minutes to compile and ran at a tenth of memory speed. The same hash written in jnp ops is elementwise and fuses
-# into the merge; its output equals ``jax.random.bits`` (tested), so the masks are those of the jax PRNG.
-
-_THREEFRY_ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
-
-
-def _threefry2x32(k1: jax.Array, k2: jax.Array, x1: jax.Array, x2: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """The Threefry-2x32 block function (20 rounds), as ``jax.extend.random.threefry2x32_p``, in fusible jnp ops."""
-  ks = (k1, k2, k1 ^ k2 ^ jnp.uint32(0x1BD11BDA))
-  x1, x2 = x1 + ks[0], x2 + ks[1]
-  for i in range(5):
-    for r in _THREEFRY_ROTATIONS[i % 2]:
-      x1 = x1 + x2
-      x2 = ((x2 << jnp.uint32(r)) | (x2 >> jnp.uint32(32 - r))) ^ x1
-    x1 = x1 + ks[(i + 1) % 3]
-    x2 = x2 + ks[(i + 2) % 3] + jnp.uint32(i + 1)
-  return x1, x2
+# into the merge (`unlearn_jax.threefry`); its output equals ``jax.random.bits`` (tested), so the masks are those of
+# the jax PRNG.
+_threefry2x32 = threefry.threefry2x32
 
 
 def _to_unit(bits: jax.Array) -> jax.Array:
