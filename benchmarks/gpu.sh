@@ -12,7 +12,8 @@
 #   LM gradient-ascent step vs PyTorch at GPT-2-125M and Llama-1B sizes, bf16 (benchmarks/lm_step.py, MFU of 989),
 #   and GPT-2-125M's JAX step with cuDNN's fused attention (--attention_impl=cudnn); NPO's step at Llama-1B size on
 #   TOFU-shaped batches, full fine-tuning vs LoRA r=8 (lm_step.py --lora_rank);
-#   the 8 x 100M-parameter merges (benchmarks/merge.py); ResNet-20 x8 weight matching (benchmarks/weight_matching.py).
+#   the 8 x 100M-parameter merges (benchmarks/merge.py); ResNet-20 x8 weight matching (benchmarks/weight_matching.py);
+#   256 MNIST-1D MLPs trained as one population (benchmarks/population.py --models=256, last).
 # Output: $OUT/gpu.md (the table, the device named) and $OUT/gpu.log (every step's full output). OUT defaults to
 # workdir/gpu; on the lent device machine $OUT is the folder whose files come back.
 #
@@ -94,6 +95,7 @@ if (( SMOKE )); then
   step merge_8x100m 300 benchmarks/merge.py --scale=0.02 --methods=linear,ties,regmean
   step weight_matching_x8 300 benchmarks/weight_matching.py --widths=1 --max_iter=2
   step lm_lora_npo 300 benchmarks/lm_step.py --config=tiny --batch=2 --seq=16 --steps=1 --lora_rank=4
+  step population_256 300 benchmarks/population.py --models=4 --epochs=1 --loop=scan --sequential=1
 else
   step resnet18_train_fp32 50 benchmarks/train_step.py --model=resnet18 --num_train=5120 --batch_size=256 --epochs=2
   step resnet18_train_bf16 50 benchmarks/train_step.py --model=resnet18 --num_train=5120 --batch_size=256 --epochs=2 --dtype=bfloat16
@@ -109,6 +111,8 @@ else
   step lm_gpt2_125m_bf16_cudnn 45 benchmarks/lm_step.py --config=gpt2-125m --batch=8 --seq=512 --dtype=bfloat16 --steps=10 --peak_tflops=989 --attention_impl=cudnn --sides=jax
   # NPO's unlearning step at Llama-3.2-1B shape on TOFU-shaped batches (8 QAs of 256 tokens), all weights vs LoRA
   step lm_llama_1b_npo_lora 60 benchmarks/lm_step.py --config=llama-1b --batch=8 --seq=256 --dtype=bfloat16 --steps=5 --lora_rank=8
+  # 256 MNIST-1D MLPs trained as one population (10 epochs, whole-epoch scan) vs 8 of them trained alone, scaled
+  step population_256 90 benchmarks/population.py --models=256 --epochs=10 --loop=scan --sequential=8
 fi
 
 {
