@@ -371,6 +371,16 @@ def _bisect(count_at_least: Callable, lo: int, hi: int, need) -> jax.Array:
   return jax.lax.fori_loop(0, 32, step, (jnp.int32(lo), jnp.int32(hi)))[0]
 
 
+def _select(bits: list, pos: list, k, total: int) -> list:
+  """`top_k_mask`'s selection over int32 bit patterns ``bits`` with flat positions ``pos`` (leaf by leaf)."""
+  count = lambda pred: sum(jnp.sum(pred(i, b), dtype=jnp.int32) for i, b in enumerate(bits))
+  threshold = _bisect(lambda v: count(lambda i, b: b >= v), 0, 0x7F800000, k)
+  need = k - count(lambda i, b: b > threshold)
+  # the smallest position bound P with `need` ties before it: the largest P' with fewer than `need`, plus 1
+  bound = _bisect(lambda v: -count(lambda i, b: (b == threshold) & (pos[i] < v)), 0, total, 1 - need) + 1
+  return [((b > threshold) | ((b == threshold) & (p < bound))) & (k > 0) for b, p in zip(bits, pos)]
+
+
 @jax.jit
 def top_k_mask(scores: Any, k: int | jax.Array) -> Any:
   """Bools marking the ``k`` largest entries of a non-negative float pytree, ties broken by position.
@@ -378,21 +388,23 @@ def top_k_mask(scores: Any, k: int | jax.Array) -> Any:
   The same selection as a stable descending sort of all entries concatenated in leaf order (``ravel_pytree``)
   keeping the first ``k``, but computed by two bisections of 32 elementwise comparisons and counts each: one on
   the float32 bit patterns (which order like the values for non-negative floats) for the threshold value, one
-  on the flat position for the ties at the threshold. Nothing is sorted, reshaped or concatenated, so sharded
-  leaves stay sharded and the mask comes out laid out like ``scores``. Counts are int32 (up to 2**31 entries).
+  on the flat position for the ties at the threshold. Nothing is sorted; when a leaf is sharded nothing is
+  reshaped or concatenated either, so sharded leaves stay sharded and the mask comes out laid out like ``scores``
+  (unsharded leaves are concatenated, which compiles to a much smaller program). Counts are int32 (up to 2**31
+  entries).
   ``k`` is traced: masks of every size share one compiled program (a sweep over mask fractions compiles once).
   """
   leaves, treedef = jax.tree.flatten(scores)
   bits = [jax.lax.bitcast_convert_type(jnp.abs(s).astype(jnp.float32), jnp.int32) for s in leaves]
   offsets = np.cumsum([0] + [int(np.prod(s.shape)) for s in leaves])
-  pos = [flat_positions(s) + int(o) for s, o in zip(leaves, offsets)]
-  count = lambda pred: sum(jnp.sum(pred(i, b), dtype=jnp.int32) for i, b in enumerate(bits))
-  threshold = _bisect(lambda v: count(lambda i, b: b >= v), 0, 0x7F800000, k)
-  need = k - count(lambda i, b: b > threshold)
-  # the smallest position bound P with `need` ties before it: the largest P' with fewer than `need`, plus 1
-  bound = _bisect(lambda v: -count(lambda i, b: (b == threshold) & (pos[i] < v)), 0, int(offsets[-1]),
-                  1 - need) + 1
-  masks = [((b > threshold) | ((b == threshold) & (p < bound))) & (k > 0) for b, p in zip(bits, pos)]
+  if leaves and not any(_is_sharded(s) for s in leaves):
+    # unsharded: the same selection on the leaves concatenated, one comparison per bisection step instead of one
+    # per leaf (a U-Net's 79 leaves: 3.6 s of XLA:CPU compilation -> a fraction of a second), then split back
+    flat = _select([jnp.concatenate([b.ravel() for b in bits])], [jnp.arange(int(offsets[-1]), dtype=jnp.int32)],
+                   k, int(offsets[-1]))[0]
+    masks = [m.reshape(s.shape) for m, s in zip(jnp.split(flat, offsets[1:-1]), leaves)]
+  else:
+    masks = _select(bits, [flat_positions(s) + int(o) for s, o in zip(leaves, offsets)], k, int(offsets[-1]))
   return jax.tree.unflatten(treedef, masks)
 
 

@@ -200,14 +200,16 @@ def epoch_program(prepare: Callable, body: Callable, *, loop: str | None = None)
     return jax.jit(epoch, donate_argnums=(0, 1, 2))
 
   batches = jax.jit(prepare)
-  step = jax.jit(lambda carry, shared, steps, i: body(carry, jax.tree.map(lambda a: a[i], steps), shared),
-                 donate_argnums=(0,))
+  # the step reads one batch, cut from the stacked ones by a tiny program of its own: the step's program is then
+  # the same for any number of steps (a Retrain on fewer rows reuses the Original's)
+  take = jax.jit(lambda steps, i: jax.tree.map(lambda a: a[i], steps))
+  step = jax.jit(lambda carry, shared, inp: body(carry, inp, shared), donate_argnums=(0,))
 
   def stepped_epoch(params, state, opt_state, *data):
     shared, steps = batches(*data)
     carry, outs = (params, state, opt_state), []
     for i in range(jax.tree.leaves(steps)[0].shape[0]):
-      carry, out = step(carry, shared, steps, i)
+      carry, out = step(carry, shared, take(steps, i))
       outs.append(out)
     losses, metrics = jax.tree.map(lambda *a: jnp.stack(a), *outs)
     return (*carry, losses, metrics)
