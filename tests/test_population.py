@@ -143,11 +143,13 @@ def test_population_sharded_over_8_devices_equals_one_device():
 @pytest.mark.parametrize("name,options,how", [("salun", dict(epochs=2, batch_size=8, fraction=0.3), "vmapped"),
                                               ("ssd", {}, "one_shot"),
                                               ("oracle_matching", dict(epochs=2, batch_size=8, lr=0.05),
+                                               "vmapped"),
+                                              ("dmm", dict(epochs=2, batch_size=8, lr=0.05, dm_terms="diagonal"),
                                                "vmapped")])
 def test_unlearning_a_population_equals_each_member_alone(name, options, how):
-  """SalUn (a Plan, with a saliency mask per member), SSD (one-shot) and oracle matching (per-member matching sets
-  and oracles): one program over the model axis, member ``i`` equal to the method run alone on it with key ``i``
-  (and, oracle matching, its own oracle)."""
+  """SalUn (a Plan, with a saliency mask per member), SSD (one-shot), oracle matching and DMM (per-member matching
+  sets and targets): one program over the model axis, member ``i`` equal to the method run alone on it with key
+  ``i`` (and, oracle matching, its own oracle)."""
   from unlearn_jax import sweep, unlearning
   split, module = data(), Tiny()
   model = model_lib.from_linen(module)
@@ -155,8 +157,11 @@ def test_unlearning_a_population_equals_each_member_alone(name, options, how):
   forget, retain = split.take(np.arange(8)), split.take(np.arange(8, 40))
   keys = jax.random.split(jax.random.key(5), 2)
   oracles = pop.init(module, [2, 3], split.x[:1])
-  inputs = (lambda i: {"oracles": [(pop.member(oracles[0], i), pop.member(oracles[1], i))]}) \
-      if name == "oracle_matching" else None
+  from unlearn_jax.attribution import subsets
+  rng = np.random.default_rng(0)  # an α-subset population's outputs: 6 models, half the rows each
+  outputs = subsets.SubsetOutputs(rng.random((6, 40)) < 0.5, rng.normal(size=(6, 40, 3)).astype(np.float32))
+  inputs = {"oracle_matching": lambda i: {"oracles": [(pop.member(oracles[0], i), pop.member(oracles[1], i))]},
+            "dmm": lambda i: {"subset_outputs": outputs}}.get(name)
   out, out_state, info = sweep.unlearn_population(name, model, params, state, forget, retain, options=options,
                                                   rng=keys, inputs=inputs)
   assert info["how"] == how and np.asarray(info["finite"]).all()
