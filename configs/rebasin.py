@@ -16,8 +16,10 @@ Writes results.json, results.md, curves.json and rebasin.png to the workdir.
 Expected result (measured): endpoints at train loss 0.004 and test accuracy 0.98 / 0.97; train loss barrier
 naive 0.471, weight matching 0.060 (ratio 0.13, well under 1/3), activation
 matching 0.055, STE 0.045; with REPAIR naive 0.102, weight 0.030, activation 0.032, STE 0.022. Test loss
-barriers: naive 0.438, weight 0.061, activation 0.022, STE 0.037. The same numbers on every run (same seeds,
-same backend). The pipeline is registered by importing unlearn_jax.studies.lmc.
+barriers: naive 0.438, weight 0.061, activation 0.022, STE 0.037. L2 distance A to aligned B: naive 31.64,
+weight 27.38 (0.865 of it), activation 29.32, STE 27.35. Four models averaged, test accuracy: no alignment 55.8%,
+weight 94.2%, MergeMany 93.6%, STE 96.1% (endpoints 97.6%); 80 s wall from scratch on a loaded 2-core CPU. The
+same numbers on every run (same seeds, same backend). The pipeline is registered by importing unlearn_jax.studies.lmc.
 Variants: ``get_config('cnn')``, ``get_config('vgg11_bn')`` (use ``--config.lmc.corrections=reset_bn,repair``
 for BatchNorm networks: naively interpolated running statistics are meaningless); GPU, CIFAR-10 (not run yet):
 
