@@ -24,13 +24,13 @@ of 64 models is built once, cached, and its time reported apart; oracle matching
 of the second Retrain population, independent of the Retrains that judge it). ``:tiny_test`` is the test's shrunken version.
 
 Measured (benchmarks/RESULTS.md, "Population study"; the command above from scratch, one process): 30 min 6 s wall
-and 620 s CPU (user + system) on the shared 2-core CPU at load average 7-14, i.e. about 6.5 min on a quiet 2-core
-machine (CPU / 1.6; about 10.5 min on one core), peak RSS 6.2 GiB. Result: the floor (Retrain vs Retrain) has
+and 620 s CPU (user + system) on the shared 2-core CPU at load average 7-14, an estimated 6.5 min on a quiet 2-core
+machine (CPU / 1.6; about 10.5 min on one core; not measured quiet), peak RSS 6.2 GiB. Result: the floor (Retrain vs Retrain) has
 U-LiRA accuracy 0.50 / 0.49 (random / class) and challenge score 0.18 / 0.20; for random forgetting FT, NegGrad+
 and l1-sparse come closest (U-LiRA 0.67), while SalUn, SalUn-soft and RL, which lead on Avg. Gap, are told from
 Retrain 77-81% of the time (the Original: 84%); class-wise every method is told from Retrain 88-100% of the time
-although eight have an Avg. Gap under 1.5. With ``:dmm`` (random): oracle matching with 500 steps reaches the floor
-(U-LiRA 0.51), DMM has the lowest forget-set KLoM median of the other methods.
+although eight have an Avg. Gap under 1.5. With ``:dmm`` and the 500-step options of RESULTS (random): oracle matching
+reaches the floor (U-LiRA 0.51), DMM has the lowest forget-set KLoM median of the other methods.
 
 Methods: those of the tuned benchmark (`configs/benchmark.TUNED_METHODS`) that run over the model axis in one
 program: every Plan and every one-shot method. Writes results.md, results.json and klom_<kind>.png; measured
