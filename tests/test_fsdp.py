@@ -155,8 +155,9 @@ EVERY_METHOD_SCRIPT = textwrap.dedent("""
       c.mesh.data, c.mesh.fsdp = (2, 4) if fsdp else (-1, 1)
       return c
 
-    # fewer examples, VAE epochs and VAE layers where those dominate (the sharded and single runs still see the
-    # same ones); LAF's VAE without hidden layers is still an encoder and decoder around the embedding
+    # fewer examples, VAE epochs and VAE layers where those dominate, and batches of 256 (fewer sharded steps) for
+    # every method (the sharded and single runs still see the same ones); LAF's VAE without hidden layers is still
+    # an encoder and decoder around the embedding
     LIGHT = {"influence": dict(num_examples=128), "wfisher": dict(num_examples=128),
              "laf": dict(vae_epochs=1, vae_hidden=())}
 
@@ -169,6 +170,8 @@ EVERY_METHOD_SCRIPT = textwrap.dedent("""
                and (n == "fisher_mnemonic") == (kind == "class")]
       for name in names:
         opts = dict(epochs=1) if "epochs" in unlearning.DEFAULTS[name] else {}
+        if unlearning.DEFAULTS[name].get("batch_size", 256) < 256:
+          opts["batch_size"] = 256  # most methods' default: every sharded step waits on its collectives, 8 threads
         opts.update(LIGHT.get(name, {}))
         outs = []
         for exp, p in ((single, params), (mesh, placed)):
