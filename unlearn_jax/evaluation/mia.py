@@ -42,7 +42,6 @@ from typing import Callable, Sequence
 
 import numpy as np
 from scipy import special
-from sklearn import svm
 
 # The key SalUn reports as "MIA": its Classification/README.md says MIA is
 # ``SVC_MIA_forget_efficacy['confidence'] * 100``; Unlearn-Sparse's main_forget.py logs the same key as
@@ -166,6 +165,9 @@ def svc_mia(shadow_member_probs, shadow_member_labels, shadow_nonmember_probs, s
     raise ValueError(f"number of classes differs between groups: {[f.shape[1] for f in feats.values()]}")
   x = np.concatenate([members, nonmembers])
   y = np.concatenate([np.ones(len(members)), np.zeros(len(nonmembers))])
+  # imported here: scikit-learn (with pandas) is a third of the library's import time, which every process the
+  # runner, the tests and the benchmarks start would pay without running an attack
+  from sklearn import svm  # pylint: disable=g-import-not-at-top
   clf = svm.SVC(C=SVC_C, gamma=SVC_GAMMA, kernel="rbf").fit(x, y)
   return float(1.0 - clf.predict(targets).mean())
 
