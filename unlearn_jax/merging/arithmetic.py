@@ -674,7 +674,8 @@ def _gta(params_list, base, weights, scale, rng, densities, epsilons, counts, *,
   sparsify = lambda ds, stats, extra: _sparsify(spec, ds, densities, stats, *per_leaf(extra))
   weighted = lambda ds: [w[i].astype(d.dtype) * d for i, d in enumerate(ds)]
   # What the merge of a tensor waits on, each in a pass of its own (`_apply_deltas`): DELLA's keep probabilities,
-  # the random keep masks (stored, one bit per model, where later passes need them) or the trim thresholds
+  # DARE's random keep masks (stored, one bit per model, where later passes need them; DELLA's cost is its sort,
+  # and a loop reading its k probability tensors measured slower than hashing again) or the trim thresholds
   # (counting passes that rebuild the task vectors from the inputs), the L1 rescale factors, the TIES code's
   # majority sign. The last two are fused variadic reductions (`_sums`): as single reductions each stored its
   # operand and recomputed the random hash or the trim in a fusion of its own (k of them for the L1 norms;
@@ -683,7 +684,7 @@ def _gta(params_list, base, weights, scale, rng, densities, epsilons, counts, *,
   if spec.sparsify == "della" and spec.active:
     passes.append(("probs", lambda deltas, stats, *extra: _della_keep_probs(
         deltas(), [densities[i] for i in range(k)], [epsilons[i] for i in range(k)], spec.axis)))
-  if (l1 or majority) and random and k <= 32:
+  if (l1 or majority) and spec.sparsify == "random" and spec.active and k <= 32:
     passes.append(("masks", lambda deltas, stats, *extra: _packed_keep_masks(
         deltas(), densities, stats["probs"] if "probs" in stats else [densities[i] for i in range(k)],
         per_leaf(extra)[1])))
