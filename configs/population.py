@@ -23,9 +23,9 @@ matching set and targets built in turn, the fine-tuning one program over the mod
 of 64 models is built once, cached, and its time reported apart; oracle matching's oracle for member i is member i
 of the second Retrain population, independent of the Retrains that judge it). ``:tiny_test`` is the test's shrunken version.
 
-Measured (benchmarks/RESULTS.md, "Population study"; the command above from scratch, one process): 30 min 6 s wall
-and 620 s CPU (user + system) on the shared 2-core CPU at load average 7-14, an estimated 6.5 min on a quiet 2-core
-machine (CPU / 1.6; about 10.5 min on one core; not measured quiet), peak RSS 6.2 GiB. Result: the floor (Retrain vs Retrain) has
+Measured (benchmarks/RESULTS.md, "Population study"; the command above from scratch, one process, fresh
+workdir and empty compilation cache): 6 min 39 s wall, 615 s CPU, peak RSS 6.3 GiB on a quiet 2-core AMD EPYC
+(30 min 6 s on the same machine shared with other jobs at load average 7-14). Result: the floor (Retrain vs Retrain) has
 U-LiRA accuracy 0.50 / 0.49 (random / class) and challenge score 0.18 / 0.20; for random forgetting FT, NegGrad+
 and l1-sparse come closest (U-LiRA 0.67), while SalUn, SalUn-soft and RL, which lead on Avg. Gap, are told from
 Retrain 77-81% of the time (the Original: 84%); class-wise every method is told from Retrain 88-100% of the time
