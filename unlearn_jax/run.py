@@ -59,8 +59,9 @@ from unlearn_jax import unlearning
 from unlearn_jax.unlearning import _fisher as fisher
 
 # Bump when a change to training code makes cached Original/Retrain checkpoints stale.
-CACHE_VERSION = 3  # 2: per-epoch keys fold_in(rng, epoch); 3: opt_state layout (inject_hyperparams)
-# 3: the optimiser state holds the learning rate (train.make_optimizer: optax.inject_hyperparams)
+# 2: per-epoch keys fold_in(rng, epoch); 3: the optimiser state holds the learning rate (train.make_optimizer:
+# optax.inject_hyperparams)
+CACHE_VERSION = 3
 
 
 @dataclasses.dataclass

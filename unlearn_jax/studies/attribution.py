@@ -141,24 +141,25 @@ def run_attribution(config, workdir) -> dict:
   held_out, _ = subsets.load_outputs(held_dir)
   fit_margins, members = margins(fit_dir)
   held_margins, _ = margins(held_dir)
+  def row(estimator, models, score, start):  # LDS = mean Spearman over targets, with its standard error
+    return dict(estimator=estimator, models=int(models), lds=float(np.nanmean(score)),
+                sem=float(np.nanstd(score) / np.sqrt(np.sum(np.isfinite(score)))),
+                seconds=time.perf_counter() - start)
+
   rows = []
   for reg in a.regressions:
     start = time.perf_counter()
     dm = datamodels.fit_datamodels(fit_out.masks, fit_margins, method=reg, num_lambdas=a.num_lambdas,
                                    steps=a.lasso_steps)
     score = spearman_per_target(datamodels.predict(dm, held_out.masks), held_margins)
-    rows.append(dict(estimator=f"datamodels ({reg})", models=int(a.num_models), lds=float(np.nanmean(score)),
-                     sem=float(np.nanstd(score) / np.sqrt(np.sum(np.isfinite(score)))),
-                     seconds=time.perf_counter() - start))
+    rows.append(row(f"datamodels ({reg})", a.num_models, score, start))
   for k in a.trak_models:
     start = time.perf_counter()
     ensemble = trak.unstack(*jax.tree.map(lambda v: v[:k], members))
     scores = trak.trak_scores(exp.model, ensemble, exp.dataset.train, targets, proj_dim=a.proj_dim,
                               cache_dir=workdir / "cache" / "trak", desc=f"TRAK, {k} models")
     score = spearman_per_target(trak.predicted_outputs(scores, held_out.masks), held_margins)
-    rows.append(dict(estimator=f"TRAK (k={a.proj_dim})", models=int(k), lds=float(np.nanmean(score)),
-                     sem=float(np.nanstd(score) / np.sqrt(np.sum(np.isfinite(score)))),
-                     seconds=time.perf_counter() - start))
+    rows.append(row(f"TRAK (k={a.proj_dim})", k, score, start))
   title = (f"LDS on {config.dataset.name} ({config.model.name}): {len(targets)} test targets (margins), "
            f"α={a.alpha}, {a.num_heldout} held-out subset models")
   lines = [f"## {title}", "", "| estimator | models used | LDS (mean ± s.e. over targets) | seconds |",

@@ -295,11 +295,15 @@ def build_model(config, vocab_size: int, rng: jax.Array, *, pad_id: int = facts.
   return cfg, lm, init
 
 
+def _nll_setup(lm, split, cfg):
+  """``(batch_size, tx, objective)`` of fine-tuning on ``split`` by token-mean NLL with ``cfg``'s optimiser."""
+  bs = min(int(cfg.batch_size), split.size)
+  return bs, train.make_optimizer(cfg, split.num_batches(bs)), loop.Objective(retain=lm_unlearning.objectives.nll(lm))
+
+
 def _finetune(lm, params, split, cfg, rng, stage: str):
   """Token-mean NLL on ``split`` with AdamW, by the one loop (a retain-only objective)."""
-  bs = min(int(cfg.batch_size), split.size)
-  tx = train.make_optimizer(cfg, split.num_batches(bs))
-  objective = loop.Objective(retain=lm_unlearning.objectives.nll(lm))
+  bs, tx, objective = _nll_setup(lm, split, cfg)
   params, _, history = loop.unlearn_loop(
       None, params, lm_unlearning.teachers.carry({}, {}), None, split, objective=objective, tx=tx,
       epochs=int(cfg.epochs), batch_size=bs, rng=rng, desc=stage,
@@ -493,9 +497,7 @@ def robustness(config, lm, bench: facts.FactsBenchmark, sets: dict, models: dict
   out = {row: {name: recall(params, *p) for name, p in prompts.items()} for row, params in models.items()}
 
   rows = list(models)
-  bs = min(int(r.relearn.batch_size), relearn_set.size)
-  tx = train.make_optimizer(r.relearn, relearn_set.num_batches(bs))
-  objective = loop.Objective(retain=lm_unlearning.objectives.nll(lm))
+  bs, tx, objective = _nll_setup(lm, relearn_set, r.relearn)
   t0 = time.perf_counter()
   stacked, _, _ = loop.unlearn_grid(
       jax.tree.map(lambda *p: jnp.stack(p), *[models[row] for row in rows]), lm_unlearning.teachers.carry({}, {}),

@@ -51,6 +51,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from unlearn_jax import checkpoint
+from unlearn_jax import population as population_lib
 from unlearn_jax.attribution import datamodels as dm_lib
 from unlearn_jax.attribution import subsets as subsets_lib
 from unlearn_jax import train as train_lib
@@ -319,17 +320,17 @@ def match_population(name: str, model: Model, params, state, forget, retain, *, 
   Raises:
     ValueError: with ``l2_to_original > 0`` (its frozen copy of each Original runs member by member only).
   """
-  n = rng.shape[0]
-  sets = [matching_set(name, model, jax.tree.map(lambda a: a[i], params), jax.tree.map(lambda a: a[i], state),
-                       forget, retain, config=config, rng=rng[i], **(inputs(i) if inputs else {}))
-          for i in range(n)]
-  opts = sets[0][0]
-  if opts.l2_to_original:
+  opts = checked_options(config, name)
+  if opts.l2_to_original:  # before any member's matching set is built
     raise ValueError(f"{name}: l2_to_original={opts.l2_to_original} runs member by member only")
-  stack = lambda k: jax.tree.map(lambda *a: jnp.stack(a), *[s[k] for s in sets])
+  n = rng.shape[0]
+  sets = [matching_set(name, model, population_lib.member(params, i), population_lib.member(state, i), forget,
+                       retain, config=config, rng=rng[i], **(inputs(i) if inputs else {}))
+          for i in range(n)]
+  stack = lambda k: population_lib.stack([s[k] for s in sets])
   data = split_lib.Split(stack(1), jnp.asarray(stack(2), jnp.float32))
   objective = loop.Objective(retain=match_term(model, opts.loss))
-  one = split_lib.Split(jax.tree.map(lambda a: a[0], data.x), data.y[0])
+  one = split_lib.Split(sets[0][1], jnp.asarray(sets[0][2], jnp.float32))
   steps = loop.steps_per_epoch(None, one, objective, schedule=opts.phases, batch_size=opts.batch_size)
   make = lambda hyper: (objective, train_lib.make_optimizer(opts, steps, lr=hyper))
   return loop.unlearn_grid(params, state, None, data, make=make, hypers=jnp.full((n,), opts.lr, jnp.float32),
