@@ -324,17 +324,16 @@ def _magnitude_thresholds(deltas: Callable[[], Sequence[jax.Array]], keeps: jax.
   return _kth_largest(lambda: [_magnitude_bits(d) for d in deltas()], [keeps[i] for i in range(keeps.shape[0])])
 
 
-def _magnitude_trim(ds: Sequence[jax.Array], keeps: jax.Array, kth=None) -> list[jax.Array]:
+def _magnitude_trim(ds: Sequence[jax.Array], keeps: jax.Array, kth: Sequence[jax.Array]) -> list[jax.Array]:
   """TIES trim: task vector ``i`` keeps its ``keeps[i]`` largest-magnitude entries (a traced count, so that
   densities enter the compiled program as values).
 
   The threshold is the exact ``keep``-th largest magnitude (entries tied with it are all kept), found on the
-  fp32 bit patterns (`_magnitude_thresholds`, unless given as ``kth``).
+  fp32 bit patterns (``kth``, from `_magnitude_thresholds` in a pass of its own).
   """
   if math.prod(ds[0].shape) == 0:
     return list(ds)
   bits = [_magnitude_bits(d) for d in ds]
-  kth = _magnitude_thresholds(lambda: ds, keeps) if kth is None else kth
   return [jnp.where(b >= t, d, 0) for b, t, d in zip(bits, kth, ds)]
 
 
@@ -349,13 +348,13 @@ def _outlier_thresholds(deltas: Callable[[], Sequence[jax.Array]], bands: jax.Ar
   return both[:k], both[k:]
 
 
-def _outlier_trim(ds: Sequence[jax.Array], bands: jax.Array, kth=None) -> list[jax.Array]:
+def _outlier_trim(ds: Sequence[jax.Array], bands: jax.Array, kth) -> list[jax.Array]:
   """Model Breadcrumbs' mask: task vector ``i`` drops its ``bands[i, 1]`` largest magnitudes and keeps the next
-  ``bands[i, 0]`` (`_outlier_band`); the rest are 0. ``kth``: the thresholds, if computed already."""
+  ``bands[i, 0]`` (`_outlier_band`); the rest are 0. ``kth``: the thresholds of `_outlier_thresholds`."""
   if math.prod(ds[0].shape) == 0:
     return list(ds)
   bits = [_magnitude_bits(d) for d in ds]
-  low, high = _outlier_thresholds(lambda: ds, bands) if kth is None else kth
+  low, high = kth
   kept, above = [bands[i, 0] for i in range(len(ds))], [bands[i, 1] for i in range(len(ds))]
   return [jnp.where((b >= lo) & ((a == 0) | (b < hi)) & (n > 0), d, 0)
           for b, lo, hi, a, n, d in zip(bits, low, high, above, kept, ds)]
@@ -515,9 +514,9 @@ def _sparsify(spec: _Spec, ds: list[jax.Array], densities: jax.Array, stats: dic
     if spec.rescale == "inverse":  # density 1 (DELLA's probabilities may then pass 1): the delta as it is
       kept = [jnp.where(densities[i] >= 1, d, k) for i, (d, k) in enumerate(zip(ds, kept))]
   elif spec.sparsify == "magnitude":
-    kept = _magnitude_trim(ds, counts, stats.get("kth"))
+    kept = _magnitude_trim(ds, counts, stats["kth"])
   elif spec.sparsify == "outliers":
-    kept = _outlier_trim(ds, counts, stats.get("kth"))
+    kept = _outlier_trim(ds, counts, stats["kth"])
   else:
     return ds
   if "l1" in stats:

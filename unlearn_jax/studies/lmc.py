@@ -263,9 +263,7 @@ def study_pair(model, model_name: str, endpoint_a, endpoint_b, splits: dict, opt
       logging.info("lmc %s/%s: %s", method, correction, barriers[method][correction])
   endpoints = {}
   for tag, (params, state) in (("A", endpoint_a), ("B", endpoint_b)):
-    endpoints[tag] = {f"{name}_{k}": v for name, split in splits.items()
-                      for k, v in connectivity.evaluate(model, params, state, split,
-                                                        batch_size=opts.batch_size).items()}
+    endpoints[tag] = _evaluate_splits(model, params, state, splits, opts.batch_size)
   out = {"curves": curves, "barriers": barriers, "seconds": seconds, "endpoints": endpoints, "l2_distance": l2}
   if opts.lewc:
     out["lewc"] = lewc
@@ -285,9 +283,7 @@ def merge_many(model, model_name: str, endpoints: list, splits: dict, opts) -> d
   """
   spec = permutation.spec_for_model(model_name, endpoints[0][0], endpoints[0][1] if endpoints[0][1] else None)
   rng = jax.random.key(opts.matching_seed)
-  evaluate = lambda params, state: {f"{name}_{k}": v for name, split in splits.items()
-                                    for k, v in connectivity.evaluate(model, params, state, split,
-                                                                      batch_size=opts.batch_size).items()}
+  evaluate = lambda params, state: _evaluate_splits(model, params, state, splits, opts.batch_size)
   out = {"merged": {}, "l2_to_first": {}, "l2_to_merged": {}, "seconds": {}}
   for method in progress(opts.merge_methods, desc="merge many", unit="method"):
     start = time.perf_counter()
@@ -312,6 +308,12 @@ def merge_many(model, model_name: str, endpoints: list, splits: dict, opts) -> d
     out["l2_to_merged"][method] = float(np.mean([connectivity.l2_distance(params, p) for p, _ in aligned]))
   out["endpoints"] = _mean_tree([evaluate(*e) for e in endpoints])
   return out
+
+
+def _evaluate_splits(model, params, state, splits: dict, batch_size: int) -> dict:
+  """``{'<split>_loss', '<split>_accuracy'}``: `connectivity.evaluate` on each of ``splits``."""
+  return {f"{name}_{k}": v for name, split in splits.items()
+          for k, v in connectivity.evaluate(model, params, state, split, batch_size=batch_size).items()}
 
 
 def _mean_tree_arrays(trees: list):
