@@ -98,15 +98,21 @@ def _load(directory):
   return found
 
 
+def load(directory, *, members: bool = False) -> tuple[SubsetOutputs, dict, tuple | None]:
+  """``(SubsetOutputs, metadata, members)`` from `save_outputs`' ``directory`` in one read: ``members`` is the
+  stacked ``(params, state)`` saved with the outputs, or None. ValueError naming the directory if there are no
+  outputs, or (with ``members=True``) if the members were not saved."""
+  tree, state, meta = _load(directory)
+  if members and "members" not in tree:
+    raise ValueError(f"attribution {directory}: the members' parameters were not saved")
+  return SubsetOutputs(tree["masks"], tree["logits"]), meta, (tree["members"], state) if "members" in tree else None
+
+
 def load_outputs(directory) -> tuple[SubsetOutputs, dict]:
   """``(SubsetOutputs, metadata)`` from `save_outputs`' ``directory``; ValueError naming it if there is none."""
-  tree, _, meta = _load(directory)
-  return SubsetOutputs(tree["masks"], tree["logits"]), meta
+  return load(directory)[:2]
 
 
 def load_members(directory):
   """The members' stacked ``(params, state)`` saved with the outputs; ValueError if they were not saved."""
-  tree, state, _ = _load(directory)
-  if "members" not in tree:
-    raise ValueError(f"attribution {directory}: the members' parameters were not saved")
-  return tree["members"], state
+  return load(directory, members=True)[2]

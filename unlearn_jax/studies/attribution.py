@@ -132,15 +132,14 @@ def run_attribution(config, workdir) -> dict:
   test = exp.dataset.test
   targets = test.take(np.arange(min(int(a.num_targets), test.size)))
 
-  def margins(directory):
-    params, state = subsets.load_members(directory)
+  def outputs_and_margins(directory):  # one read of the saved population: its outputs and members
+    outputs, _, (params, state) = subsets.load(directory, members=True)
     logits = subsets.population_logits(exp.model, params, state, targets.x)
-    return np.asarray(trak.margin(logits, jnp.broadcast_to(targets.y, logits.shape[:2]))), (params, state)
+    margin = np.asarray(trak.margin(logits, jnp.broadcast_to(targets.y, logits.shape[:2])))
+    return outputs, margin, (params, state)
 
-  fit_out, _ = subsets.load_outputs(fit_dir)
-  held_out, _ = subsets.load_outputs(held_dir)
-  fit_margins, members = margins(fit_dir)
-  held_margins, _ = margins(held_dir)
+  fit_out, fit_margins, members = outputs_and_margins(fit_dir)
+  held_out, held_margins, _ = outputs_and_margins(held_dir)
   def row(estimator, models, score, start):  # LDS = mean Spearman over targets, with its standard error
     return dict(estimator=estimator, models=int(models), lds=float(np.nanmean(score)),
                 sem=float(np.nanstd(score) / np.sqrt(np.sum(np.isfinite(score)))),
