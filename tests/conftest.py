@@ -50,7 +50,7 @@ def pytest_unconfigure(config):
 # as workers free up, so starting with the long ones keeps the two workers' totals even
 # (longest-processing-time-first); by default it would order files by their number of tests and leave the
 # few-but-slow ones for the end. The other files keep their order, and every file its tests' order.
-SLOWEST_FILES = ("test_fsdp.py", "test_train.py", "test_diffusion_study.py", "test_diffusion.py",
+SLOWEST_FILES = ("test_eight_devices.py", "test_train.py", "test_diffusion_study.py", "test_diffusion.py",
                  "test_language_objectives.py", "test_lmc_study.py", "test_language_study.py", "test_merging.py",
                  "test_resume.py", "test_models.py", "test_unlearning.py", "test_unlearning_oneshot.py", "test_gpt.py",
                  "test_run.py", "test_notebook.py", "test_sweep.py", "test_unlearning_teachers.py")

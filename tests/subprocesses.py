@@ -28,15 +28,6 @@ def eight_cpu_devices_env() -> dict[str, str]:
               PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH", "")])))
 
 
-def run_on_8_cpu_devices(script: str, marker: str, timeout: int = 600) -> str:
-  """Runs ``python -c script`` with 8 CPU devices; asserts it printed ``marker``; returns its stdout."""
-  env = eight_cpu_devices_env()
-  out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=timeout,
-                       cwd=ROOT)
-  assert out.returncode == 0 and marker in out.stdout, out.stdout[-3000:] + out.stderr[-5000:]
-  return out.stdout
-
-
 # Reads {name: source} as JSON on stdin, runs each source in a namespace of its own with its stdout captured (an
 # exception ends only that script, its traceback becomes the end of its output), then writes {name: output} as JSON
 # to the file named by its argument.

@@ -7,14 +7,12 @@ step instead of repeating one token.
 from __future__ import annotations
 
 import functools
-import textwrap
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests import subprocesses
 from unlearn_jax import language
 from unlearn_jax.model import num_params
 from unlearn_jax.models import gpt
@@ -306,34 +304,3 @@ def test_generate_checks_length():
   with pytest.raises(ValueError, match="max_len"):
     lm.generate(params, jnp.ones((1, 30), jnp.int32), jnp.array([30]), 5)
   assert lm.generate(params, jnp.ones((2, 4), jnp.int32), jnp.array([4, 2]), 0).shape == (2, 0)
-
-
-SHARDED_SCRIPT = textwrap.dedent("""
-    import jax, jax.numpy as jnp, numpy as np
-    from unlearn_jax import language, sharding
-    from unlearn_jax.models import gpt
-    assert len(jax.devices()) == 8, jax.devices()
-    cfg = gpt.gpt_config("tiny", vocab_size=48, num_layers=2, num_kv_heads=2, d_model=32, d_ff=48, max_len=32)
-    lm, _ = gpt.language_model(cfg)
-    params = gpt.init_params(cfg, jax.random.key(0))
-    ids = jnp.asarray(np.random.default_rng(0).integers(5, 48, (8, 12)), jnp.int32)
-    mask = jnp.ones((8, 12)).at[:, :4].set(0.0)
-    plen = jnp.array([6, 3, 4, 5, 6, 1, 2, 3])
-    grad = jax.jit(jax.grad(lambda p, i, m: language.mean_nll(lm.logits(p, i), i, m)))
-    g1, out1 = grad(params, ids, mask), lm.generate(params, ids[:, :6], plen, 5)
-    mesh = sharding.make_mesh(data=8)
-    rows = jax.NamedSharding(mesh, jax.P("data"))
-    with sharding.use_mesh(mesh):
-      p8 = sharding.replicate(params, mesh)
-      i8, m8, l8 = (jax.device_put(a, rows) for a in (ids, mask, plen))
-      g8, out8 = grad(p8, i8, m8), lm.generate(p8, i8[:, :6], l8, 5)
-    for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g8)):
-      np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
-    np.testing.assert_array_equal(out1, out8)
-    print("SHARDED_OK")
-""")
-
-
-def test_batch_sharded_grads_and_generation_match_single_device():
-  """Under an 8-device explicit-axes data mesh, gradients and KV-cache generation equal the 1-device ones."""
-  subprocesses.run_on_8_cpu_devices(SHARDED_SCRIPT, "SHARDED_OK")

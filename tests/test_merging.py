@@ -2,7 +2,6 @@
 import functools
 import math
 import re
-import textwrap
 
 import chex
 import jax
@@ -11,7 +10,6 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
-from tests import subprocesses
 from unlearn_jax import merging
 from unlearn_jax.data.split import Split
 from unlearn_jax.model import init
@@ -621,96 +619,6 @@ def test_collect_grams_matches_hand_computation(mlp):
   _assert_close(merging.collect_grams(model, params, state, split, batch_size=4), expected, rtol=1e-5)
   _assert_close(merging.collect_grams(model, params, state, split, batch_size=4, average=True),
                 jax.tree.map(lambda g: g / len(split), expected), rtol=1e-5)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Sharding: 8 forced CPU devices need a fresh process (jax is already initialised in this one). Every merge on a
-# 2 x 4 data x fsdp mesh, leaves FSDP-sharded by rule (the layout of ``tests/test_fsdp.py``), all in two jitted
-# programs: the outputs keep the inputs' shardings and equal the single-device merges, and the program of the
-# non-gathering merges has no all-gather or all-to-all.
-
-_SHARDING_SCRIPT = textwrap.dedent("""
-    import jax, jax.numpy as jnp, numpy as np
-    from unlearn_jax import merging, sharding
-
-    assert jax.device_count() == 8, jax.devices()
-    P = jax.P
-    # A 2 x 4 data x fsdp mesh (explicit axes). Every leaf is placed by the FSDP rule (min_size lowered so these
-    # small ones qualify): split 4 ways over its largest dimension divisible by 4, replicated over `data`; "b" (5,)
-    # stays replicated. The Grams are placed by the same rule.
-    mesh = sharding.make_mesh(data=2, fsdp=4)
-    RULES = ((".*", "fsdp", 8),)
-    SPECS = {"a": {"kernel": P("fsdp"), "bias": P("fsdp")}, "b": P(), "c": P(None, "fsdp")}
-    SHAPES = {"a": {"kernel": (16, 8), "bias": (8,)}, "b": (5,), "c": (4, 16)}
-    is_shape = lambda s: isinstance(s, tuple)
-    rng = np.random.default_rng(0)
-    tree = lambda: jax.tree.map(lambda s: rng.standard_normal(s).astype(np.float32), SHAPES, is_leaf=is_shape)
-    spd = lambda m: m @ m.T + np.eye(len(m), dtype=np.float32)
-    base, ps = tree(), [tree() for _ in range(3)]
-    fs = [jax.tree.map(np.abs, tree()) for _ in range(3)]
-    grams = [(lambda t: {"a": {"kernel": spd(t["a"]["kernel"])}, "c": spd(t["c"])})(tree()) for _ in range(3)]
-    key = jax.random.key(0)
-    MERGES = {
-        "linear": lambda ps, b, f, g: merging.linear(ps),
-        "linear_weighted": lambda ps, b, f, g: merging.linear(ps, weights=jnp.array([1.0, 2.0, 3.0])),
-        "task_arithmetic": lambda ps, b, f, g: merging.task_arithmetic(ps, base=b, scale=-0.5),
-        "ties": lambda ps, b, f, g: merging.ties(ps, base=b, density=0.3),
-        "dare": lambda ps, b, f, g: merging.dare(ps, base=b, density=0.5, rng=key),
-        "dare_ties": lambda ps, b, f, g: merging.dare(ps, base=b, density=0.5, rng=key, combine="ties"),
-        "model_stock": lambda ps, b, f, g: merging.model_stock(ps, base=b),
-        "slerp": lambda ps, b, f, g: merging.slerp(ps[0], ps[1], t=0.3),
-        "fisher": lambda ps, b, f, g: merging.fisher(ps, f),
-        "negmerge": lambda ps, b, f, g: merging.negmerge(ps, base=b, scale=1.0),
-        "ties_mergekit": lambda ps, b, f, g: merging.ties(ps, base=b, density=[0.3, 0.5, 0.8], mergekit=True,
-                                                          weights=jnp.array([1.0, 0.5, 2.0]), rescale=True),
-        "breadcrumbs": lambda ps, b, f, g: merging.breadcrumbs_ties(ps, base=b, density=0.6, gamma=0.1),
-        "sce": lambda ps, b, f, g: merging.sce(ps, base=b, density=0.5),
-        "karcher": lambda ps, b, f, g: merging.karcher(ps),
-        "nuslerp": lambda ps, b, f, g: merging.nuslerp(ps[:2], base=b, flatten=False, row_wise=True),
-        "multislerp": lambda ps, b, f, g: merging.multislerp(ps, base=b),
-        "nearswap": lambda ps, b, f, g: merging.nearswap(ps[0], base=b, t=0.5),
-        # These two gather: DELLA ranks along the sharded last axis of "c", RegMean solves with whole Grams.
-        "della": lambda ps, b, f, g: merging.della(ps, base=b, density=0.5, epsilon=0.2, rng=key),
-        "regmean": lambda ps, b, f, g: merging.regmean(ps, g),
-    }
-    GATHERING = ("della", "regmean")
-    merge_all = lambda names: lambda *args: {name: MERGES[name](*args) for name in names}
-    expected = jax.jit(merge_all(MERGES))(ps, base, fs, grams)
-
-    def norm(spec):   # a spec without its trailing Nones: P("fsdp", None) is P("fsdp")
-      entries = list(spec)
-      while entries and entries[-1] is None:
-        entries.pop()
-      return P(*entries)
-
-    with jax.set_mesh(mesh):
-      put = lambda t: sharding.place(t, mesh, RULES)
-      sbase, sps, sfs, sgrams = put(base), [put(p) for p in ps], [put(f) for f in fs], [put(g) for g in grams]
-      assert jax.tree.map(lambda a: norm(a.sharding.spec), sps[0]) == SPECS, sps[0]
-      for names in ([n for n in MERGES if n not in GATHERING], GATHERING):
-        compiled = jax.jit(merge_all(names)).lower(sps, sbase, sfs, sgrams).compile()
-        out = compiled(sps, sbase, sfs, sgrams)
-        for name in names:
-          for (path, o), w in zip(jax.tree_util.tree_flatten_with_path(out[name])[0], jax.tree.leaves(sps[0])):
-            where = (name, jax.tree_util.keystr(path), o.sharding)
-            assert o.sharding.is_equivalent_to(w.sharding, o.ndim), where
-            assert norm(o.sharding.spec) == norm(w.sharding.spec), where
-          jax.tree.map(lambda o, e: np.testing.assert_allclose(np.asarray(o), e, rtol=1e-5, atol=1e-5, err_msg=name),
-                       out[name], expected[name])
-          print(name, "ok", flush=True)
-        if names is not GATHERING:
-          hlo = compiled.as_text()
-          assert "all-gather" not in hlo and "all-to-all" not in hlo, hlo
-    print("SHARDING OK")
-""")
-
-
-def test_merges_keep_sharding_on_eight_devices():
-  stdout = subprocesses.run_on_8_cpu_devices(_SHARDING_SCRIPT, "SHARDING OK", timeout=300)
-  for name in ("linear", "linear_weighted", "task_arithmetic", "ties", "dare", "dare_ties", "model_stock", "slerp",
-               "fisher", "negmerge", "della", "regmean", "ties_mergekit", "breadcrumbs", "sce", "karcher", "nuslerp",
-               "multislerp", "nearswap"):
-    assert f"{name} ok" in stdout, name
 
 
 # ---------------------------------------------------------------------------------------------------------------

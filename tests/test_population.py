@@ -1,5 +1,5 @@
-"""Populations: a member trains as it would alone, bad input is refused first, the model axis shards."""
-import textwrap
+"""Populations: a member trains as it would alone, bad input is refused first (the model axis sharded over 8 devices:
+``tests/test_eight_devices.py``)."""
 
 import jax
 import jax.numpy as jnp
@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
-from tests import subprocesses
 from unlearn_jax import config as config_lib
 from unlearn_jax import model as model_lib
 from unlearn_jax import population as pop
@@ -102,42 +101,6 @@ def test_masks_and_bad_input_are_refused_before_training():
   with pytest.raises(ValueError, match=r"population.size=2: needs .* GiB per device .*; at most 1 models fit"):
     pop.fit(model, params, state, split, cfg(), rng=jax.random.key(0),
             memory_limit=plan.shared + plan.per_member + plan.per_member // 2)
-
-
-SHARDED = textwrap.dedent("""
-    import jax, jax.numpy as jnp, numpy as np
-    from flax import linen as nn
-    from unlearn_jax import config as config_lib, model as model_lib, population as pop
-    from unlearn_jax.data.split import Split
-    class Tiny(nn.Module):
-      @nn.compact
-      def __call__(self, x, train=False):
-        return nn.Dense(3)(nn.relu(nn.Dense(8)(x)))
-    rng = np.random.default_rng(0)
-    split = Split(jnp.asarray(rng.normal(size=(32, 5)), jnp.float32), jnp.asarray(rng.integers(0, 3, 32), jnp.int32))
-    model = model_lib.from_linen(Tiny())
-    params, state = pop.init(Tiny(), list(range(8)), split.x[:1])
-    cfg = config_lib.train_config(lr=0.1, epochs=2, batch_size=8, schedule="constant")
-    masks = pop.exclude_masks(32, np.arange(8)[:, None] * 3)
-    masks[3, 20:] = False  # one member with fewer steps
-    mesh = pop.make_mesh()
-    sharded, _, h = pop.fit(model, params, state, split, cfg, rng=jax.random.key(1), masks=masks, mesh=mesh,
-                            loop="scan")
-    leaf = jax.tree.leaves(sharded)[0]
-    assert jax.typeof(leaf).sharding.spec[0] == "model" and len(leaf.sharding.device_set) == 8, leaf.sharding
-    alone, _, _ = pop.fit(model, params, state, split, cfg, rng=jax.random.key(1), masks=masks, loop="scan")
-    for a, b in zip(jax.tree.leaves(sharded), jax.tree.leaves(alone)):
-      np.testing.assert_allclose(a, b, atol=1e-5)
-    try:
-      pop.fit(model, pop.member(params, slice(0, 4)), state, split, cfg, rng=jax.random.key(1), mesh=mesh)
-    except ValueError as e:
-      assert "population.size=4 is not divisible by the 8 devices" in str(e), e
-    print("POPULATION_SHARDED_OK")
-""")
-
-
-def test_population_sharded_over_8_devices_equals_one_device():
-  subprocesses.run_on_8_cpu_devices(SHARDED, "POPULATION_SHARDED_OK")
 
 
 @pytest.mark.parametrize("name,options,how", [("salun", dict(epochs=2, batch_size=8, fraction=0.3), "vmapped"),

@@ -5,7 +5,6 @@ import json
 import os
 import signal
 import subprocess
-import textwrap
 import time
 
 import jax
@@ -106,36 +105,6 @@ def test_resume_rejects_a_progress_checkpoint_of_another_run(tmp_path):
   with pytest.raises(ValueError, match=r"progress.*opt_state"):
     train.fit(model, params, state, split, cfg, rng=jax.random.key(0),
               checkpoints=checkpoint.EpochCheckpoints(tmp_path / "progress"))
-
-
-MESH_SCRIPT = textwrap.dedent("""
-    import sys, tempfile, jax, numpy as np
-    sys.path.insert(0, "tests")
-    from test_resume import Killed, KilledAfter, setup_fit
-    from unlearn_jax import checkpoint, sharding, train
-    assert len(jax.devices()) == 8, jax.devices()
-    model, params, state, split, cfg = setup_fit()
-    split = type(split)(split.x[:96], split.y[:96], split.index[:96])  # batches of 32 split over 4 devices
-    mesh, rng = sharding.make_mesh(data=4, fsdp=2), jax.random.key(3)
-    full_p, full_s, full_h = train.fit(model, params, state, split, cfg, rng=rng, mesh=mesh)
-    with tempfile.TemporaryDirectory() as d:
-      try:
-        train.fit(model, params, state, split, cfg, rng=rng, mesh=mesh, checkpoints=KilledAfter(d, 3, every=1))
-        raise AssertionError("not killed")
-      except Killed:
-        pass
-      p, s, h = train.fit(model, params, state, split, cfg, rng=rng, mesh=mesh,
-                          checkpoints=checkpoint.EpochCheckpoints(d))
-    assert h["resumed_from_epoch"] == 3 and h["loss"] == full_h["loss"]
-    for a, b in zip(jax.tree.leaves((p, s)), jax.tree.leaves((full_p, full_s))):
-      np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-      assert a.sharding == b.sharding, (a.sharding, b.sharding)
-    print("MESH_RESUME_OK")
-""")
-
-
-def test_resume_on_a_mesh_restores_onto_the_training_shardings():
-  subprocesses.run_on_8_cpu_devices(MESH_SCRIPT, "MESH_RESUME_OK")
 
 
 def _main(workdir, *overrides):
