@@ -146,6 +146,8 @@ def test_projection_draws_are_jax_randoms():
     np.testing.assert_allclose(normal, jax.random.normal(key, shape, dtype=jnp.float32), rtol=1e-6, atol=1e-6)
   assert set(np.unique(got)) == {-1.0, 1.0}
   np.testing.assert_array_equal(jax.jit(threefry.bits, static_argnums=1)(key, (3, 4, 5)), jax.random.bits(key, (3, 4, 5)))
+  # the shared uniform floats (TRAK's normal draws, the merges' random masks) are jax.random.uniform's, bit for bit
+  np.testing.assert_array_equal(threefry.uniform(threefry.bits(key, (3, 4, 5))), jax.random.uniform(key, (3, 4, 5)))
 
 
 def test_features_cache_round_trip(tmp_path):

@@ -348,15 +348,19 @@ def fsdp_model(model):
 # Selection without gathering.
 
 
-def flat_positions(x: jax.Array, dtype=jnp.int32) -> jax.Array:
-  """Row-major flat index of every entry of ``x`` as ``dtype``, laid out (sharded) like ``x``; the caller makes
-  sure ``x.size`` fits ``dtype``."""
-  sharding = jax.typeof(x).sharding if _is_sharded(x) else None
-  strides = np.cumprod((1,) + x.shape[:0:-1])[::-1]
-  if not x.ndim:
+def flat_index(shape: tuple[int, ...], dtype=jnp.int32, out_sharding=None) -> jax.Array:
+  """Row-major flat index of every entry of an array of ``shape``, as ``dtype`` (laid out by ``out_sharding``,
+  default unsharded); the caller makes sure the size fits ``dtype``."""
+  if not shape:
     return jnp.zeros((), dtype)
-  return sum(jnp.asarray(int(stride), dtype) * jax.lax.broadcasted_iota(dtype, x.shape, dim, out_sharding=sharding)
+  strides = np.cumprod((1,) + tuple(shape)[:0:-1])[::-1]
+  return sum(jnp.asarray(int(stride), dtype) * jax.lax.broadcasted_iota(dtype, shape, dim, out_sharding=out_sharding)
              for dim, stride in enumerate(strides))
+
+
+def flat_positions(x: jax.Array, dtype=jnp.int32) -> jax.Array:
+  """`flat_index` of ``x``'s shape, laid out (sharded) like ``x``."""
+  return flat_index(x.shape, dtype, jax.typeof(x).sharding if _is_sharded(x) else None)
 
 
 def _bisect(count_at_least: Callable, lo: int, hi: int, need) -> jax.Array:

@@ -16,6 +16,8 @@ import math
 import jax
 import jax.numpy as jnp
 
+from unlearn_jax import sharding
+
 ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
 
 
@@ -41,9 +43,12 @@ def bits(key: jax.Array, shape: tuple[int, ...]) -> jax.Array | None:
       or not jax.config.jax_threefry_partitionable):
     return None
   k1, k2 = jax.random.key_data(key)
-  strides = [math.prod(shape[d + 1:]) for d in range(len(shape))]
-  index = jnp.zeros(shape, jnp.uint32)
-  for d, stride in enumerate(strides):
-    index = index + jax.lax.broadcasted_iota(jnp.uint32, shape, d) * jnp.uint32(stride)
+  index = sharding.flat_index(shape, jnp.uint32)
   b1, b2 = threefry2x32(k1, k2, jnp.zeros_like(index), index)
   return b1 ^ b2
+
+
+def uniform(bits: jax.Array) -> jax.Array:
+  """float32 uniforms in [0, 1) from uint32 ``bits`` as ``jax.random.uniform`` makes them: the top 23 bits
+  ``m`` give ``m · 2⁻²³`` (exact; jax writes it as the float ``1.m`` minus 1, the same number)."""
+  return (bits >> jnp.uint32(9)).astype(jnp.float32) * jnp.float32(2.0**-23)

@@ -119,7 +119,7 @@ def _normal(key: jax.Array, shape: tuple[int, int]) -> jax.Array:
   bits = threefry.bits(key, shape)
   if bits is None:
     return jax.random.normal(key, shape, dtype=jnp.float32)
-  unit = jax.lax.bitcast_convert_type((bits >> jnp.uint32(9)) | jnp.uint32(0x3F800000), jnp.float32) - 1.0
+  unit = threefry.uniform(bits)
   lo = np.nextafter(np.float32(-1.0), np.float32(0.0))
   u = jnp.maximum(lo, unit * (np.float32(1.0) - lo) + lo)
   return np.float32(np.sqrt(2)) * jax.lax.erf_inv(u)

@@ -332,6 +332,7 @@ class LMBenchmark:
     sets: the evaluation sets ``forget``, ``retain``, ``world``, ``holdout``.
     train_forget, train_retain: what unlearning forgets and retains.
     extras: other sets of the benchmark (TOFU's ``real_authors`` / ``world_facts``, MUSE's ``knowmem_forget``).
+    records: the rows the study scores as text, as the files hold them (MUSE's: `muse_records`; else empty).
   """
   source: str
   forget: str | None
@@ -342,6 +343,7 @@ class LMBenchmark:
   train_forget: facts.QASet
   train_retain: facts.QASet
   extras: dict[str, facts.QASet]
+  records: dict = dataclasses.field(default_factory=dict)
 
   def _check_fold(self, forget: str) -> None:
     if self.forget is not None and forget != self.forget:
@@ -360,7 +362,7 @@ class LMBenchmark:
 
 def _assemble(source: str, forget: str | None, tok: TextTokenizer, max_length: int, evals: dict[str, _Group],
               train_forget: _Group, train_retain: _Group, extras: dict[str, _Group],
-              idk: Sequence[str] = facts.IDK_ANSWERS) -> LMBenchmark:
+              idk: Sequence[str] = facts.IDK_ANSWERS, records: dict | None = None) -> LMBenchmark:
   """One ``seq_len`` / ``prompt_len`` over every group, then each group as a `facts.QASet`."""
   groups = [*evals.values(), train_forget, train_retain, *extras.values()]
   seq_len, prompt_len = _lengths([r for g in groups for r in (g.rows, g.para, *g.wrong) if r is not None],
@@ -368,7 +370,8 @@ def _assemble(source: str, forget: str | None, tok: TextTokenizer, max_length: i
   make = lambda g: _qaset(tok, g, seq_len, prompt_len, idk)
   return LMBenchmark(source=source, forget=forget, tokenizer=tok, seq_len=seq_len, prompt_len=prompt_len,
                      sets={k: make(g) for k, g in evals.items()}, train_forget=make(train_forget),
-                     train_retain=make(train_retain), extras={k: make(g) for k, g in extras.items()})
+                     train_retain=make(train_retain), extras={k: make(g) for k, g in extras.items()},
+                     records=records or {})
 
 
 def _options(tok: TextTokenizer, path: str, questions: list[str], wrong_lists: list[list[str]]) -> list[_Rows]:
@@ -430,44 +433,48 @@ def load_muse(directory: str, tokenizer: TextTokenizer, *, max_length: int = 256
     holdout = corpus("privleak", "holdout")
   except ValueError:
     holdout = corpus("raw", "holdout")
-  v_path, (prompts, gts) = _read(directory, "verbmem", "forget", ("prompt", str), ("gt", str))
+  read = _muse_read(directory)
+  v_path, verbmem_rows, _ = read["verbmem_forget"]
+  prompts, gts = [r["prompt"] for r in verbmem_rows], [r["gt"] for r in verbmem_rows]
   verbmem = _Rows([[tok.bos_id, *tok.encode(p)] for p in prompts], [tok.encode(" " + g) for g in gts],
                   list(prompts), list(gts), v_path)
 
   def knowmem(split):
-    path, (q, a) = _read(directory, "knowmem", split, ("question", str), ("answer", str))
-    try:   # MUSE's few-shot prefix, when the icl split is there
-      _, (iq, ia) = _read(directory, "knowmem", f"{split}_icl", ("question", str), ("answer", str))
-    except ValueError:
-      iq, ia = [], []
-    prefix = "".join(QA_TEMPLATE.format(question=x) + f" {y}\n\n" for x, y in zip(iq, ia))
-    return _Group(_qa_rows(tok, q, a, path, prefix))
+    path, rows, icl = read[f"knowmem_{split[:-3]}"]
+    prefix = "".join(QA_TEMPLATE.format(question=r["question"]) + f" {r['answer']}\n\n" for r in icl)
+    return _Group(_qa_rows(tok, [r["question"] for r in rows], [r["answer"] for r in rows], path, prefix))
 
   retain_qa = knowmem("retain_qa")
   evals = {"forget": _Group(verbmem), "retain": retain_qa, "world": retain_qa, "holdout": _Group(holdout, text=True)}
   return _assemble("muse", None, tok, max_length, evals, _Group(corpus("raw", "forget"), text=True),
-                   _Group(corpus("raw", "retain1"), text=True), {"knowmem_forget": knowmem("forget_qa")})
+                   _Group(corpus("raw", "retain1"), text=True), {"knowmem_forget": knowmem("forget_qa")},
+                   records={k: (rows, icl) for k, (_, rows, icl) in read.items()})
+
+
+def _muse_read(directory: str) -> dict[str, tuple[str, list[dict], list[dict]]]:
+  """`muse_records` with the path of each file: ``{name: (path, rows, icl)}``."""
+
+  def rows(config, split, *keys):
+    path, columns = _read(directory, config, split, *((k, str) for k in keys))
+    return path, [dict(zip(keys, values)) for values in zip(*columns)]
+
+  def qa(split):
+    try:
+      icl = rows("knowmem", f"{split}_icl", "question", "answer")[1]
+    except ValueError:
+      icl = []
+    return (*rows("knowmem", split, "question", "answer"), icl)
+
+  return {"verbmem_forget": (*rows("verbmem", "forget", "prompt", "gt"), []), "knowmem_forget": qa("forget_qa"),
+          "knowmem_retain": qa("retain_qa")}
 
 
 def muse_records(directory: str) -> dict[str, tuple[list[dict], list[dict]]]:
   """MUSE's VerbMem and KnowMem rows as `unlearn_jax.evaluation.language.muse_memorization` scores them:
   ``{'verbmem_forget': (rows, []), 'knowmem_forget': (rows, icl), 'knowmem_retain': (rows, icl)}`` (``verbmem``
   rows ``{prompt, gt}``, ``knowmem`` rows and their ``*_icl`` few-shot rows ``{question, answer}``; no icl when
-  that file is absent). ValueError naming a missing file or field."""
-
-  def rows(config, split, *keys):
-    _, columns = _read(directory, config, split, *((k, str) for k in keys))
-    return [dict(zip(keys, values)) for values in zip(*columns)]
-
-  def qa(split):
-    try:
-      icl = rows("knowmem", f"{split}_icl", "question", "answer")
-    except ValueError:
-      icl = []
-    return rows("knowmem", split, "question", "answer"), icl
-
-  return {"verbmem_forget": (rows("verbmem", "forget", "prompt", "gt"), []), "knowmem_forget": qa("forget_qa"),
-          "knowmem_retain": qa("retain_qa")}
+  that file is absent). ValueError naming a missing file or field. `load_muse` keeps them as ``records``."""
+  return {k: (rows, icl) for k, (_, rows, icl) in _muse_read(directory).items()}
 
 
 def load_wmdp(directory: str, tokenizer: TextTokenizer, *, subject: str = "bio",

@@ -674,7 +674,8 @@ def _rows(qa, name: str) -> np.ndarray:
 def mia_suite(lm: language.LanguageModel, params: Pytree, forget, holdout, *,
               decode: Callable[[np.ndarray], str] | None = None, reference_params: Pytree | None = None,
               attacks: Sequence[str] = MIA_ATTACKS, k: float = MIN_K, p: float = 2.0,
-              batch_size: int = 64) -> dict[str, float]:
+              batch_size: int = 64, stats: Sequence[dict] | None = None,
+              reference_stats: Sequence[dict] | None = None) -> dict[str, float]:
   """open-unlearning's membership-inference AUCs (`mia_auc`) of forget against holdout QA rows.
 
   Per example (answer tokens = ``loss_mask``; "without EOS" as open-unlearning's token-wise attacks):
@@ -688,6 +689,9 @@ def mia_suite(lm: language.LanguageModel, params: Pytree, forget, holdout, *,
   Args:
     forget, holdout: mappings or objects with ``input_ids`` and ``loss_mask`` ``[N, T]``.
     attacks: which of `MIA_ATTACKS` (``'zlib'`` needs ``decode``, ``'reference'`` ``reference_params``).
+    stats, reference_stats: `token_stats` of (forget, holdout) under ``params`` / ``reference_params``, when the
+      caller already has them (they are computed otherwise): a study scoring many models against one reference
+      computes the reference's once.
 
   Returns:
     ``{'mia_<attack>': AUC}``.
@@ -700,34 +704,37 @@ def mia_suite(lm: language.LanguageModel, params: Pytree, forget, holdout, *,
   if "reference" in attacks and reference_params is None:
     raise ValueError("mia_suite: the 'reference' attack needs reference_params")
   scores: dict[str, list[np.ndarray]] = {a: [] for a in attacks}
-  for qa in (forget, holdout):
+  for i, qa in enumerate((forget, holdout)):
     ids, loss_mask = _rows(qa, "input_ids"), _rows(qa, "loss_mask")
     no_eos = answer_mask_without_eos(loss_mask)
-    stats = token_stats(lm, params, ids, batch_size=batch_size)
+    stats_i = stats[i] if stats is not None else token_stats(lm, params, ids, batch_size=batch_size)
     full = np.asarray(loss_mask) > 0
-    avg_loss = -(stats["logprob"] * full).sum(1) / np.maximum(full.sum(1), 1)
+    avg_loss = -(stats_i["logprob"] * full).sum(1) / np.maximum(full.sum(1), 1)
     for attack in attacks:
       if attack == "loss":
         s = avg_loss
       elif attack == "zlib":
         s = zlib_scores(avg_loss, [decode(row[m]) for row, m in zip(ids, no_eos)])
       elif attack == "reference":
-        ref = token_stats(lm, reference_params, ids, batch_size=batch_size)["logprob"]
+        ref = (reference_stats[i] if reference_stats is not None
+               else token_stats(lm, reference_params, ids, batch_size=batch_size))["logprob"]
         s = avg_loss + (ref * full).sum(1) / np.maximum(full.sum(1), 1)
       elif attack == "gradnorm":
         s = gradnorm_scores(lm, params, ids, no_eos, p=p, batch_size=min(batch_size, 16))
       elif attack == "min_k":
-        s = min_k_scores(stats["logprob"], no_eos, k)
+        s = min_k_scores(stats_i["logprob"], no_eos, k)
       else:
-        s = min_k_plus_plus_scores(stats["logprob"], stats["mu"], stats["sigma"], no_eos, k)
+        s = min_k_plus_plus_scores(stats_i["logprob"], stats_i["mu"], stats_i["sigma"], no_eos, k)
       scores[attack].append(s)
   return {f"mia_{a}": mia_auc(*scores[a]) for a in attacks}
 
 
-def memorization(lm: language.LanguageModel, params: Pytree, qa, *, batch_size: int = 64) -> dict[str, float]:
-  """Mean exact memorisation and extraction strength (`exact_memorization`, `extraction_strength`) of a QA set."""
+def memorization(lm: language.LanguageModel, params: Pytree, qa, *, batch_size: int = 64,
+                 stats: dict | None = None) -> dict[str, float]:
+  """Mean exact memorisation and extraction strength (`exact_memorization`, `extraction_strength`) of a QA set
+  (``stats``: its `token_stats` under ``params``, when the caller has them)."""
   ids, loss_mask = _rows(qa, "input_ids"), _rows(qa, "loss_mask")
-  correct = token_stats(lm, params, ids, batch_size=batch_size)["correct"]
+  correct = (stats if stats is not None else token_stats(lm, params, ids, batch_size=batch_size))["correct"]
   return {"exact_memorization": float(np.nanmean(exact_memorization(correct, loss_mask))),
           "extraction_strength": float(np.mean(extraction_strength(correct, loss_mask)))}
 

@@ -228,11 +228,6 @@ def _sum(xs: Sequence[jax.Array]) -> jax.Array:
 _threefry2x32 = threefry.threefry2x32
 
 
-def _to_unit(bits: jax.Array) -> jax.Array:
-  """Uniform floats in [0, 1) from the top 23 bits, exactly as ``jax.random.uniform`` makes them."""
-  return (bits >> jnp.uint32(9)).astype(jnp.float32) * jnp.float32(2.0**-23)
-
-
 def _uniforms(key_data: jax.Array, like: jax.Array, k: int) -> list[jax.Array]:
   """k fp32 uniform arrays shaped and sharded like ``like``, two per key of ``key_data`` (shape ``(ceil(k/2), 2)``).
 
@@ -243,7 +238,7 @@ def _uniforms(key_data: jax.Array, like: jax.Array, k: int) -> list[jax.Array]:
   index = sharding.flat_positions(like, jnp.uint32)  # `_apply_deltas` checks the size is below 2**32
   per_key = key_data.reshape(key_data.shape[:1] + (1,) * like.ndim + (2,))
   hi, lo = _threefry2x32(per_key[..., 0], per_key[..., 1], jnp.zeros((), jnp.uint32), index)
-  return [_to_unit((hi, lo)[i % 2][i // 2]) for i in range(k)]
+  return [threefry.uniform((hi, lo)[i % 2][i // 2]) for i in range(k)]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -479,7 +474,7 @@ def _packed_keep_masks(ds: Sequence[jax.Array], densities: jax.Array, probs: Seq
 
   def keep(i, word):
     p = jax.lax.dynamic_index_in_dim(stacked, i, keepdims=False)
-    bit = ((_to_unit(word) < p) | (densities[i] >= 1)) & (i < k)
+    bit = ((threefry.uniform(word) < p) | (densities[i] >= 1)) & (i < k)
     return bit.astype(dtype) << jnp.minimum(i, k - 1).astype(dtype)
 
   def body(g, packed):

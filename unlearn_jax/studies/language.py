@@ -374,7 +374,7 @@ def run_lm(config, workdir) -> dict:
   root = jax.random.key(config.seed)
   tok = bench.tokenizer
   # MUSE's VerbMem / KnowMem rows, scored by the library's own metrics (their prompts in the width check)
-  muse = lm_benchmarks.muse_records(d.dir) if d.source == "muse" else None
+  muse = bench.records if d.source == "muse" else None
   encode = lambda text: [tok.bos_id, *tok.encode(text)]  # noqa: E731  (the loader's prompts start with BOS)
   widths = [len(encode(p)) for p in lm_eval.muse_prompts(muse)] if muse else []
   check_model(config, tok.vocab_size, prompt_len=max([int(bench.prompt_len), *widths]))
@@ -415,7 +415,8 @@ def run_lm(config, workdir) -> dict:
       lm, params, eval_sets, decode=bench.tokenizer.decode, reference=reference, batch_size=e.batch_size,
       max_new_tokens=e.max_new_tokens, rouge_rows=e.rouge_rows)
   retrain_eval = evaluate(models["Retrain"][0])
-  results = {}
+  token_stats = lambda params, name: lm_eval.token_stats(lm, params, sets[name].input_ids, batch_size=e.batch_size)
+  results, reference_stats = {}, None
   for row, (params, seconds) in models.items():
     if row == "Retrain":  # scored against itself (KS p-value 1, PrivLeak 0), without generating twice
       metrics = dict(retrain_eval.metrics)
@@ -427,9 +428,13 @@ def run_lm(config, workdir) -> dict:
     if probe is not None:
       metrics["sae_separation"] = lm_unlearning.sae_separation(lm, params, probe, forget.x)
     if e.open_unlearning and "holdout" in sets:  # MIA suite (Retrain as the reference model), EM and ES
+      stats = [token_stats(params, k) for k in ("forget", "holdout")]
+      reference_stats = reference_stats or (stats if row == "Retrain" else
+                                            [token_stats(models["Retrain"][0], k) for k in ("forget", "holdout")])
       metrics.update(lm_eval.mia_suite(lm, params, sets["forget"], sets["holdout"], decode=bench.tokenizer.decode,
-                                       reference_params=models["Retrain"][0], batch_size=e.batch_size))
-      metrics.update(lm_eval.memorization(lm, params, sets["forget"], batch_size=e.batch_size))
+                                       reference_params=models["Retrain"][0], batch_size=e.batch_size, stats=stats,
+                                       reference_stats=reference_stats))
+      metrics.update(lm_eval.memorization(lm, params, sets["forget"], batch_size=e.batch_size, stats=stats[0]))
     if muse is not None:
       metrics.update(lm_eval.muse_memorization(lm, params, muse, encode=encode, decode=tok.decode,
                                                max_new_tokens=e.max_new_tokens, batch_size=e.batch_size))
