@@ -323,3 +323,59 @@ def test_split_take_refuses_rows_outside_the_split():
     with pytest.raises(ValueError, match=rf"Split.take: rows: position -?\d+ is outside \[0, {f.size}\)"):
       f.take(np.array(rows))
   assert jax.jit(lambda rows: f.take(rows).y)(jnp.arange(2)).shape == (2,)  # traced rows pass unchecked
+
+
+class DropoutNet(nn.Module):
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    return nn.Dense(3)(nn.Dropout(0.5, deterministic=not train)(nn.relu(nn.Dense(6)(x))))
+
+
+def test_rl_shared_term_is_the_forget_term_or_the_retain_term():
+  """`objectives.random_or_true_labels` (RL's phases in one step) gives the random-label term's loss and gradients
+  where ``forget``, the cross-entropy's elsewhere, dropout keys included."""
+  model, params, _ = model_lib.init(DropoutNet(), jax.random.key(0), jnp.zeros((1, 4)))
+  batch, key = (toy(8, 5).x, toy(8, 5).y), jax.random.key(7)
+
+  @jax.jit
+  def grads(params):
+    g = lambda term, *flag: jax.value_and_grad(term, has_aux=True)(params, {}, batch, key, jnp.int32(0), *flag)
+    shared = obj.random_or_true_labels(model)
+    return [(g(obj.random_labels(model)), g(shared, True)), (g(obj.cross_entropy(model)), g(shared, False))]
+
+  (rl, rl_shared), (ce, ce_shared) = grads(params)
+  for (want, want_g), (got, got_g) in ((rl, rl_shared), (ce, ce_shared)):
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), got_g, want_g)
+  assert not np.isclose(rl[0][0], ce[0][0])
+
+
+def test_per_step_loop_equals_the_scan():
+  """``loop='steps'`` (one jitted step per batch; RL's two phases one step) takes the same batches, keys and steps
+  as the whole-epoch scan: sequential phases with a gradient mask; a grid of joint steps, a key per point."""
+  model, params, _ = linear_setup()
+  forget, retain = toy(16, 5), toy(24, 6)
+  objective = loop.Objective(obj.random_labels(model), obj.cross_entropy(model), obj.random_or_true_labels(model))
+  tx = optax.chain(optax.add_decayed_weights(5e-2), optax.sgd(0.1, momentum=0.9))
+  mask = saliency.saliency_mask(jax.tree.map(lambda p: jnp.abs(p) + 0.1, params), fraction=0.5)
+  kw = dict(objective=objective, tx=tx, epochs=2, batch_size=8)
+  runs = {
+      "sequential": lambda lp: loop.unlearn_loop(model, params, {}, forget, retain, rng=jax.random.key(1),
+                                                 mask=mask, mask_mode="gradient", loop=lp, **kw),
+      "joint grid": lambda lp: loop.unlearn_grid(
+          jax.tree.map(lambda p: jnp.stack([p, p + 0.1]), params), {}, forget, retain,
+          make=lambda lr: (objective, optax.sgd(lr)), hypers=jnp.asarray([0.05, 0.1]), epochs=1, batch_size=8,
+          rng=jax.random.split(jax.random.key(3), 2), stacked=True, schedule="joint", loop=lp)}
+  close = lambda a, b: jax.tree.map(lambda u, v: np.testing.assert_allclose(u, v, rtol=1e-5, atol=1e-6), a, b)
+  for name, run in runs.items():
+    scan, steps = run("scan"), run("steps")
+    close(steps[0], scan[0])
+    assert set(steps[2]) == set(scan[2]), name
+    for k in ("forget_loss", "retain_loss", "joint_loss", "retain_accuracy"):
+      if k in scan[2]:
+        close(np.asarray(steps[2][k]), np.asarray(scan[2][k]))
+    moved = max(float(jnp.abs(a - b).max()) for a, b in zip(jax.tree.leaves(scan[0]), jax.tree.leaves(params)))
+    assert moved > 1e-3, name
+  with pytest.raises(ValueError, match="loop"):
+    runs["sequential"]("while")

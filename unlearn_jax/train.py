@@ -177,6 +177,11 @@ def step_body(loss_fn: LossFn, tx: optax.GradientTransformation, augment: Callab
   return body
 
 
+# The per-step loops read one batch, cut from the stacked ones by this tiny program: a step's program is then the
+# same for any number of steps (a Retrain on fewer rows reuses the Original's; SalUn's phases share one step).
+take_step = jax.jit(lambda steps, i: jax.tree.map(lambda a: a[i], steps))
+
+
 def epoch_program(prepare: Callable, body: Callable, *, loop: str | None = None):
   """The jitted epoch ``epoch(params, state, opt_state, *data) -> (params, state, opt_state, losses, metrics)``.
 
@@ -200,16 +205,13 @@ def epoch_program(prepare: Callable, body: Callable, *, loop: str | None = None)
     return jax.jit(epoch, donate_argnums=(0, 1, 2))
 
   batches = jax.jit(prepare)
-  # the step reads one batch, cut from the stacked ones by a tiny program of its own: the step's program is then
-  # the same for any number of steps (a Retrain on fewer rows reuses the Original's)
-  take = jax.jit(lambda steps, i: jax.tree.map(lambda a: a[i], steps))
   step = jax.jit(lambda carry, shared, inp: body(carry, inp, shared), donate_argnums=(0,))
 
   def stepped_epoch(params, state, opt_state, *data):
     shared, steps = batches(*data)
     carry, outs = (params, state, opt_state), []
     for i in range(jax.tree.leaves(steps)[0].shape[0]):
-      carry, out = step(carry, shared, take(steps, i))
+      carry, out = step(carry, shared, take_step(steps, i))
       outs.append(out)
     losses, metrics = jax.tree.map(lambda *a: jnp.stack(a), *outs)
     return (*carry, losses, metrics)

@@ -11,7 +11,11 @@ or None. `unlearn_loop` runs them for ``epochs`` epochs under one of two schedul
 * ``'joint'``: every step takes one retain batch and one forget batch and descends on the sum of the two
   terms; an epoch walks the ``anchor`` split once (retain by default) and cycles the other: the per-step loss written in the papers (NegGrad+, RL, bad teacher).
 
-Each phase is one jitted whole-epoch `jax.lax.scan` with donated buffers; the host syncs once per epoch.
+Each phase is one jitted whole-epoch `jax.lax.scan` with donated buffers (``loop='scan'``), or one jitted,
+donating step per batch called from Python (``loop='steps'``, the default on the CPU, as `unlearn_jax.train`'s:
+XLA:CPU runs a convolution's backward pass inside a scan many times slower than alone); either way the host syncs
+once per epoch. In the per-step loop an objective with a ``shared`` term (RL, SalUn) runs its forget and retain
+phases with one compiled step.
 BatchNorm runs in train mode during updates, as in the references. A ``mask`` (a pytree of bools, or of floats
 in [0, 1] for a soft mask, e.g. from `saliency`) acts in one of two ways (``mask_mode``):
 
@@ -63,9 +67,16 @@ MASK_MODES = ("freeze", "gradient")
 
 
 class Objective(NamedTuple):
-  """The forget and retain terms of an unlearning loss; either may be None."""
+  """The forget and retain terms of an unlearning loss; either may be None.
+
+  ``shared``, optional: one term ``shared(params, state, batch, rng, epoch, forget)`` computing the forget term
+  where the traced bool ``forget`` is True and the retain term where it is False (the same numbers, the same
+  metrics). With it the per-step loop (``loop='steps'``) runs both sequential phases with one compiled step instead
+  of one per phase (e.g. `objectives.random_or_true_labels`, RL's and SalUn's pair).
+  """
   forget: Term | None = None
   retain: Term | None = None
+  shared: Callable[..., tuple[jax.Array, tuple[Pytree, dict]]] | None = None
 
 
 class MaskState(NamedTuple):
@@ -131,28 +142,6 @@ def _batch_mesh(mesh, *batch_sizes: int):
   return mesh
 
 
-def _phase_fn(make, role: str, *, batch_size: int, augment, mesh, grid: bool, keyed: bool = False,
-              data_axis: int | None = None):
-  """Jitted epoch phase scanning the ``role`` term of ``make(hyper)`` over the shuffled batches of one split.
-
-  ``make(hyper) -> (objective, tx)``; with ``grid`` the phase is vmapped over the leading axis of params, state,
-  optimiser state and ``hyper``, with the data and the epoch shared, and the key too unless ``keyed`` (one per
-  grid point), and the data too with ``data_axis=0`` (one split per grid point).
-  """
-  mesh = _batch_mesh(mesh, batch_size)
-
-  def phase(params, state, opt_state, x, y, rng, epoch, hyper):
-    objective, tx = make(hyper)
-    term = objective.forget if role == "forget" else objective.retain
-    perm_rng, step_rng = jax.random.split(rng)
-    xb, yb = train_lib.shard_batches(split_lib.batch_arrays((x, y), batch_size, perm_rng), mesh)
-    return _scan(term_step(term, tx, augment), params, state, opt_state, ((xb, yb),), step_rng, epoch)
-
-  if grid:
-    phase = jax.vmap(phase, in_axes=(0, 0, 0, data_axis, data_axis, 0 if keyed else None, None, 0))
-  return jax.jit(phase, donate_argnums=(0, 1, 2))
-
-
 def joint_term(objective: Objective) -> Term:
   """The joint step's loss: ``forget term + retain term`` on a ``(forget batch, retain batch)`` pair."""
 
@@ -166,31 +155,6 @@ def joint_term(objective: Objective) -> Term:
     return lf + lr, (state, metrics)
 
   return loss_fn
-
-
-def _joint_fn(make, *, batch_size: int, forget_batch_size: int, augment, mesh, anchor: str = "retain",
-              grid: bool = False, keyed: bool = False, data_axis: int | None = None):
-  """Jitted epoch of joint steps: one batch of each split per step; the ``anchor`` split is walked once, the other
-  cycled."""
-  mesh = _batch_mesh(mesh, batch_size, forget_batch_size)
-
-  def epoch_fn(params, state, opt_state, fx, fy, rx, ry, rng, epoch, hyper):
-    objective, tx = make(hyper)
-    anchor_rng, cycled_rng, step_rng = jax.random.split(rng, 3)
-    if anchor == "retain":
-      rb = split_lib.batch_arrays((rx, ry), batch_size, anchor_rng)
-      fb = cycled_batches((fx, fy), forget_batch_size, rb[1].shape[0], cycled_rng)
-    else:
-      fb = split_lib.batch_arrays((fx, fy), forget_batch_size, anchor_rng)
-      rb = cycled_batches((rx, ry), batch_size, fb[1].shape[0], cycled_rng)
-    rb, fb = train_lib.shard_batches(rb, mesh), train_lib.shard_batches(fb, mesh)
-
-    return _scan(term_step(joint_term(objective), tx, augment), params, state, opt_state, (fb, rb), step_rng,
-                 epoch)
-
-  if grid:
-    epoch_fn = jax.vmap(epoch_fn, in_axes=(0, 0, 0) + (data_axis,) * 4 + (0 if keyed else None, None, 0))
-  return jax.jit(epoch_fn, donate_argnums=(0, 1, 2))
 
 
 def term_step(term: Term, tx, augment):
@@ -208,9 +172,104 @@ def term_step(term: Term, tx, augment):
   return step
 
 
-def _scan(step, params, state, opt_state, batch_seqs, rng, epoch):
-  keys = jax.random.split(rng, batch_seqs[0][1].shape[0])  # y: one array per split, its axis 0 the steps
+def _sequential_batches(batch_size: int, mesh):
+  """``prepare(x, y, rng) -> (((xb, yb),), keys)``: one phase's shuffled batches of one split and its step keys."""
 
+  def prepare(x, y, rng):
+    perm_rng, step_rng = jax.random.split(rng)
+    xb, yb = train_lib.shard_batches(split_lib.batch_arrays((x, y), batch_size, perm_rng), mesh)
+    return ((xb, yb),), jax.random.split(step_rng, yb.shape[0])
+
+  return prepare
+
+
+def _joint_batches(batch_size: int, forget_batch_size: int, mesh, anchor: str):
+  """``prepare(fx, fy, rx, ry, rng) -> ((forget batches, retain batches), keys)`` of a joint epoch: the ``anchor``
+  split is walked once, the other cycled."""
+
+  def prepare(fx, fy, rx, ry, rng):
+    anchor_rng, cycled_rng, step_rng = jax.random.split(rng, 3)
+    if anchor == "retain":
+      rb = split_lib.batch_arrays((rx, ry), batch_size, anchor_rng)
+      fb = cycled_batches((fx, fy), forget_batch_size, rb[1].shape[0], cycled_rng)
+    else:
+      fb = split_lib.batch_arrays((fx, fy), forget_batch_size, anchor_rng)
+      rb = cycled_batches((rx, ry), batch_size, fb[1].shape[0], cycled_rng)
+    rb, fb = train_lib.shard_batches(rb, mesh), train_lib.shard_batches(fb, mesh)
+    return (fb, rb), jax.random.split(step_rng, rb[1].shape[0])
+
+  return prepare
+
+
+def _role_term(objective: Objective, role: str, flag=None) -> Term:
+  """The term a phase of ``role`` steps on (``'shared'``: ``objective.shared`` at the traced ``flag``)."""
+  if role == "joint":
+    return joint_term(objective)
+  if role == "shared":
+    return lambda p, s, b, r, e: objective.shared(p, s, b, r, e, flag)
+  return objective.forget if role == "forget" else objective.retain
+
+
+def _scan_fn(make, role: str, prepare, *, augment, grid: bool, keyed: bool, data_axis: int | None, n_data: int):
+  """Jitted epoch phase ``fn(params, state, opt_state, *data, rng, epoch, hyper)``: one `jax.lax.scan` of the
+  ``role`` term of ``make(hyper) -> (objective, tx)`` over the batches ``prepare(*data, rng)`` makes.
+
+  With ``grid`` the phase is vmapped over the leading axis of params, state, optimiser state and ``hyper``, with
+  the data and the epoch shared, and the key too unless ``keyed`` (one per grid point), and the data too with
+  ``data_axis=0`` (one split per grid point).
+  """
+
+  def phase(params, state, opt_state, *args):
+    *data, rng, epoch, hyper = args
+    objective, tx = make(hyper)
+    seqs, keys = prepare(*data, rng)
+    return _scan(term_step(_role_term(objective, role), tx, augment), params, state, opt_state, seqs, keys, epoch)
+
+  if grid:
+    phase = jax.vmap(phase, in_axes=(0, 0, 0) + (data_axis,) * n_data + (0 if keyed else None, None, 0))
+  return jax.jit(phase, donate_argnums=(0, 1, 2))
+
+
+def _step_fn(make, role: str, *, augment, grid: bool, mapped: bool):
+  """Jitted, donating ``step(carry, batches, key, epoch, hyper, flag) -> (carry, (loss, metrics))``: one step of
+  the ``role`` term (vmapped over the grid; ``mapped``: batches and keys carry the grid axis too)."""
+
+  def step(carry, batches, key, epoch, hyper, flag):
+    objective, tx = make(hyper)
+    params, state, opt_state, loss, metrics = term_step(_role_term(objective, role, flag), tx, augment)(
+        *carry, batches, key, epoch)
+    return (params, state, opt_state), (loss, metrics)
+
+  if grid:
+    step = jax.vmap(step, in_axes=(0, 0 if mapped else None, 0 if mapped else None, None, 0, None))
+  return jax.jit(step, donate_argnums=(0,))
+
+
+def _stepped_fn(prepare, step, *, flag=None, grid: bool, keyed: bool, data_axis: int | None, n_data: int):
+  """The per-step twin of `_scan_fn`: ``prepare`` jitted (the shuffle, on device), then ``step`` called from Python
+  once per batch, each batch cut out by `train.take_step` (so ``step`` is the same program for any number of
+  batches: phases of different lengths share it). Same batches, keys and steps as the scan; no host sync. Returns
+  per-step lists of losses and metrics (stacked on the host)."""
+  mapped = grid and (keyed or data_axis is not None)
+  if mapped:  # the step axis first, the grid axis second
+    prepare = jax.vmap(prepare, in_axes=(data_axis,) * n_data + (0 if keyed else None,), out_axes=1)
+  prepare = jax.jit(prepare)
+
+  def phase(params, state, opt_state, *args):
+    *data, rng, epoch, hyper = args
+    seqs, keys = prepare(*data, rng)
+    carry, losses, metrics = (params, state, opt_state), [], []
+    for i in range(keys.shape[0]):
+      batches, key = train_lib.take_step((seqs, keys), i)
+      carry, (loss, m) = step(carry, batches, key, epoch, hyper, flag)
+      losses.append(loss)
+      metrics.append(m)
+    return (*carry, losses, metrics)
+
+  return phase
+
+
+def _scan(step, params, state, opt_state, batch_seqs, keys, epoch):
   def body(carry, inp):
     params, state, opt_state = carry
     *batches, key = inp
@@ -228,7 +287,8 @@ def unlearn_loop(model, params, state, forget: split_lib.Split | None, retain: s
                  forget_batch_size: int | None = None, mask: Pytree | None = None, mask_mode: str = "freeze",
                  augment=None, mesh=None, rules=None, log: Callable[[str], None] | None = None,
                  desc: str = "unlearn", anchor: str = "retain",
-                 on_epoch: Callable[[int, Pytree, Pytree], bool | None] | None = None, coef=None):
+                 on_epoch: Callable[[int, Pytree, Pytree], bool | None] | None = None, coef=None,
+                 loop: str | None = None):
   """Runs an unlearning objective with an optax optimiser; returns ``(params, state, history)``.
 
   Args:
@@ -261,6 +321,10 @@ def unlearn_loop(model, params, state, forget: split_lib.Split | None, retain: s
     on_epoch: optional ``on_epoch(epoch, params, state)`` called after every epoch (0-based); returning True
       stops the loop there (e.g. relearn time: stop once an accuracy is reached). It must not keep ``params``
       or ``state``: the next epoch donates their buffers.
+    loop: ``'scan'`` (each phase one jitted `jax.lax.scan`) or ``'steps'`` (one jitted step per batch, called
+      from Python); None: `unlearn_jax.train.default_loop` (``'steps'`` on the CPU, where XLA runs a convolution's
+      backward pass inside a scan many times slower, ``'scan'`` elsewhere). Both compute the same steps on the
+      same batches and keys.
 
   Raises:
     ValueError: for an unknown schedule or mask mode, or a term without its split.
@@ -282,7 +346,7 @@ def unlearn_loop(model, params, state, forget: split_lib.Split | None, retain: s
   return _run(make, hyper, params, state, opt_state, forget, retain, epochs=epochs,
               batch_size=batch_size, rng=rng, schedule=schedule, forget_epochs=forget_epochs,
               forget_batch_size=forget_batch_size, augment=augment, mesh=mesh, log=log, desc=desc, anchor=anchor,
-              on_epoch=on_epoch)
+              on_epoch=on_epoch, loop=loop)
 
 
 def unlearn_grid(params, state, forget: split_lib.Split | None, retain: split_lib.Split | None, *,
@@ -291,7 +355,7 @@ def unlearn_grid(params, state, forget: split_lib.Split | None, retain: split_li
                  forget_epochs: int | None = None, forget_batch_size: int | None = None,
                  masks: Pytree | None = None, mask_mode: str = "freeze", augment=None,
                  log: Callable[[str], None] | None = None, desc: str = "sweep", anchor: str = "retain",
-                 stacked: bool = False, stacked_data: bool = False):
+                 stacked: bool = False, stacked_data: bool = False, loop: str | None = None):
   """`unlearn_loop` for ``G`` hyperparameter settings at once, as one vmapped, jitted program per phase.
 
   Every grid point starts from the same ``(params, state)`` and sees the same batches and the same randomness
@@ -311,8 +375,8 @@ def unlearn_grid(params, state, forget: split_lib.Split | None, retain: split_li
       scalars, e.g. a learning rate or a loss weight); which terms are None must not depend on ``hyper``.
     hypers: pytree whose leaves have a leading axis of size ``G``.
     masks: optional pytree like ``params`` with a leading axis of size ``G`` (one mask per grid point).
-    mask_mode, epochs, batch_size, rng, schedule, forget_epochs, forget_batch_size, augment, log, desc, anchor:
-      as in `unlearn_loop`. Runs unsharded (on the default device).
+    mask_mode, epochs, batch_size, rng, schedule, forget_epochs, forget_batch_size, augment, log, desc, anchor,
+      loop: as in `unlearn_loop`. Runs unsharded (on the default device).
 
   Returns:
     ``(params, state, history)``: ``params`` and ``state`` with a leading grid axis; ``history`` holds per-epoch
@@ -356,7 +420,7 @@ def unlearn_grid(params, state, forget: split_lib.Split | None, retain: split_li
   return _run(make_masked, hm, params, state, opt_state, forget, retain, epochs=epochs, batch_size=batch_size,
               rng=rng, schedule=schedule, forget_epochs=forget_epochs, forget_batch_size=forget_batch_size,
               augment=augment, mesh=None, log=log, desc=desc, anchor=anchor, grid=True, keyed=keyed,
-              data_axis=0 if stacked_data else None)
+              data_axis=0 if stacked_data else None, loop=loop)
 
 
 def split_keys(rng: jax.Array, num: int) -> jax.Array:
@@ -369,9 +433,9 @@ def split_keys(rng: jax.Array, num: int) -> jax.Array:
 
 def _run(make, hyper, params, state, opt_state, forget, retain, *, epochs, batch_size, rng, schedule, forget_epochs,
          forget_batch_size, augment, mesh, log, desc, anchor, grid: bool = False, on_epoch=None,
-         keyed: bool = False, data_axis: int | None = None):
+         keyed: bool = False, data_axis: int | None = None, loop: str | None = None):
   """The epochs of `unlearn_loop` / `unlearn_grid` from a prepared optimiser state (``data_axis=0``: the splits'
-  arrays carry the grid axis first)."""
+  arrays carry the grid axis first; ``loop``: `unlearn_loop`'s)."""
   if schedule not in SCHEDULES:
     raise ValueError(f"schedule: unknown {schedule!r}; choose one of {SCHEDULES}")
   if anchor not in ANCHORS:
@@ -388,18 +452,34 @@ def _run(make, hyper, params, state, opt_state, forget, retain, *, epochs, batch
   forget_bs = min(forget_batch_size or batch_size, rows(forget)) if forget is not None else None
   retain_bs = min(batch_size, rows(retain)) if retain is not None else None
 
+  loop = loop or train_lib.default_loop()
+  if loop not in train_lib.LOOPS:
+    raise ValueError(f"loop={loop!r}: choose one of {train_lib.LOOPS}")
+  # the sequential phases share one step when the objective has a `shared` term (per-step loop only)
+  shared = (loop == "steps" and schedule == "sequential" and probe.shared is not None
+            and probe.forget is not None and probe.retain is not None)
+  steps: dict[str, Callable] = {}
+  mapped = grid and (keyed or data_axis is not None)
+
+  def phase_fn(role, prepare, n_data):
+    kw = dict(grid=grid, keyed=keyed, data_axis=data_axis, n_data=n_data)
+    if loop == "scan":
+      return _scan_fn(make, role, prepare, augment=augment, **kw)
+    step_role = "shared" if shared else role
+    if step_role not in steps:
+      steps[step_role] = _step_fn(make, step_role, augment=augment, grid=grid, mapped=mapped)
+    return _stepped_fn(prepare, steps[step_role], flag=np.bool_(role == "forget") if shared else None, **kw)
+
   phases = []
   if schedule == "joint":
-    fn = _joint_fn(make, batch_size=retain_bs, forget_batch_size=forget_bs, augment=augment, mesh=mesh,
-                   anchor=anchor, grid=grid, keyed=keyed, data_axis=data_axis)
-    phases.append(("joint", fn, (forget.x, forget.y, retain.x, retain.y), None))
+    prepare = _joint_batches(retain_bs, forget_bs, _batch_mesh(mesh, retain_bs, forget_bs), anchor)
+    phases.append(("joint", phase_fn("joint", prepare, 4), (forget.x, forget.y, retain.x, retain.y), None))
   else:
     for name, term, split, bs, last in (("forget", probe.forget, forget, forget_bs, forget_epochs),
                                         ("retain", probe.retain, retain, retain_bs, None)):
       if term is not None:
-        fn = _phase_fn(make, name, batch_size=bs, augment=augment, mesh=mesh, grid=grid, keyed=keyed,
-                       data_axis=data_axis)
-        phases.append((name, fn, (split.x, split.y), last))
+        prepare = _sequential_batches(bs, _batch_mesh(mesh, bs))
+        phases.append((name, phase_fn(name, prepare, 2), (split.x, split.y), last))
 
   if mesh is not None:
     phases = [(n, f, sharding_lib.replicate(d, mesh), e) for n, f, d, e in phases]
@@ -417,7 +497,9 @@ def _run(make, hyper, params, state, opt_state, forget, retain, *, epochs, batch
                                                        jnp.int32(epoch), hyper)
         outputs.append((name, losses, metrics))
       for name, losses, metrics in jax.device_get(outputs):  # the one host sync of the epoch
-        losses = np.asarray(losses)
+        if isinstance(losses, list):  # the per-step loop: one entry per step, the steps last (as the scan's)
+          metrics = {k: np.stack([m[k] for m in metrics], axis=-1) for k in metrics[0]}
+        losses = np.asarray(losses) if not isinstance(losses, list) else np.stack(losses, axis=-1)
         if grid:  # (G, steps): a diverged grid point is recorded, not fatal
           ok = np.all(np.isfinite(losses), axis=-1)
           finite = ok if finite is None else finite & ok

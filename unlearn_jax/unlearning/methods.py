@@ -149,7 +149,8 @@ def neggrad_plus(model, params, state, forget, retain, opts):
 
 
 def rl_objective(model, exclude_true: bool) -> loop.Objective:
-  return loop.Objective(forget=obj.random_labels(model, exclude_true), retain=obj.cross_entropy(model))
+  return loop.Objective(forget=obj.random_labels(model, exclude_true), retain=obj.cross_entropy(model),
+                        shared=obj.random_or_true_labels(model, exclude_true))
 
 
 @plan_method("rl", **LOOP_DEFAULTS, exclude_true=False)

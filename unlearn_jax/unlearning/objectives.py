@@ -86,6 +86,23 @@ def random_labels(model: Model, exclude_true: bool = False):
   return term
 
 
+def random_or_true_labels(model: Model, exclude_true: bool = False):
+  """`random_labels` where the traced bool ``forget`` is True, `cross_entropy` where it is False, as one term
+  ``term(params, state, batch, rng, epoch, forget)``: the same labels, keys and numbers as each of the two, so RL's
+  forget and retain phases can share one compiled step (`loop.Objective.shared`)."""
+
+  def term(params, state, batch, rng, epoch, forget):
+    del epoch
+    x, y = batch
+    label_rng, drop_rng = jax.random.split(rng)
+    apply_rng = jax.lax.cond(forget, lambda: drop_rng, lambda: rng)  # each term's own dropout key
+    logits, state = model.apply(params, state, x, train=True, rng=apply_rng)
+    labels = jnp.where(forget, random_wrong_labels(label_rng, y, logits.shape[-1], exclude_true), y)
+    return train_lib.cross_entropy(logits, labels), (state, {"accuracy": _accuracy(logits, y)})
+
+  return term
+
+
 def l1_norm(params: Pytree) -> jax.Array:
   """``‖θ‖₁`` over every leaf."""
   return sum(jnp.sum(jnp.abs(p)) for p in jax.tree.leaves(params))
