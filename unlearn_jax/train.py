@@ -152,13 +152,21 @@ def make_epoch_fn(loss_fn: LossFn, tx: optax.GradientTransformation, *, batch_si
                      f"({mesh.shape[sharding_lib.DATA]} devices)")
   loss_fn = sharding_lib.gathered(loss_fn)  # sharded (FSDP) parameters are all-gathered inside each step
   body = step_body(loss_fn, tx, augment)
+  return epoch_program(epoch_batches(batch_size, mesh), lambda carry, inp, shared: body(carry, inp), loop=loop)
+
+
+def epoch_batches(batch_size: int, mesh=None) -> Callable:
+  """``prepare(x, y, rng) -> ((), (xb, yb, keys))``: an epoch's shuffled ``(num_batches, batch_size, ...)`` batches
+  (`split.batch_arrays` with ``split(rng)[0]``; sharded over ``mesh``'s data axis) and one key per step (from
+  ``split(rng)[1]``). `make_epoch_fn` and the unlearning loop's phases use this one function, so a phase over the
+  same rows loads the training epoch's shuffle program from the compilation cache."""
 
   def prepare(x, y, rng):
     perm_rng, step_rng = jax.random.split(rng)
     xb, yb = shard_batches(split_lib.batch_arrays((x, y), batch_size, perm_rng), mesh)
     return (), (xb, yb, jax.random.split(step_rng, yb.shape[0]))
 
-  return epoch_program(prepare, lambda carry, inp, shared: body(carry, inp), loop=loop)
+  return prepare
 
 
 def step_body(loss_fn: LossFn, tx: optax.GradientTransformation, augment: Callable | None = None):

@@ -173,19 +173,14 @@ def term_step(term: Term, tx, augment):
 
 
 def _sequential_batches(batch_size: int, mesh):
-  """``prepare(x, y, rng) -> (((xb, yb),), keys)``: one phase's shuffled batches of one split and its step keys."""
-
-  def prepare(x, y, rng):
-    perm_rng, step_rng = jax.random.split(rng)
-    xb, yb = train_lib.shard_batches(split_lib.batch_arrays((x, y), batch_size, perm_rng), mesh)
-    return ((xb, yb),), jax.random.split(step_rng, yb.shape[0])
-
-  return prepare
+  """``prepare(x, y, rng) -> ((), (xb, yb, keys))``: one phase's shuffled batches of one split and its step keys
+  (`unlearn_jax.train.epoch_batches`: a phase over the retain set shares the Retrain epoch's program)."""
+  return train_lib.epoch_batches(batch_size, mesh)
 
 
 def _joint_batches(batch_size: int, forget_batch_size: int, mesh, anchor: str):
-  """``prepare(fx, fy, rx, ry, rng) -> ((forget batches, retain batches), keys)`` of a joint epoch: the ``anchor``
-  split is walked once, the other cycled."""
+  """``prepare(fx, fy, rx, ry, rng) -> ((), (forget batches, retain batches, keys))`` of a joint epoch: the
+  ``anchor`` split is walked once, the other cycled."""
 
   def prepare(fx, fy, rx, ry, rng):
     anchor_rng, cycled_rng, step_rng = jax.random.split(rng, 3)
@@ -196,9 +191,15 @@ def _joint_batches(batch_size: int, forget_batch_size: int, mesh, anchor: str):
       fb = split_lib.batch_arrays((fx, fy), forget_batch_size, anchor_rng)
       rb = cycled_batches((rx, ry), batch_size, fb[1].shape[0], cycled_rng)
     rb, fb = train_lib.shard_batches(rb, mesh), train_lib.shard_batches(fb, mesh)
-    return (fb, rb), jax.random.split(step_rng, rb[1].shape[0])
+    return (), (fb, rb, jax.random.split(step_rng, rb[1].shape[0]))
 
   return prepare
+
+
+def _step_inputs(role: str, steps):
+  """``(batches, keys)`` of a phase's ``steps`` (what its ``prepare`` returns second): a sequential phase's one
+  ``(x, y)``, or a joint phase's ``(forget batch, retain batch)``."""
+  return ((steps[0], steps[1]),) if role != "joint" else (steps[0], steps[1]), steps[2]
 
 
 def _role_term(objective: Objective, role: str, flag=None) -> Term:
@@ -222,7 +223,7 @@ def _scan_fn(make, role: str, prepare, *, augment, grid: bool, keyed: bool, data
   def phase(params, state, opt_state, *args):
     *data, rng, epoch, hyper = args
     objective, tx = make(hyper)
-    seqs, keys = prepare(*data, rng)
+    seqs, keys = _step_inputs(role, prepare(*data, rng)[1])
     return _scan(term_step(_role_term(objective, role), tx, augment), params, state, opt_state, seqs, keys, epoch)
 
   if grid:
@@ -245,7 +246,7 @@ def _step_fn(make, role: str, *, augment, grid: bool, mapped: bool):
   return jax.jit(step, donate_argnums=(0,))
 
 
-def _stepped_fn(prepare, step, *, flag=None, grid: bool, keyed: bool, data_axis: int | None, n_data: int):
+def _stepped_fn(role: str, prepare, step, *, flag=None, grid: bool, keyed: bool, data_axis: int | None, n_data: int):
   """The per-step twin of `_scan_fn`: ``prepare`` jitted (the shuffle, on device), then ``step`` called from Python
   once per batch, each batch cut out by `train.take_step` (so ``step`` is the same program for any number of
   batches: phases of different lengths share it). Same batches, keys and steps as the scan; no host sync. Returns
@@ -257,10 +258,10 @@ def _stepped_fn(prepare, step, *, flag=None, grid: bool, keyed: bool, data_axis:
 
   def phase(params, state, opt_state, *args):
     *data, rng, epoch, hyper = args
-    seqs, keys = prepare(*data, rng)
+    _, steps = prepare(*data, rng)
     carry, losses, metrics = (params, state, opt_state), [], []
-    for i in range(keys.shape[0]):
-      batches, key = train_lib.take_step((seqs, keys), i)
+    for i in range(steps[2].shape[0]):
+      batches, key = _step_inputs(role, train_lib.take_step(steps, i))
       carry, (loss, m) = step(carry, batches, key, epoch, hyper, flag)
       losses.append(loss)
       metrics.append(m)
@@ -468,7 +469,7 @@ def _run(make, hyper, params, state, opt_state, forget, retain, *, epochs, batch
     step_role = "shared" if shared else role
     if step_role not in steps:
       steps[step_role] = _step_fn(make, step_role, augment=augment, grid=grid, mapped=mapped)
-    return _stepped_fn(prepare, steps[step_role], flag=np.bool_(role == "forget") if shared else None, **kw)
+    return _stepped_fn(role, prepare, steps[step_role], flag=np.bool_(role == "forget") if shared else None, **kw)
 
   phases = []
   if schedule == "joint":

@@ -97,8 +97,11 @@ def random_or_true_labels(model: Model, exclude_true: bool = False):
     label_rng, drop_rng = jax.random.split(rng)
     apply_rng = jax.lax.cond(forget, lambda: drop_rng, lambda: rng)  # each term's own dropout key
     logits, state = model.apply(params, state, x, train=True, rng=apply_rng)
-    labels = jnp.where(forget, random_wrong_labels(label_rng, y, logits.shape[-1], exclude_true), y)
-    return train_lib.cross_entropy(logits, labels), (state, {"accuracy": _accuracy(logits, y)})
+    fake = random_wrong_labels(label_rng, y, logits.shape[-1], exclude_true)
+    # the two losses are selected (not the labels: under an explicit mesh the drawn labels are replicated, the
+    # batch's sharded); the unselected one's gradient is exactly zero
+    loss = jnp.where(forget, train_lib.cross_entropy(logits, fake), train_lib.cross_entropy(logits, y))
+    return loss, (state, {"accuracy": _accuracy(logits, y)})
 
   return term
 
