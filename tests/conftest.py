@@ -44,16 +44,17 @@ def pytest_unconfigure(config):
     shutil.rmtree(path, ignore_errors=True)
 
 
-# The slowest files, measured (CPU seconds of each file run alone, 2026-12-07), slowest first; test_fsdp.py leads
-# although others use as much CPU: its 8-device process waits on its collectives, so it takes the longest wall time.
+# The slowest files, slowest first, by the sum of their tests' durations in one `make test` run (pytest
+# --durations=0, 2026-12-07, a 2-core AMD EPYC): test_eight_devices.py 162 s (one 8-device process), then 60 to 19 s.
 # With ``--no-loadscope-reorder`` (make test) pytest-xdist's ``--dist loadfile`` hands out files in collection order
 # as workers free up, so starting with the long ones keeps the two workers' totals even
 # (longest-processing-time-first); by default it would order files by their number of tests and leave the
 # few-but-slow ones for the end. The other files keep their order, and every file its tests' order.
-SLOWEST_FILES = ("test_eight_devices.py", "test_train.py", "test_diffusion_study.py", "test_diffusion.py",
-                 "test_language_objectives.py", "test_lmc_study.py", "test_language_study.py", "test_merging.py",
-                 "test_resume.py", "test_models.py", "test_unlearning.py", "test_unlearning_oneshot.py", "test_gpt.py",
-                 "test_run.py", "test_notebook.py", "test_sweep.py", "test_unlearning_teachers.py")
+SLOWEST_FILES = ("test_eight_devices.py", "test_diffusion_study.py", "test_diffusion.py", "test_lmc_study.py",
+                 "test_language_study.py", "test_train.py", "test_language_objectives.py", "test_unlearning.py",
+                 "test_merging.py", "test_notebook.py", "test_run.py", "test_models.py", "test_unlearning_oneshot.py",
+                 "test_resume.py", "test_gpt.py", "test_merge_datasets_study.py", "test_lm_benchmarks.py",
+                 "test_population.py", "test_unlearning_teachers.py", "test_laf.py")
 
 
 def pytest_collection_modifyitems(config, items):
