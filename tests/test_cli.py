@@ -327,6 +327,20 @@ BAD_VALUES = [
     ("configs/lm_ga.py", ("--config.data.num_people=0",), "data.num_people"),
     ("configs/lm_ga.py", ("--config.data.facts_per_person=-1",), "data.facts_per_person"),
     ("configs/lm_ga.py", ("--config.methods.ga.lr=inf",), "methods.ga.lr"),
+    ("configs/salun.py", ("--config.train.momentum=-0.5",), "train.momentum"),
+    ("configs/salun.py", ("--config.retrain.weight_decay=-1.0",), "retrain.weight_decay"),
+    ("configs/salun.py", ("--config.train.schedule=step", "--config.train.gamma=-1.0"), "train.gamma"),
+    ("configs/salun.py", ("--config.train.milestones=-1,",), "train.milestones"),
+    ("configs/salun.py", ("--config.train.mnemonic_code_seed=-1",), "train.mnemonic_code_seed"),
+    ("configs/salun.py", ("--config.method.optimizer=nope",), "method.optimizer"),
+    ("configs/salun.py", ("--config.method.schedule=nope",), "method.schedule"),
+    ("configs/salun.py", ("--config.method.momentum=2.0",), "method.momentum"),
+    ("configs/salun.py", ("--config.method.weight_decay=-1.0",), "method.weight_decay"),
+    ("configs/salun.py", ("--config.method.gamma=0.0",), "method.gamma"),
+    ("configs/salun.py", ("--config.method.phases=nope",), "method.phases"),
+    ("configs/salun.py", ("--config.method.mask_mode=nope",), "method.mask_mode"),
+    ("configs/benchmark.py", ("--config.benchmark.options.bad_teacher.optimizer=nope",),
+     "benchmark.options.bad_teacher.optimizer"),
 ]
 
 

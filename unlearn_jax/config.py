@@ -204,7 +204,8 @@ def check_epochs(value, key: str, low: int = 1) -> None:
 def check_optimizer_section(t: ml_collections.ConfigDict, path: str) -> None:
   """The optimiser and schedule fields every training section has (`train_config`), named ``config.<path>.<key>``
   when bad: every float finite, ``lr > 0``, ``epochs`` in [1, `MAX_EPOCHS`], ``warmup_epochs`` in [0, epochs],
-  ``batch_size >= 1``."""
+  ``batch_size >= 1``, ``momentum``/``weight_decay``/``gamma``/``milestones`` as `check_options` has them,
+  ``mnemonic_code_seed`` in [0, 2**32)."""
   from unlearn_jax import train  # pylint: disable=g-import-not-at-top
   check_finite(t, path)
   require(t.optimizer in train.OPTIMIZERS, f"{path}.optimizer", t.optimizer, f"choose one of {train.OPTIMIZERS}")
@@ -216,6 +217,10 @@ def check_optimizer_section(t: ml_collections.ConfigDict, path: str) -> None:
   require(_is_number(warmup) and 0 <= warmup <= t.epochs, f"{path}.warmup_epochs", warmup,
           f"must be in [0, epochs={t.epochs}]")
   require(_is_int(t.batch_size) and t.batch_size >= 1, f"{path}.batch_size", t.batch_size, "must be at least 1")
+  check_options({k: t[k] for k in ("momentum", "weight_decay", "gamma", "milestones") if k in t}, path)
+  seed = t.get("mnemonic_code_seed", 0)
+  require(_is_int(seed) and SEED_RANGE[0] <= seed < SEED_RANGE[1], f"{path}.mnemonic_code_seed", seed,
+          "must be an integer in [0, 2**32)")
 
 
 def num_classes(d: ml_collections.ConfigDict) -> int:
@@ -374,8 +379,16 @@ def check_options(opts, path: str) -> None:
     not refused: it is capped to the split with one warning (`batch_warnings`), as the reference code's
     DataLoader yields one short batch;
   * ``fraction`` and every ``*_fraction`` (SalUn's saliency mask, Bad Teacher's retain share): in (0, 1];
-  * ``temperature`` / ``temp``: > 0.
+  * ``temperature`` / ``temp``: > 0;
+  * the optimiser fields of `train_config` (the iterative methods' `unlearn_jax.unlearning.methods.LOOP_DEFAULTS`
+    too): ``optimizer`` one of `unlearn_jax.train.OPTIMIZERS`, ``schedule`` one of `unlearn_jax.train.SCHEDULES`,
+    ``momentum`` in [0, 1), ``weight_decay`` >= 0; beside ``milestones`` (the learning-rate schedule's fields),
+    ``gamma`` > 0 and ``milestones`` numbers in [0, `MAX_EPOCHS`];
+  * the loop's ``phases`` (`unlearn_jax.unlearning.loop.SCHEDULES`) and ``mask_mode``
+    (`unlearn_jax.unlearning.loop.MASK_MODES`).
   """
+  from unlearn_jax import train  # pylint: disable=g-import-not-at-top
+  from unlearn_jax.unlearning import loop  # pylint: disable=g-import-not-at-top
   check_finite(opts, path)
   for key, value in opts.items():
     name = f"{path}.{key}"
@@ -393,6 +406,23 @@ def check_options(opts, path: str) -> None:
       require(_is_number(value) and 0 < value <= 1, name, value, "must be in (0, 1]")
     elif key in ("temperature", "temp"):
       require(_is_number(value) and value > 0, name, value, "must be positive")
+    elif key == "optimizer":
+      require(value in train.OPTIMIZERS, name, value, f"choose one of {train.OPTIMIZERS}")
+    elif key == "schedule":
+      require(value in train.SCHEDULES, name, value, f"choose one of {train.SCHEDULES}")
+    elif key == "momentum":
+      require(_is_number(value) and 0 <= value < 1, name, value, "must be in [0, 1)")
+    elif key == "weight_decay":
+      require(_is_number(value) and value >= 0, name, value, "must be >= 0")
+    elif key == "gamma" and "milestones" in opts:
+      require(_is_number(value) and value > 0, name, value, "must be positive (the learning rate's decay factor)")
+    elif key == "milestones":
+      require(all(_is_number(m) and 0 <= m <= MAX_EPOCHS for m in value), name, tuple(value),
+              f"must be epochs in [0, {MAX_EPOCHS}]")
+    elif key == "phases":
+      require(value in loop.SCHEDULES, name, value, f"choose one of {loop.SCHEDULES}")
+    elif key == "mask_mode":
+      require(value in loop.MASK_MODES, name, value, f"choose one of {loop.MASK_MODES}")
 
 
 def batch_warnings(config: ml_collections.ConfigDict, *, train: int, retain: int, forget: int) -> list[str]:
