@@ -341,6 +341,11 @@ BAD_VALUES = [
     ("configs/salun.py", ("--config.method.mask_mode=nope",), "method.mask_mode"),
     ("configs/benchmark.py", ("--config.benchmark.options.bad_teacher.optimizer=nope",),
      "benchmark.options.bad_teacher.optimizer"),
+    ("configs/attribution.py", ("--config.attribution.alpha=2.0",), "attribution.alpha"),
+    ("configs/attribution.py", ("--config.attribution.num_lambdas=0",), "attribution.num_lambdas"),
+    ("configs/attribution.py", ("--config.attribution.lasso_steps=-1",), "attribution.lasso_steps"),
+    ("configs/attribution.py", ("--config.attribution.trak_models=()", "--config.attribution.regressions=()"),
+     "attribution.regressions"),
 ]
 
 

@@ -101,11 +101,16 @@ def _validate(config) -> None:
   if a is None:
     raise ValueError("config.attribution is missing (see unlearn_jax.studies.attribution.attribution_section)")
   config_lib.check_keys(a, attribution_section(), "config.attribution")
-  check_alpha(a.alpha, "attribution.alpha")
-  config_lib.require(a.num_models >= 3, "attribution.num_models", a.num_models, "datamodels need at least 3")
+  check_alpha(a.alpha, "config.attribution.alpha")
+  check_num_models(a.num_models, "config.attribution.num_models")
   config_lib.require(a.num_heldout >= 3, "attribution.num_heldout", a.num_heldout, "a rank correlation needs >= 3")
   config_lib.require(a.num_targets >= 1, "attribution.num_targets", a.num_targets, "must be >= 1")
   config_lib.require(a.proj_dim >= 1, "attribution.proj_dim", a.proj_dim, "k must be >= 1")
+  for key in ("num_lambdas", "lasso_steps"):
+    config_lib.require(isinstance(a[key], int) and not isinstance(a[key], bool) and a[key] >= 1,
+                       f"attribution.{key}", a[key], "must be an integer >= 1")
+  config_lib.require(len(a.trak_models) + len(a.regressions) > 0, "attribution.regressions", tuple(a.regressions),
+                     "empty with attribution.trak_models=() too: no estimator to score")
   for k in a.trak_models:
     config_lib.require(1 <= k <= a.num_models, "attribution.trak_models", tuple(a.trak_models),
                        f"each in [1, num_models={a.num_models}]")
@@ -152,6 +157,8 @@ def run_attribution(config, workdir) -> dict:
                                    steps=a.lasso_steps)
     score = spearman_per_target(datamodels.predict(dm, held_out.masks), held_margins)
     rows.append(row(f"datamodels ({reg})", a.num_models, score, start))
+  config_lib.require(len(a.trak_models) + len(a.regressions) > 0, "attribution.regressions", tuple(a.regressions),
+                     "empty with attribution.trak_models=() too: no estimator to score")
   for k in a.trak_models:
     start = time.perf_counter()
     ensemble = trak.unstack(*jax.tree.map(lambda v: v[:k], members))
