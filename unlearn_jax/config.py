@@ -188,11 +188,15 @@ def check_common(config) -> None:
   """What every pipeline's config shares: every float finite (`check_finite`), ``seed`` in [0, 2**32), and a
   ``mesh`` section (if any) that fits the devices (`unlearn_jax.sharding.check_mesh_config`)."""
   check_finite(config)
-  seed = config.get("seed", 0)
-  require(_is_int(seed) and SEED_RANGE[0] <= seed < SEED_RANGE[1], "seed", seed, "must be an integer in [0, 2**32)")
+  check_seed(config.get("seed", 0), "seed")
   if isinstance(config.get("mesh"), ml_collections.ConfigDict):
     from unlearn_jax import sharding  # pylint: disable=g-import-not-at-top
     sharding.check_mesh_config(config.mesh)
+
+
+def check_seed(value, key: str) -> None:
+  """A seed: an integer in [0, 2**32) (`SEED_RANGE`)."""
+  require(_is_int(value) and SEED_RANGE[0] <= value < SEED_RANGE[1], key, value, "must be an integer in [0, 2**32)")
 
 
 def check_epochs(value, key: str, low: int = 1) -> None:
@@ -218,9 +222,7 @@ def check_optimizer_section(t: ml_collections.ConfigDict, path: str) -> None:
           f"must be in [0, epochs={t.epochs}]")
   require(_is_int(t.batch_size) and t.batch_size >= 1, f"{path}.batch_size", t.batch_size, "must be at least 1")
   check_options({k: t[k] for k in ("momentum", "weight_decay", "gamma", "milestones") if k in t}, path)
-  seed = t.get("mnemonic_code_seed", 0)
-  require(_is_int(seed) and SEED_RANGE[0] <= seed < SEED_RANGE[1], f"{path}.mnemonic_code_seed", seed,
-          "must be an integer in [0, 2**32)")
+  check_seed(t.get("mnemonic_code_seed", 0), f"{path}.mnemonic_code_seed")
 
 
 def num_classes(d: ml_collections.ConfigDict) -> int:

@@ -18,6 +18,7 @@ import pathlib
 import ml_collections
 from absl import logging
 
+from unlearn_jax import config as config_lib
 from unlearn_jax import evaluation
 from unlearn_jax import run as run_lib
 from unlearn_jax import unlearning
@@ -45,6 +46,9 @@ def _validate(config) -> None:
     raise ValueError("config.benchmark is missing (see unlearn_jax.studies.benchmark.benchmark_section)")
   if not b.seeds:
     raise ValueError("config.benchmark.seeds is empty")
+  for key, seeds in (("selection_seed", (b.selection_seed,)), ("seeds", b.seeds)):
+    for seed in seeds:
+      config_lib.check_seed(seed, f"benchmark.{key}")
   for name in b.methods:
     unlearning.get_method(name)
     if name not in b.options:

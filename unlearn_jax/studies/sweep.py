@@ -31,6 +31,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from unlearn_jax import config as config_lib
 from unlearn_jax import evaluation
 from unlearn_jax import run as run_lib
 from unlearn_jax import sweep as sweep_lib
@@ -102,6 +103,12 @@ def check_grid(name: str, grid, selection_seed: int, seeds, path: str) -> None:
   for lr in grid.lrs:
     if not lr > 0:
       raise ValueError(f"config.{path}.grid.lrs: {lr!r} must be positive")
+  for c in grid.coefs if coef is not None else ():  # each one as the method's option (a fraction in (0, 1]...)
+    try:
+      config_lib.check_options({coef: c}, f"{path}.grid.coefs")
+    except ValueError as e:
+      raise ValueError(f"config.{path}.grid.coefs={tuple(grid.coefs)}: {coef}={c!r} "
+                       f"{str(e).split(': ', 1)[1]}") from e
   if selection_seed in tuple(seeds):
     raise ValueError(f"config.{path}.selection_seed={selection_seed}: must not be one of the reported seeds "
                      f"{tuple(seeds)}")
@@ -177,6 +184,9 @@ def _validate(config) -> None:
     raise ValueError("config.sweep is missing (see unlearn_jax.studies.sweep.sweep_section)")
   if not s.seeds:
     raise ValueError("config.sweep.seeds is empty")
+  for key, seeds in (("selection_seed", (s.selection_seed,)), ("seeds", s.seeds)):
+    for seed in seeds:
+      config_lib.check_seed(seed, f"sweep.{key}")
   benchmark.check_options(s.options, "sweep.options")
   check_grid(s.options.name, s.grid, s.selection_seed, s.seeds, "sweep")
 
