@@ -384,7 +384,8 @@ def check_options(opts, path: str) -> None:
   * ``temperature`` / ``temp``: > 0;
   * the optimiser fields of `train_config` (the iterative methods' `unlearn_jax.unlearning.methods.LOOP_DEFAULTS`
     too): ``optimizer`` one of `unlearn_jax.train.OPTIMIZERS`, ``schedule`` one of `unlearn_jax.train.SCHEDULES`,
-    ``momentum`` in [0, 1), ``weight_decay`` >= 0; beside ``milestones`` (the learning-rate schedule's fields),
+    ``momentum`` in [0, 1), ``weight_decay`` >= 0, Adam's ``b1``/``b2`` in [0, 1); ``eps`` (Adam's, Fisher's
+    damping, Boundary Shrink's attack step) > 0; beside ``milestones`` (the learning-rate schedule's fields),
     ``gamma`` > 0 and ``milestones`` numbers in [0, `MAX_EPOCHS`];
   * the loop's ``phases`` (`unlearn_jax.unlearning.loop.SCHEDULES`) and ``mask_mode``
     (`unlearn_jax.unlearning.loop.MASK_MODES`).
@@ -416,6 +417,10 @@ def check_options(opts, path: str) -> None:
       require(_is_number(value) and 0 <= value < 1, name, value, "must be in [0, 1)")
     elif key == "weight_decay":
       require(_is_number(value) and value >= 0, name, value, "must be >= 0")
+    elif key in ("b1", "b2"):  # Adam's moment decays
+      require(_is_number(value) and 0 <= value < 1, name, value, "must be in [0, 1)")
+    elif key == "eps":
+      require(_is_number(value) and value > 0, name, value, "must be positive")
     elif key == "gamma" and "milestones" in opts:
       require(_is_number(value) and value > 0, name, value, "must be positive (the learning rate's decay factor)")
     elif key == "milestones":
