@@ -95,8 +95,14 @@ def _validate(config) -> None:
   config_lib.require(p is not None, "population", None, "missing (see unlearn_jax.studies.population)")
   config_lib.require(int(p.size) >= 2, "population.size", p.size, "a population needs at least 2 models")
   config_lib.require(bool(p.methods), "population.methods", tuple(p.methods), "empty")
+  config_lib.require(len(p.kinds) > 0, "population.kinds", tuple(p.kinds), f"empty; choose from {KINDS}")
   for kind in p.kinds:
     config_lib.require(kind in KINDS, "population.kinds", tuple(p.kinds), f"choose from {KINDS}")
+    try:  # each kind's forget set, as the runs will set it (the class kind's classes are population.classes)
+      config_lib.check_forget(_kind_config(config, kind).forget, config.dataset)
+    except ValueError as e:
+      raise ValueError(str(e).replace("config.forget.classes=", "config.population.classes=", 1)) from e
+  config_lib.check_seed(p.selection_seed, "population.selection_seed")
   config_lib.require(1 <= int(p.gap_members) <= int(p.size), "population.gap_members", p.gap_members,
                      f"must be in [1, population.size={p.size}]")
   config_lib.require(int(p.member_batch) >= 1, "population.member_batch", p.member_batch, "must be >= 1")
