@@ -185,6 +185,10 @@ def validate_diffusion(config) -> ml_collections.ConfigDict:
   require(u.num_res_blocks >= 1, "unet.num_res_blocks", u.num_res_blocks, "must be at least 1")
   require(0 <= u.dropout < 1, "unet.dropout", u.dropout, "must be in [0, 1)")
   require(u.dtype in config_lib.DTYPES, "unet.dtype", u.dtype, f"choose one of {config_lib.DTYPES}")
+  c = config.classifier
+  require(len(c.channels) >= 1 and all(isinstance(ch, int) and ch >= 1 for ch in c.channels), "classifier.channels",
+          tuple(c.channels), "must be one or more positive integer widths")
+  require(isinstance(c.dense, int) and c.dense >= 1, "classifier.dense", c.dense, "must be an integer >= 1")
   for section in ("train", "retrain", "classifier"):
     config_lib.check_optimizer_section(config[section], section)
   s = config.sampling
