@@ -209,7 +209,7 @@ def check_optimizer_section(t: ml_collections.ConfigDict, path: str) -> None:
   """The optimiser and schedule fields every training section has (`train_config`), named ``config.<path>.<key>``
   when bad: every float finite, ``lr > 0``, ``epochs`` in [1, `MAX_EPOCHS`], ``warmup_epochs`` in [0, epochs],
   ``batch_size >= 1``, ``momentum``/``weight_decay``/``gamma``/``milestones`` as `check_options` has them,
-  ``mnemonic_code_seed`` in [0, 2**32)."""
+  ``mnemonic_code_seed`` in [0, 2**32), ``checkpoint_every``/``checkpoint_min_seconds`` >= 0."""
   from unlearn_jax import train  # pylint: disable=g-import-not-at-top
   check_finite(t, path)
   require(t.optimizer in train.OPTIMIZERS, f"{path}.optimizer", t.optimizer, f"choose one of {train.OPTIMIZERS}")
@@ -223,6 +223,11 @@ def check_optimizer_section(t: ml_collections.ConfigDict, path: str) -> None:
   require(_is_int(t.batch_size) and t.batch_size >= 1, f"{path}.batch_size", t.batch_size, "must be at least 1")
   check_options({k: t[k] for k in ("momentum", "weight_decay", "gamma", "milestones") if k in t}, path)
   check_seed(t.get("mnemonic_code_seed", 0), f"{path}.mnemonic_code_seed")
+  every, min_seconds = t.get("checkpoint_every", 0), t.get("checkpoint_min_seconds", 0.0)
+  require(_is_int(every) and every >= 0, f"{path}.checkpoint_every", every,
+          "must be an integer >= 0 (0: no progress checkpoints)")
+  require(_is_number(min_seconds) and min_seconds >= 0, f"{path}.checkpoint_min_seconds", min_seconds,
+          "must be >= 0")
 
 
 def num_classes(d: ml_collections.ConfigDict) -> int:
@@ -339,10 +344,6 @@ def validate(config: ml_collections.ConfigDict, extra_sections=()) -> ml_collect
     t = config[section]
     check_optimizer_section(t, section)
     require(0 <= t.mnemonic_t_mix < 1, f"{section}.mnemonic_t_mix", t.mnemonic_t_mix, "must be in [0, 1)")
-    every, min_seconds = t.get("checkpoint_every", 0), t.get("checkpoint_min_seconds", 0.0)
-    require(isinstance(every, int) and every >= 0, f"{section}.checkpoint_every", every,
-             "must be an integer >= 0 (0: no progress checkpoints)")
-    require(min_seconds >= 0, f"{section}.checkpoint_min_seconds", min_seconds, "must be >= 0")
     _check_source(f"{section}.from_checkpoint", t.get("from_checkpoint"))
   require(config.eval.batch_size >= 1, "eval.batch_size", config.eval.batch_size, "must be at least 1")
   check_method_section(method)
