@@ -119,6 +119,8 @@ def options(config) -> ml_collections.ConfigDict:
             "must be an integer >= 0 (0: the reference's loops for images_per_class)")
   for name in ("gm_lr_images", "gm_lr_net", "dm_lr_images", "ste_learning_rate"):
     require(out[name] > 0, key(name), out[name], "must be positive")
+  for name in ("permutation_seed", "matching_seed"):
+    config_lib.check_seed(out[name], key(name))
   require(0 <= out.regmean_alpha <= 1, key("regmean_alpha"), out.regmean_alpha, "must be in [0, 1]")
   require(out.regmean_ridge >= 0, key("regmean_ridge"), out.regmean_ridge, "must be >= 0")
   require(out.fisher_mode in ("empirical", "sampled"), key("fisher_mode"), out.fisher_mode,
