@@ -388,6 +388,7 @@ def check_options(opts, path: str) -> None:
     ``momentum`` in [0, 1), ``weight_decay`` >= 0, Adam's ``b1``/``b2`` in [0, 1); ``eps`` (Adam's, Fisher's
     damping, Boundary Shrink's attack step) > 0; beside ``milestones`` (the learning-rate schedule's fields),
     ``gamma`` > 0 and ``milestones`` numbers in [0, `MAX_EPOCHS`];
+  * ``seed`` and every ``*_seed``: an integer in [0, 2**32) (`check_seed`);
   * the loop's ``phases`` (`unlearn_jax.unlearning.loop.SCHEDULES`) and ``mask_mode``
     (`unlearn_jax.unlearning.loop.MASK_MODES`).
   """
@@ -422,6 +423,8 @@ def check_options(opts, path: str) -> None:
       require(_is_number(value) and 0 <= value < 1, name, value, "must be in [0, 1)")
     elif key == "eps":
       require(_is_number(value) and value > 0, name, value, "must be positive")
+    elif key == "seed" or key.endswith("_seed"):  # fisher_mnemonic's code_seed...
+      check_seed(value, name)
     elif key == "gamma" and "milestones" in opts:
       require(_is_number(value) and value > 0, name, value, "must be positive (the learning rate's decay factor)")
     elif key == "milestones":
