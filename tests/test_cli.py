@@ -360,6 +360,8 @@ BAD_VALUES = [
      "merge_datasets.permutation_seed"),
     ("configs/merge_datasets.py", ("--config.merge_datasets.matching_seed=-1",), "merge_datasets.matching_seed"),
     ("configs/fisher_mnemonic.py", ("--config.method.code_seed=-1",), "method.code_seed"),
+    ("configs/scrub.py", ("--config.method.msteps=-1",), "method.msteps"),
+    ("configs/scrub.py", ("--config.method.ce_weight=-1.0",), "method.ce_weight"),
     ("configs/sweep.py", ("--config.sweep.seeds=(-1,)",), "sweep.seeds"),
     ("configs/sweep.py", ("--config.sweep.selection_seed=4294967296",), "sweep.selection_seed"),
     ("configs/sweep.py", ("--config.sweep.grid.coefs=(-1.0,)",), "sweep.grid.coefs"),

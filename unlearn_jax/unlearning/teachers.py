@@ -173,7 +173,16 @@ SCRUB_DEFAULTS = dict(_LOOP_FIELDS, lr=5e-4, epochs=3, batch_size=128, momentum=
                       msteps=2, temperature=4.0, ce_weight=0.99, kl_weight=0.001, forget_batch_size=512)
 
 
-@register("scrub", **SCRUB_DEFAULTS)
+def _check_scrub_options(opts) -> None:
+  """``msteps`` an integer >= 0; ``ce_weight``/``kl_weight`` (the loss weights) >= 0."""
+  if isinstance(opts.msteps, bool) or not isinstance(opts.msteps, int) or opts.msteps < 0:
+    raise ValueError(f"method.msteps={opts.msteps!r}: must be an integer >= 0")
+  for key in ("ce_weight", "kl_weight"):
+    if not opts[key] >= 0:
+      raise ValueError(f"method.{key}={opts[key]!r}: must be >= 0 (a loss weight)")
+
+
+@register("scrub", check=_check_scrub_options, **SCRUB_DEFAULTS)
 def scrub(model, params, state, forget, retain, *, config, rng):
   """SCRUB: max steps ``-T²KL`` on the forget set (first ``msteps`` epochs), min steps ``γCE + αT²KL`` on retain.
 
