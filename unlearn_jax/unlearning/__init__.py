@@ -175,8 +175,9 @@ def keyword_method(name: str, fn: Callable, defaults: dict, *, options_fn: Calla
 ONE_SHOT: dict[str, tuple[str, Callable]] = {}
 
 
-def one_shot(name: str, coef: str, **defaults) -> Callable[[Callable], Callable]:
-  """Registers ``prepare`` (see `ONE_SHOT`) as the method ``name`` whose scalar option ``coef`` a sweep varies."""
+def one_shot(name: str, coef: str, *, check: Callable | None = None, **defaults) -> Callable[[Callable], Callable]:
+  """Registers ``prepare`` (see `ONE_SHOT`) as the method ``name`` whose scalar option ``coef`` a sweep varies
+  (``check``: as for `register`)."""
 
   def wrap(prepare):
     ONE_SHOT[name] = (coef, prepare)
@@ -186,7 +187,7 @@ def one_shot(name: str, coef: str, **defaults) -> Callable[[Callable], Callable]
       return prepare(model, params, state, forget, retain, opts, rng)(opts[coef])
 
     method.__doc__, method.__module__ = prepare.__doc__, prepare.__module__
-    return register(name, **defaults)(method)
+    return register(name, check=check, **defaults)(method)
 
   return wrap
 

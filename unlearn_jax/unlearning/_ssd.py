@@ -145,7 +145,14 @@ def _prepare(model, params, state, forget, retain, opts, name: str, objective: s
   return lambda alpha: (dampen(params, forget_imp, full_imp, alpha, opts.lam), state)
 
 
-@one_shot("ssd", "alpha", **SSD_DEFAULTS)
+def _check_ssd_options(opts) -> None:
+  """``alpha`` (the selection threshold) and ``lam`` (the dampening) >= 0, checked before any work."""
+  for key in ("alpha", "lam"):
+    if not opts[key] >= 0:
+      raise ValueError(f"method.{key}={opts[key]!r}: must be >= 0")
+
+
+@one_shot("ssd", "alpha", check=_check_ssd_options, **SSD_DEFAULTS)
 def ssd(model, params, state, forget, retain, opts, rng):
   """SSD: dampen the parameters far more important to ``forget`` than to ``retain ∪ forget`` (cross-entropy).
 
@@ -162,7 +169,7 @@ def ssd(model, params, state, forget, retain, opts, rng):
   return _prepare(model, params, state, forget, retain, opts, "ssd", "cross_entropy")
 
 
-@one_shot("lfssd", "alpha", **SSD_DEFAULTS)
+@one_shot("lfssd", "alpha", check=_check_ssd_options, **SSD_DEFAULTS)
 def lfssd(model, params, state, forget, retain, opts, rng):
   """LFSSD: SSD with label-free importances, ``|∇ mean ‖f(x)‖²|`` averaged over batches.
 
