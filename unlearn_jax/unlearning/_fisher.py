@@ -269,7 +269,15 @@ FISHER_DEFAULTS = dict(alpha=3e-6, labels="sampled", batch_size=128, eps=1e-8, v
                        fan_in_mean=True, head_scale=10.0, vector_scale=10.0, remove_classes=True)
 
 
-@one_shot("fisher", "alpha", **FISHER_DEFAULTS)
+def _check_fisher_options(opts) -> None:
+  """``labels`` and ``alpha`` >= 0, in the validation pass (the method checks them too)."""
+  if opts.labels not in LABELS:
+    raise ValueError(f"method.labels={opts.labels!r}: choose one of {LABELS}")
+  if not opts.alpha >= 0:
+    raise ValueError(f"method.alpha={opts.alpha!r}: must be >= 0")
+
+
+@one_shot("fisher", "alpha", check=_check_fisher_options, **FISHER_DEFAULTS)
 def fisher_forgetting(model, params, state, forget, retain, opts, rng):
   """Fisher forgetting: Gaussian noise with variance ``alpha / F_retain`` (clamped, shaped; see `noise_variance`).
 

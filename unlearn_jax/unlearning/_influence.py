@@ -232,7 +232,17 @@ def _influence(model, params, state, forget, retain, opts, rng, name):
                         state)
 
 
-@one_shot("influence", "alpha", **INFLUENCE_DEFAULTS)
+def _check_influence_options(opts) -> None:
+  """``solver``, ``damping`` > 0 and ``num_examples`` >= 1, in the validation pass (the solver checks them too)."""
+  if opts.solver not in SOLVERS:
+    raise ValueError(f"method.solver={opts.solver!r}: choose one of {SOLVERS}")
+  if not opts.damping > 0:
+    raise ValueError(f"method.damping={opts.damping!r}: must be > 0")
+  if isinstance(opts.num_examples, bool) or not isinstance(opts.num_examples, int) or opts.num_examples < 1:
+    raise ValueError(f"method.num_examples={opts.num_examples!r}: must be a positive integer")
+
+
+@one_shot("influence", "alpha", check=_check_influence_options, **INFLUENCE_DEFAULTS)
 def influence(model, params, state, forget, retain, opts, rng):
   """IU: ``θ + alpha · F⁻¹ v`` (see the module docstring), ``F`` the damped empirical Fisher of the retain set.
 
@@ -249,7 +259,7 @@ def influence(model, params, state, forget, retain, opts, rng):
   return _influence(model, params, state, forget, retain, opts, rng, "influence")
 
 
-@one_shot("wfisher", "alpha", **INFLUENCE_DEFAULTS)
+@one_shot("wfisher", "alpha", check=_check_influence_options, **INFLUENCE_DEFAULTS)
 def wfisher(model, params, state, forget, retain, opts, rng):
   """The same method as `influence`, under the reference's name ``wfisher``."""
   return _influence(model, params, state, forget, retain, opts, rng, "wfisher")
