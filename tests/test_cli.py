@@ -367,6 +367,7 @@ BAD_VALUES = [
     ("configs/fisher.py", ("--config.method.alpha=-1.0",), "method.alpha"),
     ("configs/influence.py", ("--config.method.damping=-1.0",), "method.damping"),
     ("configs/wfisher.py", ("--config.method.num_examples=0",), "method.num_examples"),
+    ("configs/neggrad_plus.py", ("--config.method.beta=1.5",), "method.beta"),
     ("configs/sweep.py", ("--config.sweep.seeds=(-1,)",), "sweep.seeds"),
     ("configs/sweep.py", ("--config.sweep.selection_seed=4294967296",), "sweep.selection_seed"),
     ("configs/sweep.py", ("--config.sweep.grid.coefs=(-1.0,)",), "sweep.grid.coefs"),

@@ -75,9 +75,9 @@ PLANS: dict[str, Callable[..., Plan]] = {}
 COEFS: dict[str, str | None] = {}
 
 
-def plan_method(name: str, coef: str | None = None, **defaults):
+def plan_method(name: str, coef: str | None = None, *, check=None, **defaults):
   """Registers ``build(model, params, state, forget, retain, opts) -> Plan`` as the method ``name``; ``coef`` is
-  the option its plans vary (``Plan.coef``)."""
+  the option its plans vary (``Plan.coef``); ``check``: as for `unlearn_jax.unlearning.register`."""
 
   def wrap(build):
     PLANS[name], COEFS[name] = build, coef
@@ -88,7 +88,7 @@ def plan_method(name: str, coef: str | None = None, **defaults):
                       opts, rng)
 
     method.__name__, method.__doc__ = build.__name__, build.__doc__
-    return register(name, **defaults)(method)
+    return register(name, check=check, **defaults)(method)
 
   return wrap
 
@@ -140,7 +140,14 @@ def gradient_ascent(model, params, state, forget, retain, opts):
   return Plan(lambda _: loop.Objective(forget=obj.negated(obj.cross_entropy(model))))
 
 
-@plan_method("neggrad_plus", "beta", **{**LOOP_DEFAULTS, "batch_size": 64, "beta": 0.95, "phases": "joint"})
+def _check_beta(opts) -> None:
+  """NegGrad+'s ``beta`` (the retain share of the loss) in [0, 1]."""
+  if not 0 <= opts.beta <= 1:
+    raise ValueError(f"method.beta={opts.beta!r}: must be in [0, 1]")
+
+
+@plan_method("neggrad_plus", "beta", check=_check_beta,
+             **{**LOOP_DEFAULTS, "batch_size": 64, "beta": 0.95, "phases": "joint"})
 def neggrad_plus(model, params, state, forget, retain, opts):
   """NegGrad+: ``β·CE(retain) − (1−β)·CE(forget)``, jointly per step by default."""
   ce = obj.cross_entropy(model)
