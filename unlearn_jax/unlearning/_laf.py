@@ -82,7 +82,7 @@ from flax import linen as nn
 from unlearn_jax import train as train_lib
 from unlearn_jax.data import split as split_lib
 from unlearn_jax.model import Model
-from unlearn_jax.unlearning import loop, options, register
+from unlearn_jax.unlearning import checked_options, loop, register
 
 Pytree = Any
 
@@ -347,7 +347,27 @@ def _eval_cross_entropy(model: Model):
   return term
 
 
-@register("laf", **LAF_DEFAULTS)
+def _check_laf_options(opts) -> None:
+  """LAF's option values, in the validation pass (`unlearn_jax.unlearning.register`'s ``check``): ``decoder_output``
+  one of `DECODER_OUTPUTS`, the epoch counts >= 0, ``latent_dims`` and ``batch_size`` integers >= 1, ``vae_hidden``
+  positive widths, ``kld_weight`` >= 0, ``temp`` > 0."""
+  if opts.decoder_output not in DECODER_OUTPUTS:
+    raise ValueError(f"method.decoder_output={opts.decoder_output!r}: choose one of {DECODER_OUTPUTS}")
+  for key in ("epochs", "vae_epochs", "classifier_epochs"):
+    if opts[key] < 0:
+      raise ValueError(f"method.{key}={opts[key]!r}: must be >= 0")
+  for key in ("latent_dims", "batch_size"):
+    if isinstance(opts[key], bool) or not isinstance(opts[key], int) or opts[key] < 1:
+      raise ValueError(f"method.{key}={opts[key]!r}: must be an integer >= 1")
+  if not all(isinstance(h, int) and not isinstance(h, bool) and h >= 1 for h in opts.vae_hidden):
+    raise ValueError(f"method.vae_hidden={tuple(opts.vae_hidden)!r}: must be positive integer widths")
+  if not opts.kld_weight >= 0:
+    raise ValueError(f"method.kld_weight={opts.kld_weight!r}: must be >= 0 (a loss weight)")
+  if not opts.temp > 0:
+    raise ValueError(f"method.temp={opts.temp!r}: must be positive")
+
+
+@register("laf", check=_check_laf_options, **LAF_DEFAULTS)
 def laf(model: Model, params, state, forget: split_lib.Split, retain: split_lib.Split | None, *, config, rng):
   """LAF: VAE training, then alternating extractor unlearning / representation alignment (+ optional LAF+R).
 
@@ -368,18 +388,11 @@ def laf(model: Model, params, state, forget: split_lib.Split, retain: split_lib.
     ValueError: for a model without ``features``, a missing retain split, or a bad option value.
     FloatingPointError: if a loss is not finite (names the stage and epoch).
   """
-  opts = options(config, "laf")
+  opts = checked_options(config, "laf")
   if model.features is None:
     raise ValueError("laf needs model.features (the penultimate embedding); this model exposes none")
   if retain is None:
     raise ValueError("laf needs the retain split (retain embeddings are kept and aligned)")
-  if opts.decoder_output not in DECODER_OUTPUTS:
-    raise ValueError(f"method.decoder_output={opts.decoder_output!r}: choose one of {DECODER_OUTPUTS}")
-  for key in ("epochs", "vae_epochs", "classifier_epochs"):
-    if opts[key] < 0:
-      raise ValueError(f"method.{key}={opts[key]!r}: must be >= 0")
-  if opts.batch_size < 1 or opts.temp <= 0:
-    raise ValueError(f"method.batch_size={opts.batch_size!r} must be >= 1 and method.temp={opts.temp!r} > 0")
   s_rng, u_rng, un_rng, cl_rng = jax.random.split(rng, 4)
   bs = int(opts.batch_size)
 

@@ -167,7 +167,13 @@ def random_label(model, params, state, forget, retain, opts):
   return Plan(lambda _: rl_objective(model, opts.exclude_true))
 
 
-@plan_method("l1_sparse", "alpha", **LOOP_DEFAULTS, alpha=5e-4)
+def _check_alpha(opts) -> None:
+  """l1-sparse's ``alpha`` (the L1 weight at the first epoch) >= 0."""
+  if not opts.alpha >= 0:
+    raise ValueError(f"method.alpha={opts.alpha!r}: must be >= 0 (the L1 penalty's weight)")
+
+
+@plan_method("l1_sparse", "alpha", check=_check_alpha, **LOOP_DEFAULTS, alpha=5e-4)
 def l1_sparse(model, params, state, forget, retain, opts):
   """l1-sparse: fine-tune with ``α_t‖θ‖₁``, α decaying linearly from ``alpha`` to 0 over the epochs."""
   ce = obj.cross_entropy(model)
