@@ -199,6 +199,12 @@ def check_seed(value, key: str) -> None:
   require(_is_int(value) and SEED_RANGE[0] <= value < SEED_RANGE[1], key, value, "must be an integer in [0, 2**32)")
 
 
+def check_seeds(values, key: str) -> None:
+  """Each of ``values`` a seed (`check_seed`), the first bad one named ``config.<key>=<it>``."""
+  for value in values:
+    check_seed(value, key)
+
+
 def check_epochs(value, key: str, low: int = 1) -> None:
   """An epoch count: an integer in ``[low, MAX_EPOCHS]``."""
   require(_is_int(value) and low <= value <= MAX_EPOCHS, key, value,

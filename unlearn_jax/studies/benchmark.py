@@ -46,9 +46,8 @@ def _validate(config) -> None:
     raise ValueError("config.benchmark is missing (see unlearn_jax.studies.benchmark.benchmark_section)")
   if not b.seeds:
     raise ValueError("config.benchmark.seeds is empty")
-  for key, seeds in (("selection_seed", (b.selection_seed,)), ("seeds", b.seeds)):
-    for seed in seeds:
-      config_lib.check_seed(seed, f"benchmark.{key}")
+  config_lib.check_seed(b.selection_seed, "benchmark.selection_seed")
+  config_lib.check_seeds(b.seeds, "benchmark.seeds")
   for name in b.methods:
     unlearning.get_method(name)
     if name not in b.options:

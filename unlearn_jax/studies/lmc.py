@@ -139,11 +139,9 @@ def options(config) -> ml_collections.ConfigDict:
   require(len(out.merge_methods) > 0 and all(m in MERGE_METHODS for m in out.merge_methods), "merge_methods",
           f"choose from {MERGE_METHODS}")
   require(out.merge_rounds >= 1, "merge_rounds", "must be at least 1")
-  low, high = config_lib.SEED_RANGE
-  for key in ("seeds", "merge_seeds", "matching_seed"):
-    seeds = (out[key],) if key == "matching_seed" else tuple(out[key])
-    require(all(isinstance(s, int) and not isinstance(s, bool) and low <= s < high for s in seeds), key,
-            "seeds must be integers in [0, 2**32)")
+  config_lib.check_seeds(out.seeds, "lmc.seeds")
+  config_lib.check_seeds(out.merge_seeds, "lmc.merge_seeds")
+  config_lib.check_seed(out.matching_seed, "lmc.matching_seed")
   return out
 
 

@@ -184,9 +184,8 @@ def _validate(config) -> None:
     raise ValueError("config.sweep is missing (see unlearn_jax.studies.sweep.sweep_section)")
   if not s.seeds:
     raise ValueError("config.sweep.seeds is empty")
-  for key, seeds in (("selection_seed", (s.selection_seed,)), ("seeds", s.seeds)):
-    for seed in seeds:
-      config_lib.check_seed(seed, f"sweep.{key}")
+  config_lib.check_seed(s.selection_seed, "sweep.selection_seed")
+  config_lib.check_seeds(s.seeds, "sweep.seeds")
   benchmark.check_options(s.options, "sweep.options")
   check_grid(s.options.name, s.grid, s.selection_seed, s.seeds, "sweep")
 
