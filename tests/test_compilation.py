@@ -9,6 +9,8 @@ import pytest
 from tests import method_checks
 from unlearn_jax import compilation
 from unlearn_jax import config as config_lib
+from unlearn_jax import model as model_lib
+from unlearn_jax import models
 from unlearn_jax import sweep
 from unlearn_jax import train
 from unlearn_jax import unlearning
@@ -85,6 +87,27 @@ def test_training_with_another_learning_rate_compiles_nothing():
     b = fit(0.05)
   assert compiled.requests > 0 and compiled.misses == 0, compiled
   assert _changed(a, b)
+
+
+def test_a_second_run_traces_no_shuffle_and_a_second_init_compiles_nothing():
+  """In one process, the shuffle program (`train.epoch_batches`, memoised) and a Linen module's init program (one per
+  equal module) are traced once: a second run reuses them from the in-memory jit cache, not only from disk."""
+  model, params, state, forget, retain = _tiny()
+  assert train.epoch_batches(64) is train.epoch_batches(64) and train.epoch_batches(64) is not train.epoch_batches(32)
+  run = lambda: unlearning.salun(model, params, state, forget, retain, rng=jax.random.key(0), epochs=1,
+                                 batch_size=128)[0]
+  a = run()
+  with compilation.count() as compiled:
+    b = run()
+  assert compiled.traced["step"] == 1 and "prepare" not in compiled.traced, compiled  # the step is traced again
+  jax.tree.map(np.testing.assert_array_equal, a, b)
+  x = np.zeros((1, 8, 8, 1), np.float32)
+  with compilation.count() as first:
+    one = model_lib.init(models.get_model("mlp", 10, features=(16,)), jax.random.key(0), x)[1]
+  with compilation.count() as again:  # an equal module, another key
+    two = model_lib.init(models.get_model("mlp", 10, features=(16,)), jax.random.key(1), x)[1]
+  assert first.traced["_init_variables"] == 1 and again.requests == 0 and not again.traced, (first, again)
+  assert _changed(one, two)  # the key was an argument of the shared program
 
 
 def test_enable_cache_default_override_and_off(tmp_path, monkeypatch):

@@ -14,6 +14,7 @@ Example:
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import os
@@ -60,10 +61,12 @@ def enable_cache(directory: str | None = None) -> str | None:
 @dataclasses.dataclass
 class Compilations:
   """What `count` saw: ``misses`` programs compiled by XLA (the persistent cache did not have them), ``hits``
-  programs loaded from it, ``requests`` lowered programs handed to the compiler in all."""
+  programs loaded from it, ``requests`` lowered programs handed to the compiler in all, and ``traced`` how many
+  times each function was traced for `jax.jit` (by name; a program the in-memory jit cache holds is not traced)."""
   misses: int = 0
   hits: int = 0
   requests: int = 0
+  traced: collections.Counter = dataclasses.field(default_factory=collections.Counter)
 
 
 _EVENTS = {"/jax/compilation_cache/cache_misses": "misses", "/jax/compilation_cache/cache_hits": "hits",
@@ -71,8 +74,15 @@ _EVENTS = {"/jax/compilation_cache/cache_misses": "misses", "/jax/compilation_ca
 _ACTIVE: list[Compilations] = []
 
 
+_TRACE_EVENT = "/jax/core/compile/jaxpr_trace_duration"
+
+
 def _on_event(event: str, *args, **kwargs) -> None:
-  del args, kwargs
+  del args
+  if event == _TRACE_EVENT:
+    for counter in _ACTIVE:
+      counter.traced[kwargs.get("fun_name", "?")] += 1
+    return
   field = _EVENTS.get(event)
   if field is not None:
     for counter in _ACTIVE:

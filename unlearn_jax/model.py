@@ -13,6 +13,7 @@ Example:
 """
 from __future__ import annotations
 
+import functools
 import inspect
 from typing import Any, Callable, NamedTuple
 
@@ -76,12 +77,25 @@ def from_linen(module: nn.Module) -> Model:
   return Model(apply=apply, features=features, intermediates=intermediates)
 
 
+def _init_variables(module: nn.Module, rngs, x):
+  return module.init(rngs, x, train=False)
+
+
+@functools.lru_cache(maxsize=32)
+def _init_program(module: nn.Module):
+  """The jitted ``module.init`` (one compile instead of one per initialiser op), one per module: equal Linen modules
+  (same class and fields) share it, so initialising the same network again traces and compiles nothing."""
+  return jax.jit(functools.partial(_init_variables, module))
+
+
 def init_linen(module: nn.Module, rng: jax.Array, sample_x: jax.Array) -> tuple[Model, Pytree, Pytree]:
   """Initialises a Linen module and returns ``(Model, params, state)``."""
   params_rng, dropout_rng = jax.random.split(rng)
-  # jitted: one compile instead of one per initialiser op
-  variables = jax.jit(lambda rngs, x: module.init(rngs, x, train=False))(
-      {"params": params_rng, "dropout": dropout_rng}, sample_x)
+  try:
+    init_fn = _init_program(module)
+  except TypeError:  # a module with an unhashable field: jitted for this call only
+    init_fn = jax.jit(functools.partial(_init_variables, module))
+  variables = init_fn({"params": params_rng, "dropout": dropout_rng}, sample_x)
   params, state = _split_variables(variables)
   return from_linen(module), params, state
 

@@ -10,6 +10,7 @@ Example:
 """
 from __future__ import annotations
 
+import functools
 import time
 from typing import Any, Callable
 
@@ -155,11 +156,16 @@ def make_epoch_fn(loss_fn: LossFn, tx: optax.GradientTransformation, *, batch_si
   return epoch_program(epoch_batches(batch_size, mesh), lambda carry, inp, shared: body(carry, inp), loop=loop)
 
 
+@functools.lru_cache(maxsize=64)
 def epoch_batches(batch_size: int, mesh=None) -> Callable:
   """``prepare(x, y, rng) -> ((), (xb, yb, keys))``: an epoch's shuffled ``(num_batches, batch_size, ...)`` batches
   (`split.batch_arrays` with ``split(rng)[0]``; sharded over ``mesh``'s data axis) and one key per step (from
   ``split(rng)[1]``). `make_epoch_fn` and the unlearning loop's phases use this one function, so a phase over the
-  same rows loads the training epoch's shuffle program from the compilation cache."""
+  same rows loads the training epoch's shuffle program from the compilation cache.
+
+  Memoised on ``(batch_size, mesh)``: every call returns the same function, so `jax.jit` of it keeps one traced and
+  compiled shuffle per data shape for the whole process (a second run, a Retrain after the Original, every method
+  of a benchmark: none of them traces, lowers or compiles the shuffle again)."""
 
   def prepare(x, y, rng):
     perm_rng, step_rng = jax.random.split(rng)

@@ -45,6 +45,7 @@ Example:
 """
 from __future__ import annotations
 
+import functools
 import time
 from typing import Any, Callable, NamedTuple
 
@@ -178,9 +179,11 @@ def _sequential_batches(batch_size: int, mesh):
   return train_lib.epoch_batches(batch_size, mesh)
 
 
+@functools.lru_cache(maxsize=64)
 def _joint_batches(batch_size: int, forget_batch_size: int, mesh, anchor: str):
   """``prepare(fx, fy, rx, ry, rng) -> ((), (forget batches, retain batches, keys))`` of a joint epoch: the
-  ``anchor`` split is walked once, the other cycled."""
+  ``anchor`` split is walked once, the other cycled. Memoised, as `unlearn_jax.train.epoch_batches` is: runs with
+  the same batch sizes, mesh and anchor share one function, so its jitted program is traced and compiled once."""
 
   def prepare(fx, fy, rx, ry, rng):
     anchor_rng, cycled_rng, step_rng = jax.random.split(rng, 3)
@@ -246,6 +249,13 @@ def _step_fn(make, role: str, *, augment, grid: bool, mapped: bool):
   return jax.jit(step, donate_argnums=(0,))
 
 
+@functools.lru_cache(maxsize=64)
+def _grid_prepare(prepare, in_axes: tuple):
+  """``prepare`` vmapped over the grid axes ``in_axes`` (the step axis first in its outputs, the grid axis second);
+  one function per ``(prepare, in_axes)``, so grids of the same shapes share its jitted program."""
+  return jax.vmap(prepare, in_axes=in_axes, out_axes=1)
+
+
 def _stepped_fn(role: str, prepare, step, *, flag=None, grid: bool, keyed: bool, data_axis: int | None, n_data: int):
   """The per-step twin of `_scan_fn`: ``prepare`` jitted (the shuffle, on device), then ``step`` called from Python
   once per batch, each batch cut out by `train.take_step` (so ``step`` is the same program for any number of
@@ -253,7 +263,7 @@ def _stepped_fn(role: str, prepare, step, *, flag=None, grid: bool, keyed: bool,
   per-step lists of losses and metrics (stacked on the host)."""
   mapped = grid and (keyed or data_axis is not None)
   if mapped:  # the step axis first, the grid axis second
-    prepare = jax.vmap(prepare, in_axes=(data_axis,) * n_data + (0 if keyed else None,), out_axes=1)
+    prepare = _grid_prepare(prepare, (data_axis,) * n_data + (0 if keyed else None,))
   prepare = jax.jit(prepare)
 
   def phase(params, state, opt_state, *args):
