@@ -102,11 +102,10 @@ def test_a_second_run_traces_no_shuffle_and_a_second_init_compiles_nothing():
   assert compiled.traced["step"] == 1 and "prepare" not in compiled.traced, compiled  # the step is traced again
   jax.tree.map(np.testing.assert_array_equal, a, b)
   x = np.zeros((1, 8, 8, 1), np.float32)
-  with compilation.count() as first:
-    one = model_lib.init(models.get_model("mlp", 10, features=(16,)), jax.random.key(0), x)[1]
+  one = model_lib.init(models.get_model("mlp", 10, features=(17,)), jax.random.key(0), x)[1]
   with compilation.count() as again:  # an equal module, another key
-    two = model_lib.init(models.get_model("mlp", 10, features=(16,)), jax.random.key(1), x)[1]
-  assert first.traced["_init_variables"] == 1 and again.requests == 0 and not again.traced, (first, again)
+    two = model_lib.init(models.get_model("mlp", 10, features=(17,)), jax.random.key(1), x)[1]
+  assert again.requests == 0 and not again.traced, again
   assert _changed(one, two)  # the key was an argument of the shared program
 
 
