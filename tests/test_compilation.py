@@ -93,7 +93,8 @@ def test_a_second_run_traces_no_shuffle_and_a_second_init_compiles_nothing():
   """In one process, the shuffle program (`train.epoch_batches`, memoised) and a Linen module's init program (one per
   equal module) are traced once: a second run reuses them from the in-memory jit cache, not only from disk."""
   model, params, state, forget, retain = _tiny()
-  assert train.epoch_batches(64) is train.epoch_batches(64) and train.epoch_batches(64) is not train.epoch_batches(32)
+  assert train.epoch_batches(64) is train.epoch_batches(np.int64(64), None) is train.epoch_batches(64, mesh=None)
+  assert train.epoch_batches(64) is not train.epoch_batches(32)
   run = lambda: unlearning.salun(model, params, state, forget, retain, rng=jax.random.key(0), epochs=1,
                                  batch_size=128)[0]
   a = run()

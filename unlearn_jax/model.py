@@ -94,7 +94,7 @@ def init_linen(module: nn.Module, rng: jax.Array, sample_x: jax.Array) -> tuple[
   try:
     init_fn = _init_program(module)
   except TypeError:  # a module with an unhashable field: jitted for this call only
-    init_fn = jax.jit(functools.partial(_init_variables, module))
+    init_fn = _init_program.__wrapped__(module)
   variables = init_fn({"params": params_rng, "dropout": dropout_rng}, sample_x)
   params, state = _split_variables(variables)
   return from_linen(module), params, state

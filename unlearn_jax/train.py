@@ -156,7 +156,6 @@ def make_epoch_fn(loss_fn: LossFn, tx: optax.GradientTransformation, *, batch_si
   return epoch_program(epoch_batches(batch_size, mesh), lambda carry, inp, shared: body(carry, inp), loop=loop)
 
 
-@functools.lru_cache(maxsize=64)
 def epoch_batches(batch_size: int, mesh=None) -> Callable:
   """``prepare(x, y, rng) -> ((), (xb, yb, keys))``: an epoch's shuffled ``(num_batches, batch_size, ...)`` batches
   (`split.batch_arrays` with ``split(rng)[0]``; sharded over ``mesh``'s data axis) and one key per step (from
@@ -166,7 +165,11 @@ def epoch_batches(batch_size: int, mesh=None) -> Callable:
   Memoised on ``(batch_size, mesh)``: every call returns the same function, so `jax.jit` of it keeps one traced and
   compiled shuffle per data shape for the whole process (a second run, a Retrain after the Original, every method
   of a benchmark: none of them traces, lowers or compiles the shuffle again)."""
+  return _epoch_batches(int(batch_size), mesh)  # one cache key however the arguments are spelled
 
+
+@functools.lru_cache(maxsize=64)
+def _epoch_batches(batch_size: int, mesh) -> Callable:
   def prepare(x, y, rng):
     perm_rng, step_rng = jax.random.split(rng)
     xb, yb = shard_batches(split_lib.batch_arrays((x, y), batch_size, perm_rng), mesh)
