@@ -7,6 +7,13 @@
   loop emitter, which compiles faster): 98-100 s → 78-80 s wall for test_unlearning, test_models, test_gpt,
   test_diffusion_study and test_language_objectives under ``-n 2``, measured both ways round (2026-12-04). Kept
   unless ``XLA_FLAGS`` already sets it.
+* XLA:CPU emits each program as one LLVM module (``--xla_cpu_parallel_codegen_split_count=1``) instead of splitting it
+  into parts compiled on a thread pool: under ``-n 2`` both cores are already busy with a worker each, so the split
+  only adds per-part work. Two single-process runs of test_unlearning, test_models and test_language_objectives at
+  the same time, one pinned to each core, with and without the flag, sides swapped (2026-12-07, 2-core AMD EPYC):
+  113.6 s against 128.6 s and 95.2 s against 107.6 s (user CPU 107.0 against 121.5 and 91.1 against 102.4).
+  ``--xla_llvm_disable_expensive_passes`` on top of it measured equal (98.3 against 95.7, 107.0 against 107.0) and
+  is not set. Kept unless ``XLA_FLAGS`` already sets it.
 * One persistent compilation cache per session (``JAX_COMPILATION_CACHE_DIR``, a fresh temporary directory unless
   one is set), shared by both pytest-xdist workers and every subprocess the tests start (they inherit the
   environment), so a program compiled by one test is loaded by the next. It starts empty, so a session measures
@@ -21,7 +28,8 @@ import shutil
 import tempfile
 
 FAST_COMPILE_FLAGS = {"xla_backend_optimization_level": "--xla_backend_optimization_level=1",
-                      "xla_cpu_use_fusion_emitters": "--xla_cpu_use_fusion_emitters=false"}
+                      "xla_cpu_use_fusion_emitters": "--xla_cpu_use_fusion_emitters=false",
+                      "xla_cpu_parallel_codegen_split_count": "--xla_cpu_parallel_codegen_split_count=1"}
 _OWNED_CACHE: list[str] = []
 
 
