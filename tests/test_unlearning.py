@@ -323,6 +323,13 @@ def test_split_take_refuses_rows_outside_the_split():
     with pytest.raises(ValueError, match=rf"Split.take: rows: position -?\d+ is outside \[0, {f.size}\)"):
       f.take(np.array(rows))
   assert jax.jit(lambda rows: f.take(rows).y)(jnp.arange(2)).shape == (2,)  # traced rows pass unchecked
+  mask = np.arange(f.size) % 3 == 0  # a boolean mask takes its True rows, every leaf alike
+  got, host = f.take(mask), f.to_numpy().take(mask)
+  for leaf, want in zip(jax.tree.leaves((got, host)), 2 * [np.asarray(a)[mask] for a in jax.tree.leaves(f)]):
+    np.testing.assert_array_equal(leaf, want)
+  assert isinstance(got.x, jax.Array) and isinstance(host.x, np.ndarray)  # a host split stays on the host
+  with pytest.raises(ValueError, match=rf"boolean rows mask needs shape \({f.size},\)"):
+    f.take(mask[1:])
 
 
 class DropoutNet(nn.Module):

@@ -237,6 +237,16 @@ def epoch_program(prepare: Callable, body: Callable, *, loop: str | None = None)
   return stepped_epoch
 
 
+# One program per tree layout copies every leaf: a `jnp.copy` per leaf compiled a program per leaf shape.
+_copy_tree = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree))
+
+
+def fresh_copy(tree):
+  """New buffers holding ``tree``'s arrays (shardings kept), made by one jitted program: what a training loop
+  donates, so that donation never invalidates the caller's arrays (``device_put`` may alias them)."""
+  return _copy_tree(tree)
+
+
 def check_finite(losses: np.ndarray, epoch: int, what: str = "loss") -> None:
   """Raises FloatingPointError naming the epoch and the first step whose loss is not finite."""
   bad = np.flatnonzero(~np.isfinite(losses))
@@ -314,8 +324,7 @@ def run_epochs(epoch_fn, tx, params, state, data: tuple, epochs: int, *, rng, me
   if mesh is not None:
     params = sharding_lib.place(params, mesh)  # FSDP-sharded where the mesh has an fsdp axis, else replicated
     state, data = sharding_lib.place(state, mesh, like=params), sharding_lib.replicate(data, mesh)
-  # copies, so that donation never invalidates the caller's arrays (device_put may alias them)
-  params, state = jax.tree.map(jnp.copy, (params, state))
+  params, state = fresh_copy((params, state))
   opt_state = sharding_lib.init_opt_state(tx, params, mesh)  # moments laid out like the parameters
   history: dict[str, list] = {"loss": []}
   first, seconds_before = 0, 0.0

@@ -54,12 +54,20 @@ class Split:
       ValueError: for a position outside ``[0, size)`` (checked unless ``rows`` is traced), instead of JAX's
         clamping it to the last row.
     """
-    rows = jnp.asarray(rows)
-    if rows.size and jnp.issubdtype(rows.dtype, jnp.integer) and jax.core.is_concrete(rows):
-      low, high = (int(v) for v in jax.device_get((rows.min(), rows.max())))
+    if isinstance(rows, jax.core.Tracer):
+      return _take_rows(self, rows)
+    rows = np.asarray(rows)  # checked on the host: no device program per index shape
+    if rows.dtype == bool:
+      if rows.shape != (self.size,):
+        raise ValueError(f"Split.take: a boolean rows mask needs shape ({self.size},), got {rows.shape}")
+      rows = np.flatnonzero(rows)
+    if rows.size and np.issubdtype(rows.dtype, np.integer):
+      low, high = int(rows.min()), int(rows.max())
       if low < 0 or high >= self.size:
         raise ValueError(f"Split.take: rows: position {low if low < 0 else high} is outside [0, {self.size})")
-    return jax.tree.map(lambda a: a[rows], self)
+    if all(isinstance(leaf, np.ndarray) for leaf in jax.tree.leaves(self)):
+      return jax.tree.map(lambda a: a[rows], self)  # a host split stays on the host
+    return _take_rows(self, rows)
 
   def num_batches(self, batch_size: int, drop_remainder: bool = True) -> int:
     return num_batches(self.size, batch_size, drop_remainder)
@@ -70,11 +78,22 @@ class Split:
     With ``drop_remainder=False`` the last batch is filled by wrapping around to the start of the (shuffled)
     order, so every example is seen at least once per epoch and all batches have the same shape.
     """
-    xb, yb, _ = batch_arrays((self.x, self.y, self.y), batch_size, rng, drop_remainder=drop_remainder)
-    return xb, yb
+    return _batches(self.x, self.y, int(batch_size), rng, drop_remainder=bool(drop_remainder))
 
   def to_numpy(self) -> "Split":
     return jax.tree.map(np.asarray, self)
+
+
+# One program shuffles and batches a split (per data shape and batch size), instead of one per indexing,
+# reshape and concatenation of every leaf when called outside a jitted function.
+@functools.partial(jax.jit, static_argnames=("batch_size", "drop_remainder"))
+def _batches(x, y, batch_size: int, rng, *, drop_remainder: bool):
+  return batch_arrays((x, y), batch_size, rng, drop_remainder=drop_remainder)
+
+
+# Every leaf's rows in one program (per split layout and number of rows) instead of an indexing program or more per
+# leaf and shape.
+_take_rows = jax.jit(lambda split, rows: jax.tree.map(lambda a: a[rows], split))
 
 
 def num_batches(n: int, batch_size: int, drop_remainder: bool = True) -> int:

@@ -73,7 +73,6 @@ from typing import Any, Callable, Mapping, NamedTuple, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from rouge_score import rouge_scorer
 from sklearn import metrics as sk_metrics
 
 from unlearn_jax import language
@@ -347,6 +346,8 @@ def generate_answers(lm: language.LanguageModel, params: Pytree, prompt_ids, pro
 
 @functools.cache
 def _rouge_scorer():
+  # imported here: rouge_score imports nltk (about 1.5 s), which only ROUGE needs
+  from rouge_score import rouge_scorer  # pylint: disable=g-import-not-at-top
   return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
 
 
@@ -747,16 +748,11 @@ KNOWMEM_TEMPLATE = "Question: {question}\nAnswer: {answer}"
 KNOWMEM_STOPWORDS = ("\n\n", "\nQuestion", "Question:")  # open-unlearning's muse knowmem generation_args
 
 
-@functools.cache
-def _rouge_f1_scorer():
-  return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
-
-
 def rouge_l_f1(generations: Sequence[str], references: Sequence[str]) -> np.ndarray:
   """ROUGE-L F1 of each generation against its reference (stemmed; open-unlearning's ``rougeL_f1``)."""
   if len(generations) != len(references):
     raise ValueError(f"rouge_l_f1: {len(generations)} generations but {len(references)} references")
-  scorer = _rouge_f1_scorer()
+  scorer = _rouge_scorer()  # the recall's scorer: one rougeL score holds both
   return np.array([scorer.score(ref, gen)["rougeL"].fmeasure for gen, ref in zip(generations, references)],
                   np.float64)
 

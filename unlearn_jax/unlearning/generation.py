@@ -262,7 +262,7 @@ def python_unlearn_loop(model, params, state, forget, retain, *, objective: loop
   """
   del model
   tx = loop.masked_optimizer(tx, mask)
-  params, state = jax.tree.map(jnp.copy, (params, state))
+  params, state = train_lib.fresh_copy((params, state))
   opt_state = tx.init(params)
   phases = []
   if schedule == "joint" and objective.forget is not None and objective.retain is not None:

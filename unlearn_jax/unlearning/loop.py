@@ -95,7 +95,7 @@ def mask_updates(mask: Pytree) -> optax.GradientTransformation:
   # parameter-sized constant into the compiled program.
   def init(params):
     del params
-    return MaskState(jax.tree.map(jnp.copy, mask))  # a copy: optimiser state is donated
+    return MaskState(train_lib.fresh_copy(mask))  # a copy: optimiser state is donated
 
   def update(updates, state, params=None):
     del params
@@ -350,7 +350,7 @@ def unlearn_loop(model, params, state, forget: split_lib.Split | None, retain: s
     if mask is not None:
       mask = sharding_lib.place(mask, mesh, rules, like=params)
   tx = masked_optimizer(tx, mask, mask_mode)
-  params, state = jax.tree.map(jnp.copy, (params, state))  # donation never touches the caller's arrays
+  params, state = train_lib.fresh_copy((params, state))  # donation never touches the caller's arrays
   opt_state = sharding_lib.init_opt_state(tx, params, mesh, rules)
   make = (lambda c: (objective(c), tx)) if coef is not None else (lambda _: (objective, tx))
   hyper = jnp.asarray(coef, jnp.float32) if coef is not None else None
@@ -420,7 +420,7 @@ def unlearn_grid(params, state, forget: split_lib.Split | None, retain: split_li
       if leaf.shape[:1] != (size,):
         raise ValueError(f"unlearn_grid: stacked {jax.tree_util.keystr(path)} has leading shape {leaf.shape[:1]}, "
                          f"expected ({size},) (one model per grid point)")
-    params, state = jax.tree.map(jnp.copy, (params, state))  # donation never touches the caller's arrays
+    params, state = train_lib.fresh_copy((params, state))  # donation never touches the caller's arrays
   else:
     tile = lambda t: jax.tree.map(lambda a: jnp.repeat(jnp.asarray(a)[None], size, axis=0), t)
     params, state = tile(params), tile(state)
