@@ -237,14 +237,12 @@ def epoch_program(prepare: Callable, body: Callable, *, loop: str | None = None)
   return stepped_epoch
 
 
-# One program per tree layout copies every leaf: a `jnp.copy` per leaf compiled a program per leaf shape.
-_copy_tree = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree))
-
-
+@jax.jit
 def fresh_copy(tree):
-  """New buffers holding ``tree``'s arrays (shardings kept), made by one jitted program: what a training loop
-  donates, so that donation never invalidates the caller's arrays (``device_put`` may alias them)."""
-  return _copy_tree(tree)
+  """New buffers holding ``tree``'s arrays (shardings kept), made by one jitted program per tree layout (a
+  `jnp.copy` per leaf compiled a program per leaf shape): what a training loop donates, so that donation never
+  invalidates the caller's arrays (``device_put`` may alias them)."""
+  return jax.tree.map(jnp.copy, tree)
 
 
 def check_finite(losses: np.ndarray, epoch: int, what: str = "loss") -> None:
