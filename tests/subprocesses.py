@@ -32,7 +32,8 @@ def eight_cpu_devices_env() -> dict[str, str]:
 # exception ends only that script, its traceback becomes the end of its output), then writes {name: output} as JSON
 # to the file named by its argument.
 _RUN_SCRIPTS = """
-import contextlib, io, json, linecache, sys, traceback
+import contextlib, gc, io, json, linecache, sys, traceback
+gc.set_threshold(50_000, 20, 1000)  # as tests/conftest.py: fewer collector passes while tracing
 outputs = {}
 for name, source in json.load(sys.stdin).items():
   filename = f"<{name}>"
