@@ -36,6 +36,8 @@ import os
 import shutil
 import tempfile
 
+from tests import subprocesses
+
 FAST_COMPILE_FLAGS = {"xla_backend_optimization_level": "--xla_backend_optimization_level=1",
                       "xla_cpu_use_fusion_emitters": "--xla_cpu_use_fusion_emitters=false",
                       "xla_cpu_parallel_codegen_split_count": "--xla_cpu_parallel_codegen_split_count=1"}
@@ -53,7 +55,7 @@ def _configure_environment() -> None:
 
 
 _configure_environment()
-gc.set_threshold(50_000, 20, 1000)
+gc.set_threshold(*subprocesses.GC_THRESHOLD)
 
 
 def pytest_collection_finish(session):

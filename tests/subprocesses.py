@@ -7,6 +7,9 @@ import sys
 import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Python's garbage-collector thresholds in the test processes (pytest's, set by tests/conftest.py, and the 8-device
+# runner's below) instead of the default (700, 10, 10): tracing allocates millions of short-lived objects.
+GC_THRESHOLD = (50_000, 20, 1000)
 
 
 def main_command(config: str, workdir, *overrides) -> list[str]:
@@ -31,9 +34,8 @@ def eight_cpu_devices_env() -> dict[str, str]:
 # Reads {name: source} as JSON on stdin, runs each source in a namespace of its own with its stdout captured (an
 # exception ends only that script, its traceback becomes the end of its output), then writes {name: output} as JSON
 # to the file named by its argument.
-_RUN_SCRIPTS = """
-import contextlib, gc, io, json, linecache, sys, traceback
-gc.set_threshold(50_000, 20, 1000)  # as tests/conftest.py: fewer collector passes while tracing
+_RUN_SCRIPTS = f"import gc\ngc.set_threshold(*{GC_THRESHOLD!r})\n" + """
+import contextlib, io, json, linecache, sys, traceback
 outputs = {}
 for name, source in json.load(sys.stdin).items():
   filename = f"<{name}>"
