@@ -143,9 +143,12 @@ def test_trims_of_large_tensors_find_the_exact_threshold_with_ties(monkeypatch):
   # cache is dropped: `jax.clear_caches` would make every later test of this process compile its programs anew)
   monkeypatch.setattr(arithmetic, "_SORT_BELOW", 1 << 30)
   arithmetic._gta.clear_cache()
-  with compilation.count() as compiled:
-    np.testing.assert_array_equal(merging.ties(ps, base=base, density=0.3, mergekit=True)["m"], ties)
-    np.testing.assert_array_equal(merging.breadcrumbs(ps, base=base, density=0.6, gamma=0.05)["m"], crumbs)
+  try:
+    with compilation.count() as compiled:
+      np.testing.assert_array_equal(merging.ties(ps, base=base, density=0.3, mergekit=True)["m"], ties)
+      np.testing.assert_array_equal(merging.breadcrumbs(ps, base=base, density=0.6, gamma=0.05)["m"], crumbs)
+  finally:  # the programs traced under the patched threshold must not serve this worker's later tests
+    arithmetic._gta.clear_cache()
   assert compiled.traced["_gta"] == 2, compiled.traced  # both merges took the sort path
 
 
