@@ -10,9 +10,9 @@ $(STAMP): setup.py
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q --no-compile -e '.[test,tfds,plots,bench]'
-	@# Bytecode for what the package, its tests and their extras import, written by two processes at once, instead
-	@# of pip's compiling of all ~19,000 installed files (47 of the install's 73 s; this takes ~14 s). A module left
-	@# out is compiled when first imported, as without a .pyc.
+	@# Bytecode for what the package, its tests and their extras import, written by two processes at once (about
+	@# 13 s), instead of pip's compiling of all ~19,000 installed files (47 of the install's 73 s). A module left out is
+	@# compiled when first imported, as without a .pyc.
 	@PYTHONDONTWRITEBYTECODE= $(BIN)/python -m pytest -q --collect-only -p no:cacheprovider tests > /dev/null & \
 	  PYTHONDONTWRITEBYTECODE= $(BIN)/python -c 'import torch, transformers, mergekit.merge, tensorflow_datasets, \
 	  rouge_score.rouge_scorer' & wait
